@@ -1,0 +1,72 @@
+# tlsrelay — build, run and test. Every target installs what it needs (Debian 12, as root).
+SHELL := /bin/bash
+SWIFT ?= swift
+PYTHON ?= python3
+CONFIG ?= etc/tlsrelay.toml
+
+# Native libraries the daemon links, and data it reads at run time.
+RUN_PACKAGES := libssl-dev libsystemd-dev libunbound-dev pkg-config dns-root-data ca-certificates
+# Real third-party servers and tools the tests drive.
+TEST_PACKAGES := postfix swaks util-linux procps $(shell cat testworld/apt-packages.txt 2>/dev/null)
+
+.PHONY: all build release run deps test-deps test unit-test integration-test world-test world-up world-down check-config clean
+
+all: build
+
+# Installs the Debian packages in $(1) that are missing. Postfix's own system instance is left
+# unconfigured ("No configuration"), so installing it starts no mail server.
+define apt_install
+	@missing=""; for p in $(1); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
+		apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null; \
+	fi
+endef
+
+deps:
+	$(call apt_install,$(RUN_PACKAGES))
+
+test-deps: deps
+	$(call apt_install,$(TEST_PACKAGES))
+	@$(PYTHON) -c "import aiosmtpd, trustme, dns, pytest" 2>/dev/null || $(PYTHON) -m pip install -q --disable-pip-version-check -r testworld/requirements.txt
+
+build: deps
+	$(SWIFT) build
+
+release: deps
+	$(SWIFT) build -c release
+
+# Runs tlsrelayd in the foreground with etc/tlsrelay.toml (Ctrl-C stops it).
+run: release
+	.build/release/tlsrelayd --config $(CONFIG)
+
+check-config: release
+	.build/release/tlsrelayd --check-config --config $(CONFIG)
+
+# All tests: Swift unit tests, the test world's self-check, and the integration suites that
+# drive the real daemon with real Postfix, smtplib and swaks.
+test: test-deps
+	$(SWIFT) build --build-tests
+	$(SWIFT) test
+	$(PYTHON) -m pytest -q -p no:cacheprovider testworld/tests integration
+
+unit-test: deps
+	$(SWIFT) test
+
+integration-test: test-deps
+	$(SWIFT) build
+	$(PYTHON) -m pytest -q -p no:cacheprovider integration
+
+world-test: test-deps
+	$(PYTHON) -m pytest -q -p no:cacheprovider testworld/tests
+
+# Starts the loopback test world by hand in ./world and prints the tlsrelayd config to use.
+world-up: test-deps
+	$(PYTHON) testworld/world.py up --dir $(CURDIR)/world
+
+world-down:
+	$(PYTHON) testworld/world.py down --dir $(CURDIR)/world
+
+clean:
+	rm -rf .build

@@ -1,0 +1,67 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let strict: [SwiftSetting] = []
+
+let package = Package(
+    name: "tlsrelay",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "tlsrelayd", targets: ["tlsrelayd"]),
+        .executable(name: "tlsrelayctl", targets: ["tlsrelayctl"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/LebJe/TOMLKit.git", from: "0.6.0"),
+    ],
+    targets: [
+        // System libraries (module maps + tiny shims for function-like macros).
+        .systemLibrary(name: "CUnbound", path: "Sources/CUnbound", providers: [.apt(["libunbound-dev"])]),
+        .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(name: "CSystemd", path: "Sources/CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
+
+        // Protocol core: grammar, replies, enhanced status codes, session state machine. No I/O.
+        .target(name: "SMTPCore", swiftSettings: strict),
+        // The durable spool.
+        .target(name: "RelayQueue", dependencies: ["SMTPCore"], swiftSettings: strict),
+        // Configuration model and its TOML reader.
+        .target(name: "RelayConfig", dependencies: [
+            .product(name: "TOMLKit", package: "TOMLKit"),
+        ], swiftSettings: strict),
+        // journald / sd_notify / logging.
+        .target(name: "RelayObservability", dependencies: [
+            "CSystemd",
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
+        // The inbound ESMTP listener on SwiftNIO.
+        .target(name: "RelayServer", dependencies: [
+            "SMTPCore", "RelayQueue", "RelayConfig",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
+        // Wiring of all parts into a running daemon.
+        .target(name: "RelayDaemon", dependencies: [
+            "RelayConfig", "RelayServer", "RelayQueue", "RelayObservability",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
+        .executableTarget(name: "tlsrelayd", dependencies: [
+            "RelayDaemon",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ], swiftSettings: strict),
+        .executableTarget(name: "tlsrelayctl", dependencies: [
+            "RelayQueue", "RelayConfig",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ], swiftSettings: strict),
+
+        .testTarget(name: "SMTPCoreTests", dependencies: ["SMTPCore"]),
+        .testTarget(name: "RelayQueueTests", dependencies: ["RelayQueue", "SMTPCore"]),
+        .testTarget(name: "RelayConfigTests", dependencies: ["RelayConfig"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,4 @@
+#ifndef TLSRELAY_CUNBOUND_SHIM_H
+#define TLSRELAY_CUNBOUND_SHIM_H
+#include <unbound.h>
+#endif

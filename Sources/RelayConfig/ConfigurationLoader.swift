@@ -1,0 +1,226 @@
+import TOMLKit
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Reads a TOML configuration file into a `RelayConfiguration`.
+///
+/// Every key is optional and has a default; an unknown key, a value of the wrong type or an
+/// out-of-range value is an error that names the file, the line and the reason.
+public enum ConfigurationLoader {
+    /// The log levels swift-log knows.
+    public static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
+
+    /// Reads and validates `path`.
+    /// - Throws: `ConfigurationError` when the file cannot be read, is not TOML, or holds an
+    ///   unknown key, a wrong type or a bad value.
+    public static func load(path: String) throws -> RelayConfiguration {
+        guard let file = fopen(path, "r") else {
+            throw ConfigurationError(file: path, line: 0, reason: "cannot read: \(String(cString: strerror(errno)))")
+        }
+        defer { fclose(file) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = fread(&chunk, 1, chunk.count, file)
+            if count <= 0 { break }
+            bytes += chunk[0..<count]
+        }
+        if ferror(file) != 0 {
+            throw ConfigurationError(file: path, line: 0, reason: "cannot read: \(String(cString: strerror(errno)))")
+        }
+        guard let text = String(validating: bytes, as: UTF8.self) else {
+            throw ConfigurationError(file: path, line: 1, reason: "not valid UTF-8")
+        }
+        return try parse(text: text, file: path)
+    }
+
+    /// Parses configuration text; `file` names it in errors.
+    /// - Throws: `ConfigurationError`.
+    public static func parse(text: String, file: String) throws -> RelayConfiguration {
+        let table: TOMLTable
+        do {
+            table = try TOMLTable(string: text)
+        } catch let error as TOMLParseError {
+            throw ConfigurationError(file: file, line: error.source.begin.line, reason: "TOML syntax: \(error.description)")
+        }
+        var reader = Reader(file: file, locator: KeyLocator(text: text))
+        return try reader.read(table)
+    }
+
+    struct Reader {
+        let file: String
+        let locator: KeyLocator
+
+        func error(_ section: String?, _ key: String?, _ reason: String) -> ConfigurationError {
+            ConfigurationError(file: file, line: locator.line(section: section, key: key), reason: reason)
+        }
+
+        func name(_ section: String?, _ key: String) -> String { section.map { "\($0).\(key)" } ?? key }
+
+        func checkKeys(_ table: TOMLTable, section: String?, allowed: [String]) throws {
+            for key in table.keys where !allowed.contains(key) {
+                throw error(section, key, "unknown key '\(name(section, key))'" + (section == nil ? "" : " in [\(section!)]")
+                            + "; known keys: \(allowed.joined(separator: ", "))")
+            }
+        }
+
+        func string(_ table: TOMLTable, _ section: String?, _ key: String) throws -> String? {
+            guard let value = table[key] else { return nil }
+            guard let text = value.string else {
+                throw error(section, key, "'\(name(section, key))' must be a string, not \(value.type)")
+            }
+            return text
+        }
+
+        func integer(_ table: TOMLTable, _ section: String?, _ key: String, range: ClosedRange<Int>) throws -> Int? {
+            guard let value = table[key] else { return nil }
+            guard value.type == .int, let number = value.int else {
+                throw error(section, key, "'\(name(section, key))' must be an integer, not \(value.type)")
+            }
+            guard range.contains(number) else {
+                throw error(section, key, "'\(name(section, key))' must be between \(range.lowerBound) and \(range.upperBound), got \(number)")
+            }
+            return number
+        }
+
+        func stringList(_ table: TOMLTable, _ section: String?, _ key: String) throws -> [String]? {
+            guard let value = table[key] else { return nil }
+            guard let array = value.array else {
+                throw error(section, key, "'\(name(section, key))' must be an array of strings, not \(value.type)")
+            }
+            return try array.map { element in
+                guard let text = element.string else {
+                    throw error(section, key, "'\(name(section, key))' must contain only strings, found \(element.type)")
+                }
+                return text
+            }
+        }
+
+        func subtable(_ table: TOMLTable, _ key: String) throws -> TOMLTable? {
+            guard let value = table[key] else { return nil }
+            guard let sub = value.table else { throw error(nil, key, "'\(key)' must be a table ([\(key)]), not \(value.type)") }
+            return sub
+        }
+
+        mutating func read(_ root: TOMLTable) throws -> RelayConfiguration {
+            var config = RelayConfiguration()
+            try checkKeys(root, section: nil, allowed: ["state_directory", "log_level", "server", "dns", "delivery"])
+            if let value = try string(root, nil, "state_directory") {
+                guard value.hasPrefix("/") else { throw error(nil, "state_directory", "'state_directory' must be an absolute path, got \"\(value)\"") }
+                config.stateDirectory = value.count > 1 && value.hasSuffix("/") ? String(value.dropLast()) : value
+            }
+            if let value = try string(root, nil, "log_level") {
+                guard ConfigurationLoader.logLevels.contains(value) else {
+                    throw error(nil, "log_level", "'log_level' must be one of \(ConfigurationLoader.logLevels.joined(separator: ", ")), got \"\(value)\"")
+                }
+                config.logLevel = value
+            }
+            if let server = try subtable(root, "server") { try readServer(server, into: &config.server) }
+            if let dns = try subtable(root, "dns") { try readDNS(dns, into: &config.dns) }
+            if let delivery = try subtable(root, "delivery") { try readDelivery(delivery, into: &config.delivery) }
+            return config
+        }
+
+        func readServer(_ table: TOMLTable, into server: inout RelayConfiguration.Server) throws {
+            let section = "server"
+            try checkKeys(table, section: section, allowed: [
+                "listen", "hostname", "allowed_clients", "max_message_size", "max_connections", "max_recipients",
+                "max_command_line_length", "max_line_length", "idle_timeout",
+            ])
+            if let list = try stringList(table, section, "listen") {
+                guard !list.isEmpty else { throw error(section, "listen", "'server.listen' must name at least one address") }
+                server.listen = try list.map { text in
+                    guard let address = SocketAddressText.parseListen(text) else {
+                        throw error(section, "listen", "'server.listen' entry \"\(text)\" is not IP:port or [IPv6]:port")
+                    }
+                    return address
+                }
+            }
+            if let name = try string(table, section, "hostname") {
+                guard isHostname(name) else { throw error(section, "hostname", "'server.hostname' \"\(name)\" is not a valid host name") }
+                server.hostname = name
+            }
+            if let list = try stringList(table, section, "allowed_clients") {
+                server.allowedClients = try list.map { text in
+                    guard let block = CIDRBlock(text) else {
+                        throw error(section, "allowed_clients", "'server.allowed_clients' entry \"\(text)\" is not an address or address/prefix")
+                    }
+                    return block
+                }
+            }
+            if let value = try integer(table, section, "max_message_size", range: 1024...(1 << 40)) { server.maxMessageSize = value }
+            if let value = try integer(table, section, "max_connections", range: 1...100_000) { server.maxConnections = value }
+            // RFC 5321 §4.5.3.1.8: at least 100 recipients must be accepted.
+            if let value = try integer(table, section, "max_recipients", range: 100...1_000_000) { server.maxRecipients = value }
+            // RFC 5321 §4.5.3.1.4 / §4.5.3.1.6 minimums.
+            if let value = try integer(table, section, "max_command_line_length", range: 512...65536) { server.maxCommandLineLength = value }
+            if let value = try integer(table, section, "max_line_length", range: 1000...1_048_576) { server.maxLineLength = value }
+            if let value = try integer(table, section, "idle_timeout", range: 1...86400) { server.idleTimeout = value }
+        }
+
+        func readDNS(_ table: TOMLTable, into dns: inout RelayConfiguration.DNS) throws {
+            let section = "dns"
+            try checkKeys(table, section: section, allowed: ["trust_anchor_file", "forwarders", "stub_zones"])
+            if let value = try string(table, section, "trust_anchor_file") {
+                guard value.hasPrefix("/") else { throw error(section, "trust_anchor_file", "'dns.trust_anchor_file' must be an absolute path") }
+                dns.trustAnchorFile = value
+            }
+            if let list = try stringList(table, section, "forwarders") {
+                dns.forwarders = try list.map { text in
+                    guard let address = SocketAddressText.parseDNS(text) else {
+                        throw error(section, "forwarders", "'dns.forwarders' entry \"\(text)\" is not IP or IP@port")
+                    }
+                    return address
+                }
+            }
+            if let value = table["stub_zones"] {
+                guard let array = value.array else { throw error(section, "stub_zones", "'dns.stub_zones' must be an array of tables") }
+                dns.stubZones = try array.map { element in
+                    guard let zone = element.table else {
+                        throw error(section, "stub_zones", "'dns.stub_zones' entries must be tables like { name = \"example.\", addresses = [\"192.0.2.53@53\"] }")
+                    }
+                    for key in zone.keys where !["name", "addresses"].contains(key) {
+                        throw error(section, "stub_zones", "unknown key '\(key)' in a dns.stub_zones entry; known keys: name, addresses")
+                    }
+                    guard let name = zone["name"]?.string, isHostname(name.hasSuffix(".") ? String(name.dropLast()) : name) || name == "." else {
+                        throw error(section, "stub_zones", "a dns.stub_zones entry needs name = \"zone.\" (a domain name)")
+                    }
+                    guard let list = zone["addresses"]?.array, !list.isEmpty else {
+                        throw error(section, "stub_zones", "dns.stub_zones entry \"\(name)\" needs addresses = [\"IP@port\", ...]")
+                    }
+                    let addresses = try list.map { item -> SocketAddressText in
+                        guard let text = item.string, let address = SocketAddressText.parseDNS(text) else {
+                            throw error(section, "stub_zones", "dns.stub_zones entry \"\(name)\": address \(item.debugDescription) is not IP or IP@port")
+                        }
+                        return address
+                    }
+                    return RelayConfiguration.StubZone(name: name.hasSuffix(".") ? name.lowercased() : name.lowercased() + ".", addresses: addresses)
+                }
+            }
+        }
+
+        func readDelivery(_ table: TOMLTable, into delivery: inout RelayConfiguration.Delivery) throws {
+            let section = "delivery"
+            try checkKeys(table, section: section, allowed: ["port", "tls_ca_file"])
+            if let value = try integer(table, section, "port", range: 1...65535) { delivery.port = value }
+            if let value = try string(table, section, "tls_ca_file") {
+                guard value.isEmpty || value.hasPrefix("/") else {
+                    throw error(section, "tls_ca_file", "'delivery.tls_ca_file' must be empty or an absolute path")
+                }
+                delivery.tlsCAFile = value
+            }
+        }
+
+        /// Letters, digits, hyphens and dots; labels of 1 to 63 characters (RFC 1123 §2.1).
+        func isHostname(_ name: String) -> Bool {
+            guard !name.isEmpty, name.utf8.count <= 253 else { return false }
+            return name.split(separator: ".", omittingEmptySubsequences: false).allSatisfy { label in
+                !label.isEmpty && label.count <= 63 && label.first != "-" && label.last != "-"
+                    && label.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-") }
+            }
+        }
+    }
+}

@@ -1,0 +1,41 @@
+/// Finds the line on which a key of a TOML document is written, so that errors found after
+/// parsing (unknown key, wrong type, bad value) can name it. TOMLKit keeps no positions.
+struct KeyLocator {
+    private let lines: [Substring]
+
+    init(text: String) {
+        lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+    }
+
+    /// 1-based line of `key` inside `[section]` (nil section = top level); falls back to the
+    /// section header's line, then to line 1.
+    func line(section: String?, key: String?) -> Int {
+        var current: String? = nil
+        var headerLine: Int? = nil
+        for (index, raw) in lines.enumerated() {
+            let line = raw.drop(while: { $0 == " " || $0 == "\t" })
+            if line.hasPrefix("[") {
+                let name = line.drop(while: { $0 == "[" }).prefix(while: { $0 != "]" })
+                    .filter { $0 != " " && $0 != "\t" && $0 != "\"" }
+                current = String(name)
+                if current == section && headerLine == nil { headerLine = index + 1 }
+                continue
+            }
+            guard current == section, let key else { continue }
+            let keyText = line.prefix(while: { $0 != "=" }).trimmingCharacters()
+            if keyText == key || keyText == "\"\(key)\"" || keyText == "'\(key)'" || keyText.hasSuffix(".\(key)") {
+                return index + 1
+            }
+        }
+        return headerLine ?? 1
+    }
+}
+
+extension Substring {
+    func trimmingCharacters() -> String {
+        var text = self
+        while let first = text.first, first == " " || first == "\t" { text = text.dropFirst() }
+        while let last = text.last, last == " " || last == "\t" || last == "\r" { text = text.dropLast() }
+        return String(text)
+    }
+}

@@ -1,0 +1,128 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The daemon's whole configuration with the default of every key. The TOML file layer
+/// (`ConfigurationLoader`) fills it; every other part reads only this.
+public struct RelayConfiguration: Sendable, Equatable {
+    /// Spool and every other persistent state. Default `/var/lib/tlsrelay`.
+    public var stateDirectory = "/var/lib/tlsrelay"
+    /// Log level: trace, debug, info, notice, warning, error, critical. Default info.
+    public var logLevel = "info"
+    public var server = Server()
+    public var dns = DNS()
+    public var delivery = Delivery()
+
+    public init() {}
+
+    /// `[server]`: the inbound ESMTP listener.
+    public struct Server: Sendable, Equatable {
+        /// Listening sockets. Default loopback only: 127.0.0.1:10025 and [::1]:10025.
+        public var listen: [SocketAddressText] = [
+            SocketAddressText(address: IPAddress("127.0.0.1")!, port: 10025),
+            SocketAddressText(address: IPAddress("::1")!, port: 10025),
+        ]
+        /// Name in the greeting, EHLO reply and Received header. Default: the system host name.
+        public var hostname = RelayConfiguration.systemHostname()
+        /// Clients that may connect and relay; all others get 554 5.7.1. Default loopback only.
+        public var allowedClients: [CIDRBlock] = [CIDRBlock("127.0.0.0/8")!, CIDRBlock("::1/128")!]
+        /// Largest message in bytes (advertised with SIZE). Default 52428800 (50 MiB).
+        public var maxMessageSize = 52_428_800
+        /// Concurrent inbound sessions. Default 100.
+        public var maxConnections = 100
+        /// Recipients per message. Default 1000.
+        public var maxRecipients = 1000
+        /// Longest command line in bytes including CRLF. Default 2048.
+        public var maxCommandLineLength = 2048
+        /// Longest message line in bytes including CRLF. Default 10000.
+        public var maxLineLength = 10_000
+        /// Seconds of client silence before 421 4.4.2. Default 300.
+        public var idleTimeout = 300
+    }
+
+    /// `[dns]`: the validating resolver (libunbound).
+    public struct DNS: Sendable, Equatable {
+        /// DNSSEC trust anchor file (DS or DNSKEY lines). Default the root key from dns-root-data.
+        public var trustAnchorFile = "/usr/share/dns/root.key"
+        /// Upstream resolvers to forward to ("IP" or "IP@port"); answers are still validated
+        /// locally. Empty (default): full recursion from the root.
+        public var forwarders: [SocketAddressText] = []
+        /// Zones answered by given authoritative servers (private zones, tests).
+        public var stubZones: [StubZone] = []
+    }
+
+    /// One `dns.stub_zones` entry.
+    public struct StubZone: Sendable, Equatable {
+        /// Zone name, stored with a trailing dot.
+        public var name: String
+        public var addresses: [SocketAddressText]
+    }
+
+    /// `[delivery]`: the outbound SMTP client.
+    public struct Delivery: Sendable, Equatable {
+        /// Destination port of MX hosts. Default 25 (RFC 5321 §4.5.4.2).
+        public var port = 25
+        /// Extra trusted CA certificates (PEM) for WebPKI checks; empty = system store only.
+        public var tlsCAFile = ""
+    }
+
+    static func systemHostname() -> String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count - 1) == 0 else { return "localhost" }
+        let name = String(cString: buffer)
+        return name.isEmpty ? "localhost" : name
+    }
+
+    /// The effective configuration as TOML, every key shown (for `--check-config`).
+    public func renderTOML() -> String {
+        func quote(_ text: String) -> String {
+            var out = "\""
+            for scalar in text.unicodeScalars {
+                switch scalar {
+                case "\"": out += "\\\""
+                case "\\": out += "\\\\"
+                case "\n": out += "\\n"
+                case "\t": out += "\\t"
+                default:
+                    if scalar.value < 0x20 { out += "\\u" + String(format4: scalar.value) } else { out.unicodeScalars.append(scalar) }
+                }
+            }
+            return out + "\""
+        }
+        func list(_ items: [String]) -> String { "[" + items.map(quote).joined(separator: ", ") + "]" }
+        var lines: [String] = []
+        lines.append("state_directory = \(quote(stateDirectory))")
+        lines.append("log_level = \(quote(logLevel))")
+        lines.append("")
+        lines.append("[server]")
+        lines.append("listen = \(list(server.listen.map(\.description)))")
+        lines.append("hostname = \(quote(server.hostname))")
+        lines.append("allowed_clients = \(list(server.allowedClients.map(\.description)))")
+        lines.append("max_message_size = \(server.maxMessageSize)")
+        lines.append("max_connections = \(server.maxConnections)")
+        lines.append("max_recipients = \(server.maxRecipients)")
+        lines.append("max_command_line_length = \(server.maxCommandLineLength)")
+        lines.append("max_line_length = \(server.maxLineLength)")
+        lines.append("idle_timeout = \(server.idleTimeout)")
+        lines.append("")
+        lines.append("[dns]")
+        lines.append("trust_anchor_file = \(quote(dns.trustAnchorFile))")
+        lines.append("forwarders = \(list(dns.forwarders.map(\.unboundNotation)))")
+        let zones = dns.stubZones.map { "{ name = \(quote($0.name)), addresses = \(list($0.addresses.map(\.unboundNotation))) }" }
+        lines.append("stub_zones = [" + zones.joined(separator: ", ") + "]")
+        lines.append("")
+        lines.append("[delivery]")
+        lines.append("port = \(delivery.port)")
+        lines.append("tls_ca_file = \(quote(delivery.tlsCAFile))")
+        return lines.joined(separator: "\n") + "\n"
+    }
+}
+
+extension String {
+    init(format4 value: UInt32) {
+        let hex = String(value, radix: 16)
+        self = String(repeating: "0", count: 4 - hex.count) + hex
+    }
+}

@@ -1,0 +1,73 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import RelayConfig
+import RelayObservability
+import RelayQueue
+import RelayServer
+import SMTPCore
+
+/// Wires configuration, spool and the inbound listener into the running `tlsrelayd`.
+public final class Daemon: Sendable {
+    public let configuration: RelayConfiguration
+    public let logger: Logger
+
+    public init(configuration: RelayConfiguration, logger: Logger) {
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    /// The inbound limits from the `[server]` section.
+    public static func limits(from server: RelayConfiguration.Server) -> ServerLimits {
+        var limits = ServerLimits()
+        limits.maxMessageSize = server.maxMessageSize
+        limits.maxCommandLineLength = server.maxCommandLineLength
+        limits.maxTextLineLength = server.maxLineLength
+        limits.maxRecipients = server.maxRecipients
+        limits.idleTimeoutSeconds = server.idleTimeout
+        limits.maxConnections = server.maxConnections
+        return limits
+    }
+
+    /// Recovers the spool, binds the listeners, tells systemd it is ready, and runs until
+    /// SIGTERM or SIGINT; then stops accepting, lets open transactions finish (up to 30 s) and
+    /// returns.
+    /// - Throws: spool errors (state directory not writable) and bind errors (address in use,
+    ///   permission denied); the caller exits non-zero.
+    public func run() async throws {
+        let spool = try Spool(stateDirectory: configuration.stateDirectory)
+        let report = try spool.recover()
+        logger.info("spool recovered: \(report.queued.count) queued message(s), \(report.removedPartials) partial file(s) removed, \(report.corrupt.count) corrupt file(s) moved aside")
+        for (name, reason) in report.corrupt {
+            logger.error("corrupt queue file \(name) moved to \(spool.root)/corrupt: \(reason)")
+        }
+
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, System.coreCount))
+        let threadPool = NIOThreadPool(numberOfThreads: 4)
+        threadPool.start()
+        let settings = InboundSettings(
+            hostname: configuration.server.hostname,
+            limits: Daemon.limits(from: configuration.server),
+            allowedClients: configuration.server.allowedClients,
+            spool: spool, threadPool: threadPool, logger: logger)
+        let server = InboundServer(settings: settings, group: group)
+        let signals = SignalWaiter(signals: [SIGTERM, SIGINT])
+        do {
+            let bound = try await server.start(listen: configuration.server.listen)
+            logger.info("listening on \(bound.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" }.joined(separator: ", ")) as \(configuration.server.hostname)")
+            ServiceNotifier.notify("READY=1\nSTATUS=accepting mail; \(report.queued.count) message(s) queued")
+            let signal = await signals.next()
+            logger.info("received signal \(signal): stopping")
+            ServiceNotifier.notify("STOPPING=1")
+            await server.shutdown(timeoutSeconds: 30)
+        } catch {
+            try? await threadPool.shutdownGracefully()
+            try? await group.shutdownGracefully()
+            throw error
+        }
+        try? await threadPool.shutdownGracefully()
+        try? await group.shutdownGracefully()
+        logger.info("stopped")
+    }
+}

@@ -1,0 +1,81 @@
+import NIOCore
+import NIOPosix
+import Logging
+import RelayConfig
+
+/// The inbound ESMTP listener (RFC 5321) on one or more sockets.
+public final class InboundServer: Sendable {
+    private let settings: InboundSettings
+    private let group: EventLoopGroup
+    public let connections = ConnectionRegistry()
+    private let listeners: ListenerSet
+
+    /// - Parameters:
+    ///   - settings: shared session settings and services.
+    ///   - group: the event loops to run on.
+    public init(settings: InboundSettings, group: EventLoopGroup) {
+        self.settings = settings
+        self.group = group
+        self.listeners = ListenerSet()
+    }
+
+    /// Binds every address and starts accepting.
+    /// - Returns: the bound addresses (with the real port when 0 was asked).
+    /// - Throws: the bind error (address in use, permission denied), after closing any sockets
+    ///   bound before it.
+    public func start(listen addresses: [SocketAddressText]) async throws -> [SocketAddress] {
+        let settings = self.settings
+        let connections = self.connections
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.maxMessagesPerRead, value: 16)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        IdleStateHandler(readTimeout: .seconds(Int64(settings.limits.idleTimeoutSeconds))))
+                    try channel.pipeline.syncOperations.addHandler(SMTPServerHandler(settings: settings, connections: connections))
+                }
+            }
+        var bound: [SocketAddress] = []
+        do {
+            for address in addresses {
+                let channel = try await bootstrap.bind(host: address.address.description, port: address.port).get()
+                listeners.append(channel)
+                if let local = channel.localAddress { bound.append(local) }
+            }
+        } catch {
+            await stopAccepting()
+            throw error
+        }
+        return bound
+    }
+
+    /// Closes the listening sockets; open sessions go on.
+    public func stopAccepting() async {
+        for channel in listeners.takeAll() {
+            try? await channel.close()
+        }
+    }
+
+    /// Graceful stop: no new connections, each session finishes its transaction and gets 421;
+    /// waits up to `timeoutSeconds` for sessions to end, then closes what is left.
+    public func shutdown(timeoutSeconds: Double) async {
+        await stopAccepting()
+        connections.requestShutdown()
+        let deadline = ContinuousClock.now + .milliseconds(Int(timeoutSeconds * 1000))
+        while connections.count > 0 && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+    }
+}
+
+import NIOConcurrencyHelpers
+
+/// The listening channels, guarded by a lock.
+final class ListenerSet: Sendable {
+    private let box = NIOLockedValueBox<[Channel]>([])
+    func append(_ channel: Channel) { box.withLockedValue { $0.append(channel) } }
+    func takeAll() -> [Channel] { box.withLockedValue { all in defer { all = [] }; return all } }
+}

@@ -1,0 +1,299 @@
+import NIOCore
+import NIOPosix
+import Logging
+import RelayConfig
+import RelayQueue
+import SMTPCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One inbound SMTP connection: frames bytes into command lines or DATA content, feeds the
+/// `ServerSession` state machine and carries out its actions (replies, spool writes, close).
+///
+/// While a message is being committed to disk, further input is held back and processed after
+/// the reply, so pipelined commands keep their order (RFC 2920 §3.1).
+final class SMTPServerHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private enum Mode {
+        case commands
+        case data(DataReceiver, ServerSession.ReceiveDataContext)
+        case storing
+    }
+
+    private let settings: InboundSettings
+    private let connections: ConnectionRegistry
+    private var session: ServerSession
+    private var framer: LineFramer
+    private var mode: Mode = .commands
+    private var writer: SpoolWriter?
+    private var pending: [UInt8] = []
+    private var clientAddress = "unknown"
+    private var logger: Logger
+    private var closing = false
+    private var registered = false
+    private var contentBuffer: [UInt8] = []
+
+    init(settings: InboundSettings, connections: ConnectionRegistry) {
+        self.settings = settings
+        self.connections = connections
+        self.session = ServerSession(hostname: settings.hostname, limits: settings.limits)
+        self.framer = LineFramer(maxLineLength: settings.limits.maxCommandLineLength)
+        self.logger = settings.logger
+        contentBuffer.reserveCapacity(65536)
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        let remote = context.channel.remoteAddress
+        clientAddress = remote?.ipAddress ?? "unknown"
+        let address = remote?.ipAddress.flatMap { IPAddress($0) }
+        let allowed = address.map { settings.isAllowed($0) } ?? false
+        let admitted = allowed && connections.admit(context.channel, limit: settings.limits.maxConnections)
+        registered = admitted
+        if !allowed {
+            logger.warning("NOQUEUE: reject: CONNECT from [\(clientAddress)]: 554 5.7.1 client address not in server.allowed_clients")
+        } else if !admitted {
+            logger.warning("NOQUEUE: reject: CONNECT from [\(clientAddress)]: 421 4.7.0 too many connections (server.max_connections = \(settings.limits.maxConnections))")
+        }
+        perform(session.start(clientAllowed: allowed, overConnectionLimit: allowed && !admitted), context: context)
+        context.flush()
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if registered { connections.remove(context.channel) }
+        writer?.abandon()
+        writer = nil
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var buffer = unwrapInboundIn(data)
+        guard !closing else { return }
+        if case .storing = mode {
+            pending += buffer.readBytes(length: buffer.readableBytes) ?? []
+            return
+        }
+        let bytes = buffer.readBytes(length: buffer.readableBytes) ?? []
+        process(bytes, context: context)
+        context.flush()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read {
+            if case .storing = mode { return }
+            logger.info("timeout after \(settings.limits.idleTimeoutSeconds) s from [\(clientAddress)]")
+            perform(session.idleTimeout(), context: context)
+            context.flush()
+            return
+        }
+        if event is ShutdownRequest {
+            switch mode {
+            case .commands:
+                perform(session.shutdown(), context: context)
+                context.flush()
+            case .data, .storing:
+                // Finish this message first; the next command line gets the 421.
+                pendingShutdown = true
+            }
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    private var pendingShutdown = false
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        logger.debug("connection error from [\(clientAddress)]: \(error)")
+        context.close(promise: nil)
+    }
+
+    /// Feeds bytes to whichever mode is current, switching modes as the session says.
+    private func process(_ input: [UInt8], context: ChannelHandlerContext) {
+        var input = input[...]
+        while !closing {
+            switch mode {
+            case .storing:
+                pending += input
+                return
+            case .data(var receiver, let dataContext):
+                var consumed = 0
+                var outcome: ServerSession.DataOutcome?
+                contentBuffer.removeAll(keepingCapacity: true)
+                input.withUnsafeBytes { raw in
+                    (consumed, outcome) = receiver.consume(raw, into: &contentBuffer)
+                }
+                if !receiver.isRefused { writer?.write(contentBuffer) }
+                input = input.dropFirst(consumed)
+                guard let outcome else {
+                    mode = .data(receiver, dataContext)
+                    return
+                }
+                finishData(outcome, context: dataContext, channelContext: context)
+                if input.isEmpty { return }
+            case .commands:
+                if !input.isEmpty {
+                    framer.append(Array(input))
+                    input = []
+                }
+                guard let event = framer.nextEvent() else { return }
+                if pendingShutdown {
+                    perform(session.shutdown(), context: context)
+                    return
+                }
+                switch event {
+                case .line(let bytes):
+                    guard let line = String(validating: bytes, as: UTF8.self) else {
+                        perform(session.receiveMalformedLine(.bareLineEnding), context: context)
+                        continue
+                    }
+                    perform(session.receiveLine(line), context: context)
+                case .malformed(let problem):
+                    perform(session.receiveMalformedLine(problem), context: context)
+                }
+                if case .data = mode {
+                    input = framer.takeBuffered()[...]
+                } else if case .storing = mode {
+                    pending += framer.takeBuffered()
+                    return
+                }
+            }
+        }
+    }
+
+    private func finishData(_ outcome: ServerSession.DataOutcome, context dataContext: ServerSession.ReceiveDataContext, channelContext: ChannelHandlerContext) {
+        mode = .commands
+        let actions = session.dataEnded(outcome)
+        if case .complete = outcome {
+            perform(actions, context: channelContext)
+        } else {
+            writer?.abandon()
+            writer = nil
+            let transaction = dataContext.transaction
+            logger.warning("NOQUEUE: reject: END-OF-MESSAGE from \(dataContext.heloName)[\(clientAddress)]: \(actions.firstReply?.description ?? "rejected"); from=<\(transaction.sender?.address ?? "")> nrcpt=\(transaction.recipients.count)")
+            perform(actions, context: channelContext)
+        }
+        self.dataContext = dataContext
+    }
+
+    private var dataContext: ServerSession.ReceiveDataContext?
+
+    /// Carries out the session's actions in order.
+    private func perform(_ actions: [ServerSession.Action], context: ChannelHandlerContext) {
+        for action in actions {
+            switch action {
+            case .reply(let reply):
+                if reply.code >= 500 || reply.code == 421 || reply.code == 452 {
+                    logger.debug("reply to [\(clientAddress)]: \(reply)")
+                }
+                var buffer = context.channel.allocator.buffer(capacity: 64)
+                buffer.writeBytes(reply.wireBytes)
+                context.write(wrapOutboundOut(buffer), promise: nil)
+            case .receiveData(let dataContext):
+                beginData(dataContext, context: context)
+            case .storeMessage(let transaction):
+                store(transaction, context: context)
+            case .close:
+                closing = true
+                context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0))).whenComplete { [channel = context.channel] _ in
+                    channel.close(promise: nil)
+                }
+            }
+        }
+    }
+
+    private func beginData(_ dataContext: ServerSession.ReceiveDataContext, context: ChannelHandlerContext) {
+        let receiver = DataReceiver(maxMessageSize: settings.limits.maxMessageSize, maxLineLength: settings.limits.maxTextLineLength)
+        mode = .data(receiver, dataContext)
+        self.dataContext = dataContext
+        do {
+            let writer = try settings.spool.beginMessage()
+            let recipients = dataContext.transaction.recipients
+            let header = ReceivedHeader.make(
+                heloName: dataContext.heloName, clientAddress: clientAddress, hostname: settings.hostname,
+                protocolName: dataContext.protocolName, queueID: writer.queueID.rawValue,
+                recipient: recipients.count == 1 ? recipients[0].mailbox : nil,
+                date: MessageDate.format(secondsSinceEpoch: Int(time(nil))))
+            writer.write(header)
+            self.writer = writer
+        } catch {
+            // Keep reading DATA to its end, then answer 451/452 (see store()).
+            logger.error("cannot create a spool file: \(error)")
+            self.writer = nil
+            self.writerError = error as? SpoolError
+        }
+    }
+
+    private var writerError: SpoolError?
+
+    private func store(_ transaction: MailTransaction, context: ChannelHandlerContext) {
+        mode = .storing
+        guard let writer = self.writer else {
+            let error = writerError ?? SpoolError.io(operation: "create", path: "spool/tmp", errno: EIO)
+            writerError = nil
+            let failure: ServerSession.StoreFailure
+            if case .insufficientStorage = error { failure = .insufficientStorage } else { failure = .ioError }
+            storeFinished(.failure(error), failure: failure, context: context)
+            return
+        }
+        self.writer = nil
+        let envelope = QueuedEnvelope(
+            queueID: writer.queueID, arrivalTime: currentTime(), clientAddress: clientAddress,
+            heloName: dataContext?.heloName ?? "", transaction: transaction, size: writer.contentLength)
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        settings.threadPool.runIfActive(eventLoop: context.eventLoop) {
+            try writer.commit(envelope: envelope)
+            return envelope
+        }.whenComplete { result in
+            let (handler, context) = loopBound.value
+            switch result {
+            case .success(let envelope):
+                handler.storeFinished(.success(envelope), failure: nil, context: context)
+            case .failure(let error):
+                let failure: ServerSession.StoreFailure
+                if case SpoolError.insufficientStorage = error { failure = .insufficientStorage } else { failure = .ioError }
+                handler.storeFinished(.failure(error), failure: failure, context: context)
+            }
+        }
+    }
+
+    private func storeFinished(_ result: Result<QueuedEnvelope, Error>, failure: ServerSession.StoreFailure?, context: ChannelHandlerContext) {
+        mode = .commands
+        switch result {
+        case .success(let envelope):
+            let transaction = envelope.transaction
+            logger.info("\(envelope.queueID): client=\(envelope.heloName)[\(envelope.clientAddress)], from=<\(transaction.sender?.address ?? "")>, size=\(envelope.size), nrcpt=\(transaction.recipients.count) (queued)")
+            perform(session.messageStored(queueID: envelope.queueID.rawValue), context: context)
+            settings.onMessageQueued(envelope)
+        case .failure(let error):
+            logger.error("NOQUEUE: cannot queue message from [\(clientAddress)]: \(error)")
+            perform(session.storeFailed(failure ?? .ioError), context: context)
+        }
+        context.flush()
+        guard context.channel.isActive, !closing else { return }
+        let held = pending
+        pending = []
+        if !held.isEmpty { process(held, context: context) }
+        // Input held back while storing may also sit in the framer.
+        else if framer.bufferedByteCount > 0 { process([], context: context) }
+        context.flush()
+    }
+
+    private func currentTime() -> Double {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
+    }
+}
+
+/// Asks a connection to end as soon as it is between transactions (graceful shutdown).
+struct ShutdownRequest: Sendable {}
+
+extension Array where Element == ServerSession.Action {
+    var firstReply: Reply? {
+        for action in self { if case .reply(let reply) = action { return reply } }
+        return nil
+    }
+}

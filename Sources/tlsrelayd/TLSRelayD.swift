@@ -1,0 +1,52 @@
+import ArgumentParser
+import Logging
+import RelayConfig
+import RelayDaemon
+import RelayObservability
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `tlsrelayd`: accepts mail from the local MTA and relays it over authenticated TLS.
+@main
+struct TLSRelayD: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tlsrelayd",
+        abstract: "A relayhost that delivers mail only over the TLS that DANE and MTA-STS require.")
+
+    @Option(name: .long, help: "Configuration file (TOML).")
+    var config = "/etc/tlsrelay/tlsrelay.toml"
+
+    @Flag(name: .long, help: "Validate the configuration, print the effective settings and exit (0 valid, 78 invalid).")
+    var checkConfig = false
+
+    func run() async throws {
+        let settings: RelayConfiguration
+        do {
+            settings = try ConfigurationLoader.load(path: config)
+        } catch let error as ConfigurationError {
+            writeStandardError("tlsrelayd: configuration error: \(error)\n")
+            throw ExitCode(DaemonExitCode.config)
+        }
+        if checkConfig {
+            print("# \(config): configuration is valid; effective settings:")
+            print(settings.renderTOML(), terminator: "")
+            return
+        }
+        let level = Logger.Level(rawValue: settings.logLevel) ?? .info
+        LoggingSystem.bootstrap { label in StandardErrorLogHandler(label: label, level: level) }
+        let logger = Logger(label: "tlsrelayd")
+        do {
+            try await Daemon(configuration: settings, logger: logger).run()
+        } catch {
+            logger.critical("fatal: \(error)")
+            throw ExitCode(DaemonExitCode.osError)
+        }
+    }
+}
+
+func writeStandardError(_ text: String) {
+    var bytes = Array(text.utf8)
+    _ = bytes.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
+}
+

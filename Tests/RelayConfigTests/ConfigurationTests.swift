@@ -1,0 +1,112 @@
+import Testing
+@testable import RelayConfig
+
+private func load(_ text: String) throws -> RelayConfiguration {
+    try ConfigurationLoader.parse(text: text, file: "test.toml")
+}
+
+@Suite("Configuration")
+struct ConfigurationTests {
+    @Test("every documented key is read")
+    func full() throws {
+        let config = try load("""
+            state_directory = "/tmp/state"
+            log_level = "debug"
+            [server]
+            listen = ["127.0.0.1:2525", "[::1]:2525"]
+            hostname = "relay.example.org"
+            allowed_clients = ["127.0.0.0/8", "::1/128", "192.0.2.7"]
+            max_message_size = 1048576
+            max_connections = 7
+            max_recipients = 200
+            max_command_line_length = 1024
+            max_line_length = 2000
+            idle_timeout = 60
+            [dns]
+            trust_anchor_file = "/tmp/ta.ds"
+            forwarders = ["127.0.0.53", "127.0.0.1@5353"]
+            stub_zones = [{ name = "test.", addresses = ["127.0.1.53@53"] }, { name = "corp", addresses = ["::1"] }]
+            [delivery]
+            port = 2525
+            tls_ca_file = "/tmp/ca.pem"
+            """)
+        #expect(config.stateDirectory == "/tmp/state")
+        #expect(config.logLevel == "debug")
+        #expect(config.server.listen.map(\.description) == ["127.0.0.1:2525", "[::1]:2525"])
+        #expect(config.server.allowedClients.count == 3)
+        #expect(config.server.maxMessageSize == 1_048_576)
+        #expect(config.server.maxConnections == 7)
+        #expect(config.server.maxRecipients == 200)
+        #expect(config.server.idleTimeout == 60)
+        #expect(config.dns.forwarders.map(\.unboundNotation) == ["127.0.0.53@53", "127.0.0.1@5353"])
+        #expect(config.dns.stubZones.map(\.name) == ["test.", "corp."])
+        #expect(config.dns.stubZones[0].addresses.map(\.unboundNotation) == ["127.0.1.53@53"])
+        #expect(config.delivery.port == 2525)
+        #expect(config.delivery.tlsCAFile == "/tmp/ca.pem")
+        // The rendered effective configuration reads back to the same values.
+        #expect(try load(config.renderTOML()) == config)
+    }
+
+    @Test("defaults: loopback only")
+    func defaults() throws {
+        let config = try load("")
+        #expect(config.stateDirectory == "/var/lib/tlsrelay")
+        #expect(config.server.listen.allSatisfy { $0.address.isLoopback })
+        #expect(config.server.allowedClients.map(\.description) == ["127.0.0.0/8", "::1/128"])
+        #expect(config.server.maxMessageSize == 52_428_800)
+        #expect(config.delivery.port == 25)
+    }
+
+    struct Bad: Sendable, CustomStringConvertible {
+        let text: String
+        let line: Int
+        let fragment: String
+        var description: String { fragment }
+    }
+
+    static let bad: [Bad] = [
+        Bad(text: "state_directory = \"/x\"\nbogus = 1\n", line: 2, fragment: "unknown key 'bogus'"),
+        Bad(text: "[server]\nlisten = [\"127.0.0.1:25\"]\nhostnme = \"x\"\n", line: 3, fragment: "unknown key 'server.hostnme'"),
+        Bad(text: "[server]\nmax_message_size = \"big\"\n", line: 2, fragment: "must be an integer"),
+        Bad(text: "[server]\n\nmax_message_size = 10\n", line: 3, fragment: "between"),
+        Bad(text: "[server]\nlisten = [\"localhost:25\"]\n", line: 2, fragment: "not IP:port"),
+        Bad(text: "[server]\nlisten = [\"::1:25\"]\n", line: 2, fragment: "not IP:port"),
+        Bad(text: "[server]\nallowed_clients = [\"10.0.0.0/33\"]\n", line: 2, fragment: "not an address"),
+        Bad(text: "[server]\nhostname = \"bad host\"\n", line: 2, fragment: "not a valid host name"),
+        Bad(text: "[dns]\nforwarders = [\"1.2.3.4@99999\"]\n", line: 2, fragment: "not IP or IP@port"),
+        Bad(text: "[dns]\nstub_zones = [{ name = \"test.\" }]\n", line: 2, fragment: "needs addresses"),
+        Bad(text: "[dns]\nstub_zones = [{ name = \"test.\", addresses = [\"x\"] }]\n", line: 2, fragment: "is not IP or IP@port"),
+        Bad(text: "[delivery]\nport = 0\n", line: 2, fragment: "between 1 and 65535"),
+        Bad(text: "log_level = \"loud\"\n", line: 1, fragment: "must be one of"),
+        Bad(text: "state_directory = \"relative\"\n", line: 1, fragment: "absolute path"),
+        Bad(text: "server = 5\n", line: 1, fragment: "must be a table"),
+        Bad(text: "[server]\nlisten = [\"127.0.0.1:25\"\n", line: 2, fragment: "TOML syntax"),
+        Bad(text: "\n\n[delivery]\nport = 25\nport = 26\n", line: 5, fragment: "TOML syntax"),
+    ]
+
+    @Test("bad input names file, line and reason", arguments: bad)
+    func errors(_ bad: Bad) {
+        do {
+            _ = try load(bad.text)
+            Issue.record("accepted: \(bad.text)")
+        } catch let error as ConfigurationError {
+            #expect(error.file == "test.toml")
+            #expect(error.line == bad.line, "\(error)")
+            #expect(error.reason.contains(bad.fragment), "\(error)")
+        } catch {
+            Issue.record("unexpected error \(error)")
+        }
+    }
+
+    @Test("CIDR matching")
+    func cidr() {
+        let block = CIDRBlock("127.0.0.0/8")!
+        #expect(block.contains(IPAddress("127.1.2.3")!))
+        #expect(block.contains(IPAddress("::ffff:127.0.0.1")!))
+        #expect(!block.contains(IPAddress("128.0.0.1")!))
+        #expect(CIDRBlock("::1/128")!.contains(IPAddress("::1")!))
+        #expect(!CIDRBlock("::1/128")!.contains(IPAddress("::2")!))
+        #expect(CIDRBlock("192.0.2.0/25")!.contains(IPAddress("192.0.2.127")!))
+        #expect(!CIDRBlock("192.0.2.0/25")!.contains(IPAddress("192.0.2.128")!))
+    }
+}

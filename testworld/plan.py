@@ -1,0 +1,191 @@
+"""Address plan and ``world.json`` construction.
+
+Turns the scenario table (scenarios.py) plus a freshly generated PKI (pki.py)
+into the single JSON document that every server process and every test reads.
+
+Address plan (all on the loopback interface, no port overrides):
+  127.0.1.53      NSD (port 53): ``test.`` signed, ``insecure.test.`` unsigned
+  127.0.2.N       MX hosts as published in DNS (aiosmtpd, or the recording tap
+                  in front of Postfix), port 25
+  127.0.3.N       MTA-STS policy hosts ``mta-sts.<domain>``, HTTPS port 443
+  127.0.4.N       attackers (MITM proxies), port 25
+  127.0.5.N       internal hosts not in DNS: the real MX behind each attacker,
+                  the Postfix smtpd, the Postfix delivery sink
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import scenarios as S
+from pki import PKI, random_sha256
+
+
+class _Alloc:
+    def __init__(self, prefix):
+        self.prefix, self.n = prefix, 0
+
+    def __call__(self):
+        self.n += 1
+        if self.n > 254:
+            raise RuntimeError(f"address pool {self.prefix}.0/24 exhausted")
+        return f"{self.prefix}.{self.n}"
+
+
+def _tlsa_rdata(spec: str, cert: dict, pki: PKI) -> str:
+    u, s, m, src = spec.split()
+    data = {"leaf": cert["spki_sha256"], "ca": pki.ca.spki_sha256,
+            "otherca": pki.other_ca.spki_sha256, "random": None}[src] or random_sha256()
+    return f"{u} {s} {m} {data}"
+
+
+def relay_toml(d: str) -> str:
+    """The tlsrelayd configuration block for this world."""
+    return f'''state_directory = "{d}/relay-state"
+[server]
+listen = ["{S.RELAY_LISTEN}"]
+hostname = "relay.example.org"
+allowed_clients = ["127.0.0.0/8", "::1/128"]
+max_message_size = 52428800
+[dns]
+trust_anchor_file = "{d}/dns/trust-anchor.ds"
+forwarders = []
+stub_zones = [{{ name = "{S.ZONE}.", addresses = ["{S.DNS_ADDRESS}@{S.DNS_PORT}"] }}]
+[delivery]
+port = 25
+tls_ca_file = "{d}/pki/ca.pem"
+'''
+
+
+def build(d: str) -> dict:
+    """Generate the PKI into ``d/pki`` and return the world description."""
+    d = os.path.abspath(d)
+    pki = PKI(os.path.join(d, "pki"))
+    mx_ip, sts_ip, att_ip, int_ip = (_Alloc("127.0.2"), _Alloc("127.0.3"),
+                                     _Alloc("127.0.4"), _Alloc("127.0.5"))
+    sts_id = "w%d" % int(time.time())
+    servers, hosts_index, scenarios = [], {}, {}
+
+    def smtp_server(name, address, starttls, cert, banner):
+        rec = os.path.join(d, "mx", name)
+        servers.append({"role": "smtp", "name": name, "address": address, "port": 25,
+                        "starttls": starttls, "cert": cert, "records_dir": rec,
+                        "banner": banner})
+        return rec
+
+    for s in S.SCENARIOS:
+        domain = S.domain_of(s)
+        hosts = []
+        for h in s.hosts:
+            name = S.host_name(s, h.label)
+            target = S.host_name(s, h.cname) if h.cname else None
+            base = target or name
+            cert = pki.issue(name, base, h.cert)
+            entry = {"name": name, "preference": h.preference, "kind": h.kind,
+                     "cname_target": target, "certificate": cert,
+                     "tlsa_name": f"_25._tcp.{base}",
+                     "tlsa": [_tlsa_rdata(t, cert, pki) for t in h.tlsa],
+                     "lookups": S.expected_host_lookups(s, h),
+                     "dns": {"a_bogus": h.a_bogus, "tlsa_bogus": h.tlsa_bogus,
+                             "tlsa_servfail": h.tlsa_servfail},
+                     "backend": None, "attacker": None, "postfix": None}
+            if h.kind in (S.STARTTLS, S.NOTLS):
+                entry["address"] = mx_ip()
+                entry["records_dir"] = smtp_server(name, entry["address"], h.kind == S.STARTTLS,
+                                                   cert, base)
+            elif h.kind == S.POSTFIX:
+                entry["address"] = mx_ip()
+                rec = os.path.join(d, "mx", name)
+                pf_addr, sink_addr = int_ip(), int_ip()
+                entry["records_dir"] = rec
+                entry["postfix"] = {"config_directory": os.path.join(d, "postfix", "conf"),
+                                    "queue_directory": os.path.join(d, "postfix", "queue"),
+                                    "data_directory": os.path.join(d, "postfix", "data"),
+                                    "log": os.path.join(d, "postfix", "maillog"),
+                                    "smtpd_address": pf_addr, "sink_address": sink_addr,
+                                    "hostname": base, "cert": cert}
+                servers.append({"role": "tap", "name": name, "address": entry["address"],
+                                "port": 25, "upstream": [pf_addr, 25], "records_dir": rec})
+                servers.append({"role": "sink", "name": name, "address": sink_addr, "port": 25,
+                                "starttls": False, "cert": None, "records_dir": rec,
+                                "sessions_dir": os.path.join(d, "postfix", "sink-sessions"),
+                                "banner": "sink." + base})
+            elif h.kind.startswith("attacker:"):
+                akind = h.kind.split(":", 1)[1]
+                entry["address"] = att_ip()
+                bname = "backend-" + name
+                baddr = int_ip()
+                entry["records_dir"] = smtp_server(bname, baddr, True, cert, base)
+                entry["backend"] = {"name": bname, "address": baddr,
+                                    "records_dir": entry["records_dir"]}
+                acert = pki.issue(name + ".attacker", base, "otherca")
+                log = os.path.join(d, "attackers", name + ".jsonl")
+                entry["attacker"] = {"kind": akind, "log": log, "certificate": acert}
+                servers.append({"role": "attacker", "name": name, "kind": akind,
+                                "address": entry["address"], "port": 25,
+                                "upstream": [baddr, 25], "cert": acert, "log": log})
+            else:
+                raise ValueError(f"{s.name}: unknown host kind {h.kind}")
+            hosts_index[name] = {"scenario": s.name, "address": entry["address"], "kind": h.kind}
+            hosts.append(entry)
+
+        sts = None
+        if s.sts:
+            web = f"mta-sts.{domain}"
+            addr = sts_ip()
+            patterns = s.sts_mx if s.sts_mx is not None else [h["name"] for h in hosts]
+            lines = ["version: STSv1", f"mode: {s.sts}"]
+            lines += [] if s.sts == "none" else [f"mx: {p}" for p in patterns]
+            lines += ["max_age: 86400"]
+            sts = {"mode": s.sts, "id": sts_id, "txt": f"v=STSv1; id={sts_id};",
+                   "policy_host": web, "address": addr, "mx_patterns": patterns,
+                   "policy_lines": lines,
+                   "url": f"https://{web}/.well-known/mta-sts.txt",
+                   "behaviour_file": os.path.join(d, "sts", domain + ".json"),
+                   "certificate": pki.issue(web, web, "good")}
+            servers.append({"role": "sts", "name": web, "domain": domain, "address": addr,
+                            "port": 443, "cert": sts["certificate"],
+                            "behaviour_file": sts["behaviour_file"], "policy_lines": lines})
+            hosts_index[web] = {"scenario": s.name, "address": addr, "kind": "mta-sts-https"}
+
+        via = None
+        if s.action == "deliver":
+            label = s.via or s.hosts[0].label
+            via_name = S.host_name(s, label)
+            via_host = next(h for h in hosts if h["name"] == via_name)
+            via = {"host": via_name, "records_dir": via_host["records_dir"]}
+        desc = {"deliver": "deliver", "defer": "defer", "bounce": "bounce"}[s.action]
+        if s.security:
+            desc += f" ({s.security}{'' if s.tls in (None, True) else ', cleartext'})"
+        if s.action != "deliver":
+            desc += f" {s.status}"
+        scenarios[s.name] = {
+            "name": s.name, "summary": s.summary, "rfc": s.rfc,
+            "domain": domain, "recipient": f"user@{domain}",
+            "zone": S.zone_of(domain) + ".",
+            "mx_mode": s.mx, "mx": hosts,
+            "lookups": {"mx": S.expected_mx_lookup(s)},
+            "mta_sts": sts,
+            "expected": {"action": s.action, "status": s.status, "security": s.security,
+                         "tls": s.tls, "via": via, "text": desc},
+        }
+
+    return {
+        "version": 1,
+        "dir": d,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "dns": {"address": S.DNS_ADDRESS, "port": S.DNS_PORT, "zone": S.ZONE + ".",
+                "insecure_zone": S.INSECURE_ZONE + ".",
+                "trust_anchor_file": os.path.join(d, "dns", "trust-anchor.ds"),
+                "unbound_conf": os.path.join(d, "dns", "unbound.conf"),
+                "bait_address": S.BAIT_ADDRESS},
+        "pki": {"ca_file": pki.ca_file, "other_ca_file": pki.other_ca_file,
+                "ca_spki_sha256": pki.ca.spki_sha256,
+                "other_ca_spki_sha256": pki.other_ca.spki_sha256},
+        "relay": {"listen": S.RELAY_LISTEN, "hostname": "relay.example.org",
+                  "toml_file": os.path.join(d, "tlsrelay.toml"),
+                  "state_directory": os.path.join(d, "relay-state")},
+        "hosts": hosts_index,
+        "servers": servers,
+        "scenarios": scenarios,
+    }

@@ -1,0 +1,224 @@
+"""The scenario table of the tlsrelay test world.
+
+Each scenario is one recipient domain under the fake TLD ``test.`` (or under
+the insecure child zone ``insecure.test.``) together with the MX hosts that
+serve it, the certificate each host presents, its TLSA records, any MTA-STS
+policy, and the outcome a correct relay must produce:
+
+* RFC 7672 (SMTP security via opportunistic DANE TLS),
+* RFC 8461 (MTA-STS), RFC 3207 (STARTTLS), RFC 7505 (null MX),
+* RFC 5321 §5.1 (MX / implicit MX).
+
+This module is pure data plus address allocation; ``world.plan()`` turns it
+into ``world.json``.  The expected DNSSEC status of every lookup is *derived*
+here from the same flags that ``zones.py`` uses to build the zone, and the
+self-check (tests/test_world.py) verifies each claim with libunbound.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+ZONE = "test"                      # signed fake TLD
+INSECURE_ZONE = "insecure.test"    # unsigned child, NS delegation without DS
+DNS_ADDRESS = "127.0.1.53"
+DNS_PORT = 53
+RELAY_LISTEN = "127.0.0.1:10025"
+BAIT_ADDRESS = "127.0.9.9"         # address signed for a record later made bogus
+
+# Server kinds (what listens on a host's address, port 25).
+STARTTLS = "aiosmtpd-starttls"     # aiosmtpd offering STARTTLS (RFC 3207)
+NOTLS = "aiosmtpd-plain"           # aiosmtpd without STARTTLS
+POSTFIX = "postfix"                # recording tap -> real Postfix smtpd -> recording sink
+ATTACKERS = ("strip-starttls", "starttls-454", "mitm-cert", "inject-after-220")
+
+
+@dataclass
+class Host:
+    label: str                      # left-most label(s) relative to the domain, or FQDN if it ends in '.'
+    preference: int = 10
+    kind: str = STARTTLS            # STARTTLS | NOTLS | POSTFIX | "attacker:<kind>"
+    cert: str = "good"              # pki.VARIANTS
+    tlsa: list = field(default_factory=list)   # ["3 1 1 leaf", "2 1 1 ca", "3 1 1 random", ...]
+    a_bogus: bool = False           # A record changed after signing (RFC 7672 §2.2.3)
+    tlsa_bogus: bool = False        # TLSA changed after signing
+    tlsa_servfail: bool = False     # _25._tcp.<host> delegated to a server answering REFUSED
+    cname: Optional[str] = None     # label of the CNAME target (RFC 7672 §2.2.3)
+
+
+@dataclass
+class Scenario:
+    name: str
+    summary: str
+    rfc: str
+    hosts: list = field(default_factory=list)
+    domain: Optional[str] = None    # default "<name>.test"
+    mx: str = "mx"                  # mx | implicit | null | nxdomain | servfail | bogus
+    sts: Optional[str] = None       # MTA-STS mode: enforce | testing | none
+    sts_mx: Optional[list] = None   # policy "mx:" patterns (default: the MX host names)
+    action: str = "deliver"         # deliver | defer | bounce
+    status: str = "2.0.0"
+    security: Optional[str] = None  # dane | mta-sts | mta-sts-testing | encrypt | opportunistic
+    tls: Optional[bool] = None      # does the delivered message arrive over TLS
+    via: Optional[str] = None       # label of the host that must receive the message
+
+
+def _deliver(security, tls=True, via=None):
+    return dict(action="deliver", status="2.0.0", security=security, tls=tls, via=via)
+
+
+def _defer(status="4.7.5"):
+    return dict(action="defer", status=status, security=None, tls=None, via=None)
+
+
+def _bounce(status):
+    return dict(action="bounce", status=status, security=None, tls=None, via=None)
+
+
+def S(name, summary, rfc, hosts=(), expect=None, **kw) -> Scenario:
+    return Scenario(name=name, summary=summary, rfc=rfc, hosts=list(hosts), **(expect or {}), **kw)
+
+
+H = Host
+LEAF = "3 1 1 leaf"
+CA_TA = "2 1 1 ca"
+NOMATCH = "3 1 1 random"
+
+SCENARIOS: list[Scenario] = [
+    # --- DANE (RFC 7672) -------------------------------------------------
+    S("dane-ee", "DANE-EE 3 1 1 matches the MX leaf", "RFC 7672 §3.1.1",
+      [H("mx", tlsa=[LEAF])], _deliver("dane")),
+    S("dane-ta", "DANE-TA 2 1 1 of the test CA; leaf names the MX host", "RFC 7672 §3.1.2",
+      [H("mx", tlsa=[CA_TA])], _deliver("dane")),
+    S("dane-ta-badname", "DANE-TA 2 1 1 matches, but the leaf does not name the MX host",
+      "RFC 7672 §3.2.2", [H("mx", cert="wrongname", tlsa=[CA_TA])], _defer()),
+    S("dane-ee-expired", "DANE-EE matches an expired leaf: no expiry check for DANE-EE",
+      "RFC 7672 §3.1.1", [H("mx", cert="expired", tlsa=[LEAF])], _deliver("dane")),
+    S("dane-ee-selfsigned", "DANE-EE matches a self-signed leaf: no PKIX/name check for DANE-EE",
+      "RFC 7672 §3.1.1", [H("mx", cert="selfsigned", tlsa=[LEAF])], _deliver("dane")),
+    S("dane-tlsa-mismatch", "secure TLSA records, none matches the presented chain",
+      "RFC 7672 §2.2, §3", [H("mx", tlsa=[NOMATCH, "2 1 1 otherca"])], _defer()),
+    S("dane-unusable", "only unusable TLSA (usage 0 and 1): STARTTLS required, no authentication",
+      "RFC 7672 §3.1.3", [H("mx", tlsa=["0 1 1 random", "1 1 1 random"])], _deliver("encrypt")),
+    S("dane-bogus-tlsa", "TLSA RRset bogus (rdata changed after signing; served data would match)",
+      "RFC 7672 §2.2.3", [H("mx", tlsa=[LEAF], tlsa_bogus=True)], _defer()),
+    S("dane-bogus-a", "MX host A record bogus (changed after signing): host unusable",
+      "RFC 7672 §2.2.3", [H("mx", tlsa=[LEAF], a_bogus=True)], _defer()),
+    S("dane-bogus-mx", "MX RRset bogus (changed after signing; served MX would work)",
+      "RFC 7672 §2.2.1", [H("mx", tlsa=[LEAF])], _defer(), mx="bogus"),
+    S("dane-tlsa-servfail", "secure MX host, TLSA lookup fails (_25._tcp delegated to a REFUSED server)",
+      "RFC 7672 §2.1.1, §2.2.3", [H("mx", tlsa_servfail=True)], _defer()),
+    S("dane-postfix", "DANE-EE and DANE-TA, MX is a real Postfix smtpd",
+      "RFC 7672 §3.1", [H("mx", kind=POSTFIX, tlsa=[LEAF, CA_TA])], _deliver("dane")),
+    S("two-mx-second-good", "MX 10 has a mismatching TLSA, MX 20 is good: deliver via the second",
+      "RFC 7672 §2.2, RFC 5321 §5.1",
+      [H("mx1", 10, tlsa=[NOMATCH]), H("mx2", 20, tlsa=[LEAF])], _deliver("dane", via="mx2")),
+    S("implicit-mx", "no MX, A at the domain, TLSA at _25._tcp.<domain>",
+      "RFC 5321 §5.1, RFC 7672 §2.2.2", [H(".", tlsa=[LEAF])], _deliver("dane"), mx="implicit"),
+    S("cname-mx", "MX host is a CNAME; TLSA at the expanded target name",
+      "RFC 7672 §2.2.3", [H("mx", tlsa=[LEAF], cname="mx-target")], _deliver("dane")),
+    # --- insecure DNS -------------------------------------------------------
+    S("insecure-child", "domain in an unsigned delegated zone; its (ignored) TLSA would not match",
+      "RFC 7672 §2.2.1, §2.2.3", [H("mx", cert="selfsigned", tlsa=[NOMATCH])],
+      _deliver("opportunistic"), domain=INSECURE_ZONE),
+    S("insecure-mx-signed", "insecure MX RRset, MX host in the signed zone with matching TLSA",
+      "RFC 7672 §2.2.1", [H("mx.insecure-mx-signed.test.", tlsa=[LEAF])], _deliver("dane"),
+      domain="signed-mx." + INSECURE_ZONE),
+    # --- DNS failures and non-delivery ------------------------------------------
+    S("null-mx", "null MX (MX 0 .)", "RFC 7505 §3", [], _bounce("5.1.10"), mx="null"),
+    S("nxdomain", "the domain does not exist (secure NXDOMAIN)", "RFC 5321 §5.1",
+      [], _bounce("5.1.2"), mx="nxdomain"),
+    S("servfail-mx", "MX lookup fails (domain delegated to a REFUSED server)",
+      "RFC 5321 §5.1, §4.5.4.1", [], _defer("4.4.3"), mx="servfail"),
+    # --- no policy --------------------------------------------------------------
+    S("no-tls", "MX without STARTTLS, no TLSA, no MTA-STS: cleartext is allowed",
+      "RFC 7435, RFC 3207", [H("mx", kind=NOTLS)], _deliver("opportunistic", tls=False)),
+    # --- MTA-STS (RFC 8461) -----------------------------------------------------
+    S("sts-enforce", "MTA-STS enforce, valid WebPKI certificate", "RFC 8461 §4.2, §5",
+      [H("mx")], _deliver("mta-sts"), sts="enforce"),
+    S("sts-testing", "MTA-STS testing, valid certificate", "RFC 8461 §5",
+      [H("mx")], _deliver("mta-sts-testing"), sts="testing"),
+    S("sts-none", "MTA-STS none", "RFC 8461 §5", [H("mx")], _deliver("opportunistic"), sts="none"),
+    S("sts-enforce-wildcard", "MTA-STS enforce with an mx: *.<domain> pattern", "RFC 8461 §4.1",
+      [H("mx")], _deliver("mta-sts"), sts="enforce", sts_mx=["*.sts-enforce-wildcard.test"]),
+    S("sts-enforce-otherca", "MTA-STS enforce, MX certificate from an untrusted CA",
+      "RFC 8461 §4.2", [H("mx", cert="otherca")], _defer(), sts="enforce"),
+    S("sts-enforce-wrongname", "MTA-STS enforce, MX certificate names another host",
+      "RFC 8461 §4.2", [H("mx", cert="wrongname")], _defer(), sts="enforce"),
+    S("sts-enforce-expired", "MTA-STS enforce, MX certificate expired",
+      "RFC 8461 §4.2", [H("mx", cert="expired")], _defer(), sts="enforce"),
+    S("sts-enforce-mx-mismatch", "MTA-STS enforce, MX host not matched by the policy",
+      "RFC 8461 §4.1", [H("mx")], _defer(), sts="enforce", sts_mx=["mx.elsewhere.test"]),
+    S("sts-testing-otherca", "MTA-STS testing, untrusted certificate: deliver anyway, report",
+      "RFC 8461 §5", [H("mx", cert="otherca")], _deliver("mta-sts-testing"), sts="testing"),
+    S("dane-sts-tlsa-mismatch", "DANE and MTA-STS enforce, TLSA mismatch: DANE governs",
+      "RFC 8461 §2", [H("mx", tlsa=[NOMATCH])], _defer(), sts="enforce"),
+    # --- active attackers (RFC 3207 §4.2, §6) ---------------------------------
+    S("attack-strip-starttls", "DANE domain, MITM deletes STARTTLS from the EHLO reply",
+      "RFC 7672 §2.2, RFC 3207 §6", [H("mx", kind="attacker:strip-starttls", tlsa=[LEAF])], _defer()),
+    S("attack-starttls-454", "DANE domain, MITM answers STARTTLS with 454",
+      "RFC 7672 §2.2, RFC 3207 §4", [H("mx", kind="attacker:starttls-454", tlsa=[LEAF])], _defer()),
+    S("attack-mitm-cert", "DANE domain, MITM terminates TLS with a foreign-CA certificate",
+      "RFC 7672 §3", [H("mx", kind="attacker:mitm-cert", tlsa=[LEAF])], _defer()),
+    S("attack-inject", "DANE domain, MITM appends plaintext to the 220 reply to STARTTLS",
+      "RFC 3207 §4.2", [H("mx", kind="attacker:inject-after-220", tlsa=[LEAF])], _defer()),
+    S("attack-sts-strip-starttls", "MTA-STS enforce domain, MITM deletes STARTTLS",
+      "RFC 8461 §5", [H("mx", kind="attacker:strip-starttls")], _defer(), sts="enforce"),
+    S("attack-strip-nopolicy", "no policy, MITM deletes STARTTLS: cleartext delivery is expected",
+      "RFC 7435 §3", [H("mx", kind="attacker:strip-starttls")],
+      _deliver("opportunistic", tls=False)),
+]
+
+
+def domain_of(s: Scenario) -> str:
+    return s.domain or f"{s.name}.{ZONE}"
+
+
+def host_name(s: Scenario, label: str) -> str:
+    """FQDN (no trailing dot) of a host label relative to the scenario domain."""
+    if label == ".":
+        return domain_of(s)
+    if label.endswith("."):
+        return label[:-1]
+    return f"{label}.{domain_of(s)}"
+
+
+def zone_of(name: str) -> str:
+    n = name.rstrip(".")
+    return INSECURE_ZONE if n == INSECURE_ZONE or n.endswith("." + INSECURE_ZONE) else ZONE
+
+
+def dnssec_of(name: str) -> str:
+    return "insecure" if zone_of(name) == INSECURE_ZONE else "secure"
+
+
+def lookup(name, rtype, status, result):
+    """One expected validating-resolver answer: status secure|insecure|bogus|servfail,
+    result data|nodata|nxdomain|none (none = no answer, SERVFAIL)."""
+    return {"name": name, "type": rtype, "status": status, "result": result}
+
+
+def expected_mx_lookup(s: Scenario) -> dict:
+    d = domain_of(s)
+    return {
+        "mx": lookup(d, "MX", dnssec_of(d), "data"),
+        "implicit": lookup(d, "MX", dnssec_of(d), "nodata"),
+        "null": lookup(d, "MX", "secure", "data"),
+        "nxdomain": lookup(d, "MX", "secure", "nxdomain"),
+        "servfail": lookup(d, "MX", "servfail", "none"),
+        "bogus": lookup(d, "MX", "bogus", "data"),
+    }[s.mx]
+
+
+def expected_host_lookups(s: Scenario, h: Host) -> dict:
+    name = host_name(s, h.label)
+    base = host_name(s, h.cname) if h.cname else name
+    tname = f"_25._tcp.{base}"
+    a = lookup(name, "A", "bogus" if h.a_bogus else dnssec_of(base), "data")
+    if h.tlsa_servfail:
+        t = lookup(tname, "TLSA", "servfail", "none")
+    elif h.tlsa_bogus:
+        t = lookup(tname, "TLSA", "bogus", "data")
+    else:
+        t = lookup(tname, "TLSA", dnssec_of(base), "data" if h.tlsa else "nxdomain")
+    return {"a": a, "tlsa": t}

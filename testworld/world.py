@@ -1,0 +1,260 @@
+#!/usr/bin/env python3
+"""tlsrelay test world: a loopback Internet for a DANE / MTA-STS enforcing relay.
+
+    python3 testworld/world.py up --dir DIR        build + start everything, print the relay TOML
+    python3 testworld/world.py down --dir DIR [--keep]
+    python3 testworld/world.py status --dir DIR
+    python3 testworld/world.py config --dir DIR    print the relay TOML again
+    python3 testworld/world.py sts-set --dir DIR DOMAIN BEHAVIOUR [--body TEXT] ...
+
+``up`` generates a PKI (pki.py), a DNSSEC-signed zone (zones.py), writes
+``DIR/world.json`` (plan.py) and starts, as detached processes recorded in
+``DIR/run/pids.json``: NSD, the recording MX servers (mx.py), the MTA-STS
+HTTPS servers (sts.py), the MITM attackers (attackers.py) and one Postfix
+(postfix.py).  See README.md for the scenario table and address plan.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import plan      # noqa: E402
+import postfix   # noqa: E402
+import procs     # noqa: E402
+import service   # noqa: E402
+import sts       # noqa: E402
+import zones     # noqa: E402
+
+SERVER_MODULES = ("mx", "sts", "attackers")
+READY_TIMEOUT = 10.0
+
+
+class WorldError(RuntimeError):
+    pass
+
+
+def _postfix_conf(world):
+    return next((h["postfix"] for s in world["scenarios"].values() for h in s["mx"]
+                 if h.get("postfix")), None)
+
+
+def running(d: str) -> dict:
+    """Recorded processes of the world in ``d`` that are still alive."""
+    return {n: e for n, e in procs.load(d).items() if procs.ours(e)}
+
+
+def _check_dir(d: str) -> None:
+    if os.path.exists(os.path.join(d, "world.json")) or os.path.exists(procs.pidfile(d)):
+        live = running(d)
+        if live:
+            raise WorldError(f"a world is already running in {d} (pids "
+                             f"{', '.join(str(e['pid']) for e in live.values())}); "
+                             f"run: world.py down --dir {d}")
+        raise WorldError(f"{d} holds a stopped world; run: world.py down --dir {d}")
+    if os.path.isdir(d) and os.listdir(d):
+        raise WorldError(f"{d} exists and is not empty")
+    # Postfix daemons run as user postfix and must reach DIR/postfix.
+    p = os.path.dirname(d)
+    while p != "/":
+        if os.path.exists(p) and not os.stat(p).st_mode & 0o001:
+            raise WorldError(f"{p} is not searchable by others (mode "
+                             f"{oct(os.stat(p).st_mode & 0o777)}); Postfix could not reach {d}")
+        p = os.path.dirname(p)
+
+
+def _check_addresses(world: dict) -> None:
+    """Fail early and clearly if some address:port is taken (another world?)."""
+    eps = [(s["address"], s["port"]) for s in world["servers"]]
+    eps.append((world["dns"]["address"], world["dns"]["port"]))
+    pf = _postfix_conf(world)
+    if pf:
+        eps.append((pf["smtpd_address"], 25))
+    for addr, port in eps:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((addr, port))
+        except OSError as e:
+            raise WorldError(f"{addr}:{port} is not free ({e.strerror}); is another world up?")
+        finally:
+            s.close()
+
+
+def _dns_ready(addr: str, port: int) -> bool:
+    """True when NSD answers a SOA query for test. (zones loaded)."""
+    q = (b"\x12\x34\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+         b"\x04test\x00\x00\x06\x00\x01")
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(0.1)
+    try:
+        s.sendto(q, (addr, port))
+        r = s.recv(512)
+        return r[:2] == b"\x12\x34" and (r[3] & 0x0F) == 0 and r[6:8] != b"\x00\x00"
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def _tcp_ready(addr: str, port: int) -> bool:
+    try:
+        socket.create_connection((addr, port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+def up(d: str, quiet: bool = False) -> dict:
+    """Build and start a world in ``d``; return the world description."""
+    t0 = time.monotonic()
+    d = os.path.abspath(d)
+    _check_dir(d)
+    os.makedirs(d, exist_ok=True)
+    os.chmod(d, 0o755)
+    try:
+        world = plan.build(d)
+        _check_addresses(world)
+        for sub in ("mx", "sts", "attackers", "run", "logs"):
+            os.makedirs(os.path.join(d, sub), exist_ok=True)
+        zinfo = zones.build(world)
+        world["status"] = "starting"
+        service.write_json_atomic(os.path.join(d, "world.json"), world)
+        with open(world["relay"]["toml_file"], "w") as f:
+            f.write(plan.relay_toml(d))
+
+        procs.spawn(d, "nsd", ["nsd", "-d", "-c", zinfo["nsd_conf"]])
+        for m in SERVER_MODULES:
+            procs.spawn(d, m, [sys.executable, os.path.join(HERE, m + ".py"), d])
+        pf = _postfix_conf(world)
+        if pf:
+            postfix.configure(pf)
+            postfix.start(pf)
+            mp = postfix.master_pid(pf)
+            if not mp:
+                raise WorldError("postfix started but wrote no master.pid")
+            procs.record(d, "postfix", mp, None)
+
+        deadline = time.monotonic() + READY_TIMEOUT
+        waiting = {"nsd": lambda: _dns_ready(world["dns"]["address"], world["dns"]["port"])}
+        for m in SERVER_MODULES:
+            waiting[m] = (lambda m=m: os.path.exists(os.path.join(d, "run", m + ".ready")))
+        if pf:
+            waiting["postfix"] = lambda: _tcp_ready(pf["smtpd_address"], 25)
+        while waiting:
+            for name in list(waiting):
+                if waiting[name]():
+                    del waiting[name]
+            dead = [n for n, e in procs.load(d).items() if not procs.alive(e["pid"])]
+            if dead:
+                raise WorldError(f"{', '.join(dead)} exited during start-up; see {d}/logs/")
+            if time.monotonic() > deadline:
+                raise WorldError(f"not ready after {READY_TIMEOUT:.0f} s: {', '.join(waiting)}; "
+                                 f"see {d}/logs/")
+            if waiting:
+                time.sleep(0.02)
+    except BaseException:
+        try:
+            down(d, keep=True)
+        finally:
+            pass
+        raise
+    world["status"] = "running"
+    world["processes"] = procs.load(d)
+    world["startup_seconds"] = round(time.monotonic() - t0, 3)
+    service.write_json_atomic(os.path.join(d, "world.json"), world)
+    return world
+
+
+def down(d: str, keep: bool = False) -> list:
+    """Stop every recorded process (SIGTERM, then SIGKILL) and remove ``d``."""
+    d = os.path.abspath(d)
+    if not os.path.exists(os.path.join(d, "world.json")) and not os.path.exists(procs.pidfile(d)):
+        raise WorldError(f"no world in {d}")
+    pids = procs.load(d)
+    left = []
+    if "postfix" in pids:
+        try:
+            with open(os.path.join(d, "world.json")) as f:
+                pf = _postfix_conf(json.load(f))
+            if pf and procs.ours(pids["postfix"]):
+                postfix.stop(pf)
+                procs.wait_gone(pids["postfix"]["pid"], 5)
+        except (OSError, ValueError):
+            pass
+    for name, entry in pids.items():
+        left += procs.stop(entry)
+    if left:
+        raise WorldError(f"processes would not die: {left}")
+    if not keep:
+        shutil.rmtree(d)
+    return left
+
+
+def _print_toml(d):
+    with open(os.path.join(d, "tlsrelay.toml")) as f:
+        sys.stdout.write(f"# tlsrelayd configuration for the test world in {d}\n"
+                         f"# (also written to {d}/tlsrelay.toml)\n" + f.read())
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("up", "down", "status", "config"):
+        p = sub.add_parser(name)
+        p.add_argument("--dir", required=True)
+        if name == "down":
+            p.add_argument("--keep", action="store_true", help="keep DIR after stopping")
+    p = sub.add_parser("sts-set", help="script an MTA-STS policy host")
+    p.add_argument("--dir", required=True)
+    p.add_argument("domain", help="policy domain or scenario name")
+    p.add_argument("behaviour", choices=sts.BEHAVIOURS)
+    p.add_argument("--body")
+    p.add_argument("--content-type")
+    p.add_argument("--status", type=int)
+    p.add_argument("--delay", type=float)
+    p.add_argument("--location")
+    a = ap.parse_args(argv)
+    d = os.path.abspath(a.dir)
+    try:
+        if a.cmd == "up":
+            w = up(d)
+            print(f"world up in {w['startup_seconds']:.2f} s: {len(w['scenarios'])} scenarios, "
+                  f"{len(w['servers'])} servers, DNS {w['dns']['address']}:{w['dns']['port']}",
+                  file=sys.stderr)
+            _print_toml(d)
+        elif a.cmd == "down":
+            down(d, keep=a.keep)
+        elif a.cmd == "config":
+            _print_toml(d)
+        elif a.cmd == "status":
+            pids = procs.load(d)
+            if not pids:
+                raise WorldError(f"no world in {d}")
+            bad = 0
+            for n, e in pids.items():
+                ok = procs.ours(e)
+                bad += not ok
+                print(f"{n:10} {e['pid']:>7} {'running' if ok else 'GONE'}")
+            return 1 if bad else 0
+        elif a.cmd == "sts-set":
+            with open(os.path.join(d, "world.json")) as f:
+                world = json.load(f)
+            print(sts.set_behaviour(world, a.domain, a.behaviour, body=a.body,
+                                    content_type=a.content_type, status=a.status,
+                                    delay=a.delay, location=a.location))
+    except (WorldError, ValueError) as e:
+        print(f"world.py {a.cmd}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""DNS for the test world: zone files, DNSSEC signing, NSD and unbound configs.
+
+* ``test.`` is signed at ``up`` time with ldns (ECDSAP256SHA256 KSK + ZSK,
+  NSEC3 with 0 iterations and no salt, RFC 9276); the KSK's DS is the trust
+  anchor (``DIR/dns/trust-anchor.ds``, usable as unbound ``trust-anchor-file``
+  and libunbound ``ub_ctx_add_ta_file``).
+* ``insecure.test.`` is delegated without DS and served unsigned
+  (RFC 4035 §5.2: provably insecure delegation).
+* Bogus data (RFC 4035 §5.5): after signing, the rdata of selected RRsets is
+  replaced while the old RRSIG is kept.  The *signed* value is a decoy that
+  leads nowhere; the *served* value is the working one, so a relay that ignores
+  the validation failure visibly delivers.
+* SERVFAIL: a name is delegated (NS, no DS) to a zone that NSD also serves but
+  with ``allow-query`` refusing everybody, so the resolver never gets an
+  answer (RFC 7672 §2.1.1).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import subprocess
+
+import scenarios as S
+
+TTL = 60
+NS_NAME = f"ns.{S.ZONE}."
+
+
+def _fq(name: str) -> str:
+    return name if name.endswith(".") else name + "."
+
+
+class Records:
+    """Collects (owner, type, served_rdata, signed_rdata) per zone."""
+
+    def __init__(self):
+        self.rr = []            # (zone, owner, type, rdata)
+        self.bogus = {}         # (owner, type) -> [served rdata] (signed rdata is in self.rr)
+        self.refused_zones = []
+
+    def add(self, owner, rtype, rdata, signed_as=None, zone=None):
+        """Add a record to ``zone`` (default: the zone the owner name falls in)."""
+        owner = _fq(owner)
+        zone = zone or S.zone_of(owner)
+        if signed_as is not None:
+            self.rr.append((zone, owner, rtype, signed_as))
+            self.bogus.setdefault((owner, rtype), []).append(rdata)
+        else:
+            self.rr.append((zone, owner, rtype, rdata))
+
+    def refuse(self, owner):
+        """Delegate ``owner`` to a zone that NSD refuses to answer for."""
+        self.add(owner, "NS", NS_NAME)
+        self.refused_zones.append(_fq(owner))
+
+    def zone_text(self, zone: str) -> str:
+        apex = _fq(zone)
+        out = [f"$TTL {TTL}",
+               f"{apex} {TTL} IN SOA {NS_NAME} hostmaster.{S.ZONE}. 1 3600 900 604800 {TTL}",
+               f"{apex} {TTL} IN NS {NS_NAME}"]
+        out += [f"{owner} {TTL} IN {rtype} {rdata}" for z, owner, rtype, rdata in self.rr if z == zone]
+        return "\n".join(out) + "\n"
+
+
+def records_for(world: dict) -> Records:
+    """All resource records the scenarios in ``world`` need."""
+    r = Records()
+    r.add(NS_NAME, "A", S.DNS_ADDRESS)
+    r.add(S.INSECURE_ZONE, "NS", NS_NAME, zone=S.ZONE)   # delegation without DS
+    for sc in world["scenarios"].values():
+        dom = sc["domain"]
+        mode = sc["mx_mode"]
+        if mode in ("mx", "bogus"):
+            for h in sc["mx"]:
+                served = f"{h['preference']} {_fq(h['name'])}"
+                r.add(dom, "MX", served,
+                      signed_as=f"{h['preference']} decoy.{_fq(dom)}" if mode == "bogus" else None)
+        elif mode == "null":
+            r.add(dom, "MX", "0 .")
+        elif mode == "servfail":
+            r.refuse(dom)
+        for h in sc["mx"]:
+            base = h["cname_target"] or h["name"]
+            if h["cname_target"]:
+                r.add(h["name"], "CNAME", _fq(base))
+            r.add(base, "A", h["address"],
+                  signed_as=S.BAIT_ADDRESS if h["dns"]["a_bogus"] else None)
+            if h["dns"]["tlsa_servfail"]:
+                r.refuse(h["tlsa_name"])
+            for t in h["tlsa"]:
+                decoy = " ".join(t.split()[:3]) + " " + "00" * 32
+                r.add(h["tlsa_name"], "TLSA", t,
+                      signed_as=decoy if h["dns"]["tlsa_bogus"] else None)
+        sts = sc["mta_sts"]
+        if sts:
+            r.add(f"_mta-sts.{dom}", "TXT", f'"{sts["txt"]}"')
+            r.add(sts["policy_host"], "A", sts["address"])
+        if sts or any(h["tlsa"] for h in sc["mx"]):
+            r.add(f"_smtp._tls.{dom}", "TXT", f'"v=TLSRPTv1; rua=mailto:tlsrpt@{dom}"')
+    return r
+
+
+def _run(cmd, cwd):
+    p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if p.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {p.stderr.strip()}")
+    return p.stdout.strip()
+
+
+def _make_bogus(signed_file: str, bogus: dict):
+    """Replace the rdata of the listed RRsets in the signed zone, keeping the RRSIGs."""
+    with open(signed_file) as f:
+        lines = f.read().splitlines()
+    out, done = [], set()
+    for line in lines:
+        p = line.split(None, 4)
+        key = (p[0].lower(), p[3]) if len(p) >= 5 and p[2] == "IN" else None
+        match = next((k for k in bogus if key and (k[0].lower(), k[1]) == key), None)
+        if match:
+            if match not in done:
+                out += [f"{match[0]}\t{TTL}\tIN\t{match[1]}\t{rd}" for rd in bogus[match]]
+                done.add(match)
+            continue
+        out.append(line)
+    missing = set(bogus) - done
+    if missing:
+        raise RuntimeError(f"bogus records not found in signed zone: {missing}")
+    with open(signed_file, "w") as f:
+        f.write("\n".join(out) + "\n")
+
+
+def build(world: dict) -> dict:
+    """Write, sign and configure everything in ``DIR/dns``; return file paths."""
+    d = os.path.join(world["dir"], "dns")
+    keys = os.path.join(d, "keys")
+    os.makedirs(keys, exist_ok=True)
+    r = records_for(world)
+
+    signed_zone = os.path.join(d, "test.zone")
+    with open(signed_zone, "w") as f:
+        f.write(r.zone_text(S.ZONE))
+    with open(os.path.join(d, "insecure.test.zone"), "w") as f:
+        f.write(r.zone_text(S.INSECURE_ZONE))
+    for z in r.refused_zones:
+        with open(os.path.join(d, z + "zone"), "w") as f:
+            f.write(f"$TTL {TTL}\n{z} IN SOA {NS_NAME} hostmaster.{S.ZONE}. 1 3600 900 604800 {TTL}\n"
+                    f"{z} IN NS {NS_NAME}\n")
+
+    # RFC 6781 style KSK/ZSK split; ldns-keygen -k also writes the KSK's DS.
+    ksk = _run(["ldns-keygen", "-a", "ECDSAP256SHA256", "-k", f"{S.ZONE}."], keys)
+    zsk = _run(["ldns-keygen", "-a", "ECDSAP256SHA256", f"{S.ZONE}."], keys)
+    inception = (_dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(hours=1)).strftime("%Y%m%d%H%M%S")
+    _run(["ldns-signzone", "-n", "-t", "0", "-i", inception, "-o", f"{S.ZONE}.",
+          "-f", signed_zone + ".signed", signed_zone,
+          os.path.join(keys, ksk), os.path.join(keys, zsk)], d)
+    _make_bogus(signed_zone + ".signed", r.bogus)
+    with open(os.path.join(keys, ksk + ".ds")) as f:
+        ds = f.read()
+    ta = world["dns"]["trust_anchor_file"]
+    with open(ta, "w") as f:
+        f.write(ds)
+
+    nsd_conf = os.path.join(d, "nsd.conf")
+    zones = [f'zone:\n  name: "{S.ZONE}."\n  zonefile: "{signed_zone}.signed"\n',
+             f'zone:\n  name: "{S.INSECURE_ZONE}."\n  zonefile: "{d}/insecure.test.zone"\n']
+    zones += [f'zone:\n  name: "{z}"\n  zonefile: "{d}/{z}zone"\n'
+              f'  allow-query: 0.0.0.0/0 BLOCKED\n  allow-query: ::0/0 BLOCKED\n'
+              for z in r.refused_zones]
+    with open(nsd_conf, "w") as f:
+        f.write(f'''server:
+  ip-address: {S.DNS_ADDRESS}@{S.DNS_PORT}
+  do-ip6: no
+  database: ""
+  username: ""
+  chroot: ""
+  server-count: 1
+  zonesdir: "{d}"
+  pidfile: "{d}/nsd.pid"
+  xfrdfile: "{d}/xfrd.state"
+  xfrdir: "{d}"
+  zonelistfile: "{d}/zone.list"
+  logfile: "{d}/nsd.log"
+  hide-version: yes
+  verbosity: 1
+  refuse-any: yes
+remote-control:
+  control-enable: no
+''' + "".join(zones))
+
+    # A validating stub for checks (unbound-host -C) - RFC 4035 §4.
+    ub = world["dns"]["unbound_conf"]
+    with open(ub, "w") as f:
+        f.write(f'''server:
+  do-not-query-localhost: no
+  do-ip6: no
+  local-zone: "{S.ZONE}." nodefault
+  trust-anchor-file: "{ta}"
+  val-log-level: 2
+stub-zone:
+  name: "{S.ZONE}."
+  stub-addr: {S.DNS_ADDRESS}@{S.DNS_PORT}
+''')
+    return {"nsd_conf": nsd_conf, "unbound_conf": ub, "trust_anchor": ta,
+            "signed_zone": signed_zone + ".signed"}
