@@ -1,0 +1,80 @@
+"""Real Postfix, configured with relayhost = [127.0.0.1]:PORT, hands mail to tlsrelayd."""
+import os
+import re
+import shutil
+import tempfile
+import time
+
+import pytest
+
+from postfix_client import PostfixClient
+
+
+@pytest.fixture
+def postfix(relay):
+    # Postfix's daemons drop to the postfix user, which cannot enter pytest's 0700 tmp_path.
+    base = tempfile.mkdtemp(prefix="tlsrelay-postfix-")
+    os.chmod(base, 0o755)
+    client = PostfixClient(base, relay.port).start()
+    yield client
+    client.stop()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def wait_for(predicate, timeout=30, interval=0.1):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return None
+
+
+def strip_trace(content: bytes) -> bytes:
+    """Drops the leading Received: fields (ours and Postfix's) with their folded lines."""
+    lines = content.split(b"\r\n")
+    i = 0
+    while i < len(lines) and lines[i].startswith(b"Received:"):
+        i += 1
+        while i < len(lines) and lines[i][:1] in (b" ", b"\t"):
+            i += 1
+    return b"\r\n".join(lines[i:])
+
+
+def test_postfix_relays_through_tlsrelay(relay, postfix):
+    message = (b"From: Alice <alice@example.org>\r\n"
+               b"To: Bob <bob@example.net>\r\n"
+               b"Subject: via Postfix\r\n"
+               b"Date: Sun, 29 Nov 2026 10:00:00 +0000\r\n"
+               b"Message-ID: <postfix-test-1@example.org>\r\n"
+               b"MIME-Version: 1.0\r\n"
+               b"Content-Type: text/plain; charset=utf-8\r\n"
+               b"Content-Transfer-Encoding: 8bit\r\n"
+               b"\r\n"
+               b".a line that starts with a dot\r\n"
+               b"8-bit: \xc3\xbcml\xc3\xa4ut\r\n"
+               b"\r\n"
+               b"last line\r\n")
+    postfix.sendmail("alice@example.org", ["bob@example.net", "carol@example.com"], message.replace(b"\r\n", b"\n"),
+                     extra=["-N", "failure,delay", "-V", "envid-42"])
+    queued = wait_for(lambda: relay.queued(), timeout=60)
+    assert queued, "nothing reached tlsrelay's spool; postfix log:\n" + postfix.maillog() + "\nrelay log:\n" + relay.log_text()
+    assert len(queued) == 1
+    queue_id, (envelope, content) = next(iter(queued.items()))
+    tx = envelope["transaction"]
+    assert tx["sender"] == {"localPart": "alice", "domain": "example.org"}
+    assert sorted(r["mailbox"]["localPart"] + "@" + r["mailbox"]["domain"] for r in tx["recipients"]) == \
+        ["bob@example.net", "carol@example.com"]
+    # Postfix passes DSN parameters on (RFC 3461).
+    assert all(r["notify"] == {"never": False, "success": False, "failure": True, "delay": True} for r in tx["recipients"])
+    assert all(r["originalRecipient"]["addressType"] == "rfc822" for r in tx["recipients"])
+    assert tx["parameters"]["envelopeID"] == "envid-42"
+    assert tx["parameters"]["body"] == "8BITMIME"
+    assert envelope["heloName"] == "client.example.org"
+    # Byte-exact apart from trace headers.
+    assert content.startswith(b"Received: from client.example.org ([127.0.0.1])")
+    assert strip_trace(content) == message
+    # Postfix saw the 250 with our queue id, and tlsrelay logged the message.
+    assert wait_for(lambda: re.search(r"status=sent \(250 2\.0\.0 Ok: queued as " + queue_id, postfix.maillog()), timeout=20)
+    assert f"{queue_id}: client=client.example.org[127.0.0.1], from=<alice@example.org>" in relay.log_text()
