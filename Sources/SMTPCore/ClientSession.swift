@@ -1,0 +1,428 @@
+/// The outbound SMTP client for one connection to one MX host, as a state machine without I/O
+/// (RFC 5321 §3, §4; STARTTLS RFC 3207; PIPELINING RFC 2920).
+///
+/// The connection handler feeds it replies and TLS events and carries out its actions. It
+/// decides nothing about TLS policy beyond what `TLSRequirement` says; the caller maps
+/// DANE/MTA-STS/local policy to it.
+public struct ClientSession: Sendable {
+    /// Whether STARTTLS must, may or must not be used on this connection.
+    public enum TLSRequirement: Sendable, Equatable {
+        /// Never send STARTTLS.
+        case none
+        /// Use STARTTLS when offered (RFC 7435); deliver in clear when not offered.
+        case opportunistic
+        /// STARTTLS must be offered and succeed, else nothing is sent (RFC 7672 §2.2, RFC 8461 §5).
+        case required
+    }
+
+    /// The message to send and how.
+    public struct Job: Sendable, Equatable {
+        public var heloName: String
+        public var sender: Mailbox?
+        public var recipients: [Recipient]
+        /// Content size in bytes (for SIZE=, RFC 1870).
+        public var size: Int
+        public var body: BodyType?
+        /// True when the envelope or the headers need SMTPUTF8 (RFC 6531 §3.4).
+        public var needsSMTPUTF8: Bool
+        public var ret: DSNReturn?
+        public var envelopeID: String?
+        public var tls: TLSRequirement
+
+        public init(heloName: String, sender: Mailbox?, recipients: [Recipient], size: Int, body: BodyType?,
+                    needsSMTPUTF8: Bool, ret: DSNReturn?, envelopeID: String?, tls: TLSRequirement) {
+            self.heloName = heloName
+            self.sender = sender
+            self.recipients = recipients
+            self.size = size
+            self.body = body
+            self.needsSMTPUTF8 = needsSMTPUTF8
+            self.ret = ret
+            self.envelopeID = envelopeID
+            self.tls = tls
+        }
+    }
+
+    /// The protocol stage, for per-stage timeouts and log lines (Postfix's names).
+    public enum Stage: String, Sendable {
+        case greeting = "initial server greeting"
+        case ehlo = "EHLO"
+        case helo = "HELO"
+        case starttls = "STARTTLS"
+        case tlsHandshake = "TLS handshake"
+        case mail = "MAIL FROM"
+        case rcpt = "RCPT TO"
+        case data = "DATA"
+        case dataDone = "end of data"
+        case quit = "QUIT"
+        case done = "done"
+    }
+
+    /// What the connection handler must do.
+    public enum Action: Sendable, Equatable {
+        /// Write these bytes (one or more command lines).
+        case send([UInt8])
+        /// Put TLS in place now (the 220 to STARTTLS arrived); then call `tlsEstablished` or
+        /// `tlsFailed`.
+        case startTLS
+        /// Write the message content, dot-stuffed and terminated.
+        case sendContent
+        /// The attempt is over; close the connection (after sending anything queued).
+        case finish(Result)
+    }
+
+    /// Why the connection as a whole failed (the recipients it left open go to the next MX).
+    public enum SessionFailure: Sendable, Equatable {
+        case greetingRefused(Reply)
+        case heloRefused(Reply)
+        /// TLS required but STARTTLS was not in the EHLO reply (RFC 8460 `starttls-not-supported`).
+        case starttlsNotOffered
+        /// STARTTLS answered with anything but 220.
+        case starttlsRefused(Reply)
+        /// Bytes arrived after the 220 to STARTTLS and before the handshake (RFC 3207 §4.2 attack).
+        case plaintextInjection
+        /// The handshake or its verification failed; `reason` says why.
+        case tlsFailed(String)
+        /// 421 at any stage (RFC 5321 §3.8).
+        case serviceClosing(Reply)
+        /// The server violated the protocol (bad reply syntax, unexpected code).
+        case protocolError(String)
+        /// The connection dropped or timed out during `stage`.
+        case connectionLost(Stage)
+        case timeout(Stage)
+    }
+
+    /// What became of one recipient on this connection.
+    public enum RecipientResult: Sendable, Equatable {
+        case delivered(Reply)
+        /// 4xx: try again later (RFC 5321 §4.2.1).
+        case deferred(Reply)
+        /// 5xx: permanent failure, send a DSN.
+        case bounced(Reply)
+        /// A local decision before the server was asked (SIZE, SMTPUTF8), permanent.
+        case bouncedLocally(EnhancedStatusCode, String)
+    }
+
+    /// The attempt's result: per recipient index (into `Job.recipients`) what happened; indexes
+    /// missing from `recipients` were not decided (session failure: try the next MX).
+    public struct Result: Sendable, Equatable {
+        public var recipients: [Int: RecipientResult] = [:]
+        public var failure: SessionFailure?
+        /// True when the session ran over TLS.
+        public var usedTLS = false
+        /// True when the peer offered STARTTLS.
+        public var offeredSTARTTLS = false
+    }
+
+    /// What the server announced in its EHLO reply (RFC 5321 §4.1.1.1).
+    public struct Capabilities: Sendable, Equatable {
+        public var extended = false
+        public var pipelining = false
+        public var starttls = false
+        public var eightBitMIME = false
+        public var smtputf8 = false
+        public var dsn = false
+        public var enhancedStatusCodes = false
+        /// SIZE limit in bytes; nil = none announced, 0 = no fixed limit (RFC 1870 §4).
+        public var sizeLimit: Int?
+
+        public init() {}
+
+        /// Reads the keywords of an EHLO reply (lines after the first).
+        public init(ehloReply: Reply) {
+            extended = true
+            for line in ehloReply.lines.dropFirst() {
+                let words = line.split(separator: " ")
+                guard let keyword = words.first?.uppercased() else { continue }
+                switch keyword {
+                case "PIPELINING": pipelining = true
+                case "STARTTLS": starttls = true
+                case "8BITMIME": eightBitMIME = true
+                case "SMTPUTF8": smtputf8 = true
+                case "DSN": dsn = true
+                case "ENHANCEDSTATUSCODES": enhancedStatusCodes = true
+                case "SIZE": sizeLimit = words.count > 1 ? Int(words[1]) ?? 0 : 0
+                default: break
+                }
+            }
+        }
+    }
+
+    enum State: Sendable, Equatable {
+        case greeting
+        case ehlo(afterTLS: Bool)
+        case helo
+        case starttls
+        case handshake
+        /// Commands sent and awaiting replies, in order.
+        case transaction
+        case dataContent
+        case quit
+        case done
+    }
+
+    enum Pending: Sendable, Equatable {
+        case mail
+        case rcpt(Int)
+        case data
+    }
+
+    public let job: Job
+    public private(set) var capabilities = Capabilities()
+    public private(set) var stage: Stage = .greeting
+    private var state: State = .greeting
+    private var result = Result()
+    private var pending: [Pending] = []
+    private var accepted: [Int] = []
+    private var mailFailed: Reply?
+    private var unsentCommands: [(Pending, String)] = []
+
+    public init(job: Job) {
+        self.job = job
+    }
+
+    /// A complete reply arrived. `bytesFollow` is true when more bytes were already buffered
+    /// after it (relevant only to the 220 for STARTTLS).
+    public mutating func receive(_ reply: Reply, bytesFollow: Bool = false) -> [Action] {
+        if reply.code == 421 && state != .quit && state != .done {
+            return fail(.serviceClosing(reply))
+        }
+        switch state {
+        case .greeting:
+            guard reply.code == 220 else { return fail(.greetingRefused(reply)) }
+            return sendEHLO()
+        case .ehlo(let afterTLS):
+            if reply.code == 250 {
+                capabilities = Capabilities(ehloReply: reply)
+                result.offeredSTARTTLS = result.offeredSTARTTLS || capabilities.starttls
+                if !afterTLS && job.tls != .none && capabilities.starttls {
+                    state = .starttls
+                    stage = .starttls
+                    return [.send(line("STARTTLS"))]
+                }
+                if !afterTLS && job.tls == .required { return fail(.starttlsNotOffered) }
+                return beginTransaction()
+            }
+            // RFC 5321 §4.1.4: a server that rejects EHLO may accept HELO. Not when TLS is
+            // required (STARTTLS needs EHLO) or after TLS.
+            if reply.isPermanentFailure && !afterTLS && job.tls != .required {
+                state = .helo
+                stage = .helo
+                return [.send(line("HELO \(job.heloName)"))]
+            }
+            if !afterTLS && job.tls == .required && reply.isPermanentFailure { return fail(.starttlsNotOffered) }
+            return fail(.heloRefused(reply))
+        case .helo:
+            guard reply.code == 250 else { return fail(.heloRefused(reply)) }
+            capabilities = Capabilities()
+            return beginTransaction()
+        case .starttls:
+            guard reply.code == 220 else {
+                if job.tls == .required { return fail(.starttlsRefused(reply)) }
+                // Opportunistic: go on without TLS on this connection (RFC 7435 §3).
+                return beginTransaction()
+            }
+            if bytesFollow { return fail(.plaintextInjection) }
+            state = .handshake
+            stage = .tlsHandshake
+            return [.startTLS]
+        case .handshake:
+            // Nothing may arrive in clear during the handshake; the TLS layer owns the bytes.
+            return fail(.plaintextInjection)
+        case .transaction:
+            return receiveTransactionReply(reply)
+        case .dataContent:
+            return finishData(reply)
+        case .quit:
+            state = .done
+            stage = .done
+            return [.finish(result)]
+        case .done:
+            return []
+        }
+    }
+
+    /// TLS is up (after `.startTLS`): forget everything learned before it and EHLO again
+    /// (RFC 3207 §4.2).
+    public mutating func tlsEstablished() -> [Action] {
+        guard state == .handshake else { return [] }
+        result.usedTLS = true
+        capabilities = Capabilities()
+        state = .ehlo(afterTLS: true)
+        stage = .ehlo
+        return [.send(line("EHLO \(job.heloName)"))]
+    }
+
+    /// The TLS handshake or its verification failed. Nothing was sent.
+    public mutating func tlsFailed(_ reason: String) -> [Action] {
+        fail(.tlsFailed(reason))
+    }
+
+    /// The server sent something that is not a valid reply.
+    public mutating func protocolViolation(_ reason: String) -> [Action] {
+        fail(.protocolError(reason))
+    }
+
+    /// The connection closed (or failed) before the attempt finished.
+    public mutating func connectionClosed() -> [Action] {
+        switch state {
+        case .quit, .done:
+            if state != .done { state = .done; return [.finish(result)] }
+            return []
+        default:
+            return fail(.connectionLost(stage))
+        }
+    }
+
+    /// The current stage's timer expired.
+    public mutating func timedOut() -> [Action] {
+        switch state {
+        case .quit:
+            state = .done
+            return [.finish(result)]
+        case .done:
+            return []
+        default:
+            return fail(.timeout(stage))
+        }
+    }
+
+    // MARK: - Transaction
+
+    private mutating func sendEHLO() -> [Action] {
+        state = .ehlo(afterTLS: false)
+        stage = .ehlo
+        return [.send(line("EHLO \(job.heloName)"))]
+    }
+
+    private mutating func beginTransaction() -> [Action] {
+        // Local decisions that make every recipient fail permanently.
+        if job.needsSMTPUTF8 && !capabilities.smtputf8 {
+            return bounceAll(EnhancedStatusCode(5, 6, 7), "SMTPUTF8 is required but not supported by the receiving server (RFC 6531 section 3.4)")
+        }
+        if let limit = capabilities.sizeLimit, limit > 0, job.size > limit {
+            return bounceAll(EnhancedStatusCode(5, 3, 4), "message size \(job.size) exceeds the receiving server's limit of \(limit) bytes (RFC 1870)")
+        }
+        state = .transaction
+        stage = .mail
+        var commands: [(Pending, String)] = [(.mail, mailCommand())]
+        for index in job.recipients.indices { commands.append((.rcpt(index), rcptCommand(job.recipients[index]))) }
+        commands.append((.data, "DATA"))
+        if capabilities.pipelining {
+            // RFC 2920 §3.1: MAIL, RCPT... and DATA may go in one group.
+            pending = commands.map(\.0)
+            return [.send(commands.flatMap { line($0.1) })]
+        }
+        pending = [commands[0].0]
+        unsentCommands = Array(commands.dropFirst())
+        return [.send(line(commands[0].1))]
+    }
+
+    private mutating func receiveTransactionReply(_ reply: Reply) -> [Action] {
+        guard !pending.isEmpty else { return fail(.protocolError("unexpected reply \(reply)")) }
+        let expected = pending.removeFirst()
+        switch expected {
+        case .mail:
+            if !reply.isPositive { mailFailed = reply }
+            stage = .rcpt
+        case .rcpt(let index):
+            if let mailFailed {
+                result.recipients[index] = mailFailed.isPermanentFailure ? .bounced(mailFailed) : .deferred(mailFailed)
+            } else if reply.code == 250 || reply.code == 251 {
+                accepted.append(index)
+            } else if reply.isPermanentFailure {
+                result.recipients[index] = .bounced(reply)
+            } else {
+                result.recipients[index] = .deferred(reply)
+            }
+            stage = .data
+        case .data:
+            if reply.code == 354 {
+                if accepted.isEmpty {
+                    // The server went on although no recipient was accepted: anything sent now
+                    // would be content, so send nothing and drop the connection (RFC 2920 §3.1).
+                    return fail(.protocolError("354 to DATA although no recipient was accepted"))
+                }
+                state = .dataContent
+                stage = .dataDone
+                return [.sendContent]
+            }
+            // 503/554 after all RCPTs failed is expected; otherwise the accepted recipients share the DATA failure.
+            for index in accepted {
+                result.recipients[index] = reply.isPermanentFailure ? .bounced(reply) : .deferred(reply)
+            }
+            return quit()
+        }
+        if pending.isEmpty {
+            if unsentCommands.isEmpty { return quit() }
+            // Without PIPELINING: stop before DATA when no recipient was accepted.
+            let next = unsentCommands.removeFirst()
+            if next.0 == .data && accepted.isEmpty {
+                unsentCommands = []
+                return quit()
+            }
+            pending = [next.0]
+            return [.send(line(next.1))]
+        }
+        return []
+    }
+
+    private mutating func finishData(_ reply: Reply) -> [Action] {
+        for index in accepted {
+            if reply.code == 250 {
+                result.recipients[index] = .delivered(reply)
+            } else if reply.isPermanentFailure {
+                result.recipients[index] = .bounced(reply)
+            } else {
+                result.recipients[index] = .deferred(reply)
+            }
+        }
+        return quit()
+    }
+
+    private mutating func quit() -> [Action] {
+        state = .quit
+        stage = .quit
+        return [.send(line("QUIT"))]
+    }
+
+    private mutating func bounceAll(_ code: EnhancedStatusCode, _ text: String) -> [Action] {
+        for index in job.recipients.indices { result.recipients[index] = .bouncedLocally(code, text) }
+        return quit()
+    }
+
+    private mutating func fail(_ failure: SessionFailure) -> [Action] {
+        guard state != .done else { return [] }
+        state = .done
+        stage = .done
+        result.failure = failure
+        return [.finish(result)]
+    }
+
+    // MARK: - Command text
+
+    func mailCommand() -> String {
+        var text = "MAIL FROM:<\(job.sender?.address ?? "")>"
+        if capabilities.sizeLimit != nil { text += " SIZE=\(job.size)" }
+        if job.body == .eightBitMIME && capabilities.eightBitMIME { text += " BODY=8BITMIME" }
+        if job.needsSMTPUTF8 && capabilities.smtputf8 { text += " SMTPUTF8" }
+        if capabilities.dsn {
+            if let ret = job.ret { text += " RET=\(ret.rawValue)" }
+            if let envelopeID = job.envelopeID { text += " ENVID=\(XText.encode(envelopeID))" }
+        }
+        return text
+    }
+
+    func rcptCommand(_ recipient: Recipient) -> String {
+        var text = "RCPT TO:<\(recipient.mailbox.address)>"
+        if capabilities.dsn {
+            if let notify = recipient.notify { text += " NOTIFY=\(notify.parameterValue)" }
+            if let original = recipient.originalRecipient {
+                text += " ORCPT=\(original.addressType);\(XText.encode(original.address))"
+            }
+        }
+        return text
+    }
+
+    func line(_ text: String) -> [UInt8] { Array(text.utf8) + [13, 10] }
+}
