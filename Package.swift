@@ -43,13 +43,24 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
-        // Wiring of all parts into a running daemon.
-        .target(name: "RelayDaemon", dependencies: [
-            "RelayConfig", "RelayServer", "RelayQueue", "RelayObservability",
+        // Outbound delivery: MX plan, SMTP client over NIO with STARTTLS, scheduler, DSNs.
+        .target(name: "RelayDelivery", dependencies: [
+            "SMTPCore", "RelayQueue", "RelayDNS", "RelayTLS",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
+        // Wiring of all parts into a running daemon.
+        .target(name: "RelayDaemon", dependencies: [
+            "RelayConfig", "RelayServer", "RelayQueue", "RelayObservability", "RelayDelivery", "RelayDNS", "RelayTLS",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
+        // STARTTLS client side: a SwiftNIO handler driving system OpenSSL (DANE, RFC 7672) through memory BIOs.
+        .target(name: "RelayTLS", dependencies: ["COpenSSL", .product(name: "NIOCore", package: "swift-nio")], swiftSettings: strict),
+        // DNSSEC-validating resolver over libunbound (MX, A/AAAA, TLSA, TXT).
+        .target(name: "RelayDNS", dependencies: ["CUnbound"]),
         .executableTarget(name: "tlsrelayd", dependencies: [
             "RelayDaemon",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -62,6 +73,9 @@ let package = Package(
         .testTarget(name: "SMTPCoreTests", dependencies: ["SMTPCore"]),
         .testTarget(name: "RelayQueueTests", dependencies: ["RelayQueue", "SMTPCore"]),
         .testTarget(name: "RelayConfigTests", dependencies: ["RelayConfig"]),
+        .testTarget(name: "RelayDeliveryTests", dependencies: ["RelayDelivery", "RelayDNS", "RelayQueue", "SMTPCore"]),
+        .testTarget(name: "RelayTLSTests", dependencies: ["RelayTLS", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]),
+        .testTarget(name: "RelayDNSTests", dependencies: ["RelayDNS"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -39,6 +39,30 @@ def _tlsa_rdata(spec: str, cert: dict, pki: PKI) -> str:
     return f"{u} {s} {m} {data}"
 
 
+def _verify_claims(h, entry) -> dict:
+    """What a correct verifier concludes about the certificate presented on this
+    host's port 25 after STARTTLS (None = no TLS handshake to judge):
+
+    * ``dane``: OpenSSL DANE verification against the host's TLSA records
+      (usages 2 and 3 only; RFC 7672 §3.1.3), reference name = TLSA base name;
+    * ``webpki``: chain to the test CA, certificate names the MX host
+      (RFC 8461 §4.2, RFC 6125).
+    """
+    kind = h.kind.split(":", 1)[-1]
+    if kind in (S.NOTLS, "strip-starttls", "starttls-454", "inject-after-220"):
+        return {"dane": None, "webpki": None}
+    if kind == "mitm-cert":
+        return {"dane": "fail" if h.tlsa else None, "webpki": "fail"}
+    usable = [t for t in h.tlsa if t.split()[0] in ("2", "3")]
+    dane = None
+    if usable:
+        ok = any((t.split()[0] == "3" and t.endswith(" leaf")) or
+                 (t.split()[0] == "2" and t.endswith(" ca") and h.cert in ("good",))
+                 for t in usable)
+        dane = "ok" if ok else "fail"
+    return {"dane": dane, "webpki": "ok" if h.cert == "good" and not h.cname else "fail"}
+
+
 def relay_toml(d: str) -> str:
     """The tlsrelayd configuration block for this world."""
     return f'''state_directory = "{d}/relay-state"
@@ -126,6 +150,7 @@ def build(d: str) -> dict:
                                 "upstream": [baddr, 25], "cert": acert, "log": log})
             else:
                 raise ValueError(f"{s.name}: unknown host kind {h.kind}")
+            entry["verify"] = _verify_claims(h, entry)
             hosts_index[name] = {"scenario": s.name, "address": entry["address"], "kind": h.kind}
             hosts.append(entry)
 

@@ -118,9 +118,18 @@ def stop(entry: dict, timeout: float = 5.0) -> list[int]:
     return _members(pid)
 
 
+def _reap(pid: int) -> None:
+    """Collect ``pid`` if it is an exited child of this process (``up`` ran in-process)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
 def wait_gone(sid: int, timeout: float) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
+        _reap(sid)
         if not _members(sid):
             return True
         time.sleep(0.02)

@@ -161,10 +161,12 @@ def up(d: str, quiet: bool = False) -> dict:
             if waiting:
                 time.sleep(0.02)
     except BaseException:
-        try:
-            down(d, keep=True)
-        finally:
-            pass
+        # stop whatever was started, keep DIR (logs) for diagnosis, report the original error
+        if os.path.exists(procs.pidfile(d)):
+            try:
+                down(d, keep=True)
+            except WorldError:
+                pass
         raise
     world["status"] = "running"
     world["processes"] = procs.load(d)

@@ -32,4 +32,8 @@ static inline int tlsrelay_BIO_should_retry(BIO *bio) {
 static inline void tlsrelay_OPENSSL_free(void *p) {
     OPENSSL_free(p);
 }
+/* RelayTLS: RFC 2253 name printing flags (a composite macro Swift does not import), UTF-8 kept. */
+static inline unsigned long tlsrelay_XN_FLAG_RFC2253_UTF8(void) {
+    return XN_FLAG_RFC2253 & ~ASN1_STRFLGS_ESC_MSB;
+}
 #endif

@@ -163,7 +163,8 @@ public enum ConfigurationLoader {
 
         func readDNS(_ table: TOMLTable, into dns: inout RelayConfiguration.DNS) throws {
             let section = "dns"
-            try checkKeys(table, section: section, allowed: ["trust_anchor_file", "forwarders", "stub_zones"])
+            try checkKeys(table, section: section, allowed: ["trust_anchor_file", "forwarders", "stub_zones", "timeout"])
+            if let value = try integer(table, section, "timeout", range: 1...300) { dns.timeout = value }
             if let value = try string(table, section, "trust_anchor_file") {
                 guard value.hasPrefix("/") else { throw error(section, "trust_anchor_file", "'dns.trust_anchor_file' must be an absolute path") }
                 dns.trustAnchorFile = value
@@ -204,7 +205,18 @@ public enum ConfigurationLoader {
 
         func readDelivery(_ table: TOMLTable, into delivery: inout RelayConfiguration.Delivery) throws {
             let section = "delivery"
-            try checkKeys(table, section: section, allowed: ["port", "tls_ca_file"])
+            try checkKeys(table, section: section, allowed: [
+                "port", "tls_ca_file", "concurrency", "min_backoff", "max_backoff", "queue_lifetime", "connect_timeout", "command_timeout",
+            ])
+            if let value = try integer(table, section, "concurrency", range: 1...1000) { delivery.concurrency = value }
+            if let value = try integer(table, section, "min_backoff", range: 1...86400) { delivery.minBackoff = value }
+            if let value = try integer(table, section, "max_backoff", range: 1...604_800) { delivery.maxBackoff = value }
+            if let value = try integer(table, section, "queue_lifetime", range: 0...(100 * 86400)) { delivery.queueLifetime = value }
+            if let value = try integer(table, section, "connect_timeout", range: 1...600) { delivery.connectTimeout = value }
+            if let value = try integer(table, section, "command_timeout", range: 1...3600) { delivery.commandTimeout = value }
+            if delivery.maxBackoff < delivery.minBackoff {
+                throw error(section, "max_backoff", "'delivery.max_backoff' (\(delivery.maxBackoff)) must not be less than 'delivery.min_backoff' (\(delivery.minBackoff))")
+            }
             if let value = try integer(table, section, "port", range: 1...65535) { delivery.port = value }
             if let value = try string(table, section, "tls_ca_file") {
                 guard value.isEmpty || value.hasPrefix("/") else {

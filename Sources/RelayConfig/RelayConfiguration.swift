@@ -51,6 +51,8 @@ public struct RelayConfiguration: Sendable, Equatable {
         public var forwarders: [SocketAddressText] = []
         /// Zones answered by given authoritative servers (private zones, tests).
         public var stubZones: [StubZone] = []
+        /// Seconds to wait for one lookup before treating it as a temporary failure. Default 10.
+        public var timeout = 10
     }
 
     /// One `dns.stub_zones` entry.
@@ -66,12 +68,25 @@ public struct RelayConfiguration: Sendable, Equatable {
         public var port = 25
         /// Extra trusted CA certificates (PEM) for WebPKI checks; empty = system store only.
         public var tlsCAFile = ""
+        /// Messages delivered at the same time. Default 20.
+        public var concurrency = 20
+        /// Seconds before the first retry of a deferred message; doubles per attempt. Default 300.
+        public var minBackoff = 300
+        /// Longest seconds between retries. Default 4000.
+        public var maxBackoff = 4000
+        /// Seconds a message may stay queued before pending recipients bounce with 5.4.7
+        /// (RFC 5321 §4.5.4.1). Default 432000 (5 days).
+        public var queueLifetime = 432_000
+        /// Seconds for a TCP connection to an MX. Default 30.
+        public var connectTimeout = 30
+        /// Seconds to wait for each reply (greeting, EHLO, MAIL, RCPT, ...). Default 300.
+        public var commandTimeout = 300
     }
 
     static func systemHostname() -> String {
         var buffer = [CChar](repeating: 0, count: 256)
         guard gethostname(&buffer, buffer.count - 1) == 0 else { return "localhost" }
-        let name = String(cString: buffer)
+        let name = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         return name.isEmpty ? "localhost" : name
     }
 
@@ -112,10 +127,17 @@ public struct RelayConfiguration: Sendable, Equatable {
         lines.append("forwarders = \(list(dns.forwarders.map(\.unboundNotation)))")
         let zones = dns.stubZones.map { "{ name = \(quote($0.name)), addresses = \(list($0.addresses.map(\.unboundNotation))) }" }
         lines.append("stub_zones = [" + zones.joined(separator: ", ") + "]")
+        lines.append("timeout = \(dns.timeout)")
         lines.append("")
         lines.append("[delivery]")
         lines.append("port = \(delivery.port)")
         lines.append("tls_ca_file = \(quote(delivery.tlsCAFile))")
+        lines.append("concurrency = \(delivery.concurrency)")
+        lines.append("min_backoff = \(delivery.minBackoff)")
+        lines.append("max_backoff = \(delivery.maxBackoff)")
+        lines.append("queue_lifetime = \(delivery.queueLifetime)")
+        lines.append("connect_timeout = \(delivery.connectTimeout)")
+        lines.append("command_timeout = \(delivery.commandTimeout)")
         return lines.joined(separator: "\n") + "\n"
     }
 }

@@ -3,6 +3,9 @@ import Logging
 import NIOCore
 import NIOPosix
 import RelayConfig
+import RelayDelivery
+import RelayDNS
+import RelayTLS
 import RelayObservability
 import RelayQueue
 import RelayServer
@@ -30,6 +33,17 @@ public final class Daemon: Sendable {
         return limits
     }
 
+    /// The resolver settings from the `[dns]` section.
+    public static func resolverConfiguration(_ dns: RelayConfiguration.DNS) -> ResolverConfiguration {
+        ResolverConfiguration(
+            trustAnchorFile: dns.trustAnchorFile.isEmpty ? nil : dns.trustAnchorFile,
+            forwarders: dns.forwarders.map { DNSServerAddress(address: $0.address.description, port: $0.port) },
+            stubZones: dns.stubZones.map { zone in
+                DNSStubZone(name: zone.name, servers: zone.addresses.map { DNSServerAddress(address: $0.address.description, port: $0.port) })
+            },
+            timeoutSeconds: Double(dns.timeout))
+    }
+
     /// Recovers the spool, binds the listeners, tells systemd it is ready, and runs until
     /// SIGTERM or SIGINT; then stops accepting, lets open transactions finish (up to 30 s) and
     /// returns.
@@ -46,13 +60,39 @@ public final class Daemon: Sendable {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, System.coreCount))
         let threadPool = NIOThreadPool(numberOfThreads: 4)
         threadPool.start()
+        let resolver: RelayDNS.Resolver
+        let tlsContext: TLSClientContext
+        do {
+            resolver = try RelayDNS.Resolver(configuration: Daemon.resolverConfiguration(configuration.dns))
+            tlsContext = try TLSClientContext(extraCAFile: configuration.delivery.tlsCAFile.isEmpty ? nil : configuration.delivery.tlsCAFile)
+        } catch {
+            try? await threadPool.shutdownGracefully()
+            try? await group.shutdownGracefully()
+            throw error
+        }
+        var timeouts = ClientTimeouts()
+        timeouts.connect = Double(configuration.delivery.connectTimeout)
+        timeouts.command = Double(configuration.delivery.commandTimeout)
+        let agent = DeliveryAgent(
+            resolver: resolver, group: group, tlsContext: tlsContext,
+            settings: .init(heloName: configuration.server.hostname, port: configuration.delivery.port, timeouts: timeouts),
+            logger: logger)
+        var schedulerSettings = Scheduler.Settings(hostname: configuration.server.hostname)
+        schedulerSettings.concurrency = configuration.delivery.concurrency
+        schedulerSettings.retry = RetrySchedule(
+            minimumBackoff: Double(configuration.delivery.minBackoff), maximumBackoff: Double(configuration.delivery.maxBackoff),
+            queueLifetime: Double(configuration.delivery.queueLifetime))
+        let scheduler = Scheduler(spool: spool, agent: agent, settings: schedulerSettings, threadPool: threadPool, logger: logger)
+        await scheduler.load(report.queued)
         let settings = InboundSettings(
             hostname: configuration.server.hostname,
             limits: Daemon.limits(from: configuration.server),
             allowedClients: configuration.server.allowedClients,
-            spool: spool, threadPool: threadPool, logger: logger)
+            spool: spool, threadPool: threadPool, logger: logger,
+            onMessageQueued: { envelope in Task { await scheduler.enqueue(envelope.queueID) } })
         let server = InboundServer(settings: settings, group: group)
         let signals = SignalWaiter(signals: [SIGTERM, SIGINT])
+        let delivery = Task { await scheduler.run() }
         do {
             let bound = try await server.start(listen: configuration.server.listen)
             logger.info("listening on \(bound.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" }.joined(separator: ", ")) as \(configuration.server.hostname)")
@@ -62,10 +102,16 @@ public final class Daemon: Sendable {
             ServiceNotifier.notify("STOPPING=1")
             await server.shutdown(timeoutSeconds: 30)
         } catch {
+            delivery.cancel()
+            await delivery.value
+            resolver.shutdown()
             try? await threadPool.shutdownGracefully()
             try? await group.shutdownGracefully()
             throw error
         }
+        delivery.cancel()
+        await delivery.value
+        resolver.shutdown()
         try? await threadPool.shutdownGracefully()
         try? await group.shutdownGracefully()
         logger.info("stopped")

@@ -10,6 +10,7 @@ import Foundation
 ///     tmp/            messages being received (removed at start-up: never acknowledged)
 ///     queue/<C>/<ID>  committed messages, C = the id's last character (32 buckets)
 ///     corrupt/        queue files that failed validation, moved aside at recovery
+///     state/<C>/<ID>  delivery progress per message (`DeliveryRecord`)
 ///
 /// A message exists in the queue only once its file was fsync'ed and linked into `queue/`
 /// and that directory fsync'ed, so a crash at any instant leaves either a complete message or
@@ -35,6 +36,7 @@ public final class Spool: Sendable {
         for character in QueueID.alphabet {
             try FileIO.makeDirectory(queueDirectory + "/" + String(UnicodeScalar(character)))
         }
+        try makeStateDirectories()
     }
 
     /// What start-up recovery found.
@@ -73,6 +75,14 @@ public final class Spool: Sendable {
             }
         }
         report.queued.sort()
+        // Delivery records without a queue file (finished just before a crash) and
+        // half-written replacements are dropped.
+        let queued = Set(report.queued.map(\.rawValue))
+        for bucket in try FileIO.listDirectory(stateDirectory) {
+            for name in try FileIO.listDirectory(stateDirectory + "/" + bucket) where !queued.contains(name) {
+                unlink(stateDirectory + "/" + bucket + "/" + name)
+            }
+        }
         return report
     }
 

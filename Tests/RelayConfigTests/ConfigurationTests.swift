@@ -29,6 +29,12 @@ struct ConfigurationTests {
             [delivery]
             port = 2525
             tls_ca_file = "/tmp/ca.pem"
+            concurrency = 3
+            min_backoff = 1
+            max_backoff = 2
+            queue_lifetime = 60
+            connect_timeout = 5
+            command_timeout = 7
             """)
         #expect(config.stateDirectory == "/tmp/state")
         #expect(config.logLevel == "debug")
@@ -43,6 +49,10 @@ struct ConfigurationTests {
         #expect(config.dns.stubZones[0].addresses.map(\.unboundNotation) == ["127.0.1.53@53"])
         #expect(config.delivery.port == 2525)
         #expect(config.delivery.tlsCAFile == "/tmp/ca.pem")
+        #expect(config.delivery.concurrency == 3)
+        #expect(config.delivery.minBackoff == 1 && config.delivery.maxBackoff == 2)
+        #expect(config.delivery.queueLifetime == 60)
+        #expect(config.delivery.connectTimeout == 5 && config.delivery.commandTimeout == 7)
         // The rendered effective configuration reads back to the same values.
         #expect(try load(config.renderTOML()) == config)
     }
@@ -78,6 +88,7 @@ struct ConfigurationTests {
         Bad(text: "[dns]\nstub_zones = [{ name = \"test.\", addresses = [\"x\"] }]\n", line: 2, fragment: "is not IP or IP@port"),
         Bad(text: "[delivery]\nport = 0\n", line: 2, fragment: "between 1 and 65535"),
         Bad(text: "log_level = \"loud\"\n", line: 1, fragment: "must be one of"),
+        Bad(text: "[delivery]\nmin_backoff = 100\nmax_backoff = 10\n", line: 3, fragment: "must not be less than"),
         Bad(text: "state_directory = \"relative\"\n", line: 1, fragment: "absolute path"),
         Bad(text: "server = 5\n", line: 1, fragment: "must be a table"),
         Bad(text: "[server]\nlisten = [\"127.0.0.1:25\"\n", line: 2, fragment: "TOML syntax"),

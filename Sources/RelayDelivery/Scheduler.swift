@@ -1,0 +1,214 @@
+import Foundation
+import Logging
+import NIOPosix
+import RelayQueue
+import SMTPCore
+
+/// Runs deliveries over the spool: new messages at once, deferred ones by their retry
+/// schedule, at most `concurrency` messages at a time. Per message, recipients are grouped by
+/// destination domain and each group is delivered concurrently. After every attempt the
+/// message's `DeliveryRecord` is saved; when every recipient is delivered or bounced, the
+/// DSN (if any) is queued first and then the message is removed.
+public actor Scheduler {
+    public struct Settings: Sendable {
+        public var retry = RetrySchedule()
+        /// Messages delivered at the same time. Default 20.
+        public var concurrency = 20
+        /// This relay's host name (Reporting-MTA of DSNs).
+        public var hostname: String
+
+        public init(hostname: String) { self.hostname = hostname }
+    }
+
+    private let spool: Spool
+    private let agent: DeliveryAgent
+    private let settings: Settings
+    private let threadPool: NIOThreadPool
+    private let logger: Logger
+    private var due: [QueueID: Double] = [:]
+    private var inFlight: Set<QueueID> = []
+    private var wakeup: AsyncStream<Void>.Continuation?
+    private var running = false
+
+    public init(spool: Spool, agent: DeliveryAgent, settings: Settings, threadPool: NIOThreadPool, logger: Logger) {
+        self.spool = spool
+        self.agent = agent
+        self.settings = settings
+        self.threadPool = threadPool
+        self.logger = logger
+    }
+
+    /// Queue counts: (due now or in flight, deferred for later, held).
+    public func counts() -> (active: Int, deferred: Int, total: Int) {
+        let now = Date().timeIntervalSince1970
+        let active = due.values.filter { $0 <= now }.count
+        return (active + inFlight.count, due.count - active, due.count + inFlight.count)
+    }
+
+    /// Schedules a message that was just queued (called by the inbound server after the 250).
+    public func enqueue(_ id: QueueID) {
+        due[id] = 0
+        wakeup?.yield()
+    }
+
+    /// Loads every queued message with its retry time. Call once before `run`.
+    public func load(_ ids: [QueueID]) {
+        for id in ids {
+            let record = try? spool.deliveryRecord(of: id)
+            if record?.held == true { continue }
+            due[id] = record?.nextAttempt ?? 0
+        }
+    }
+
+    /// Delivers until the task is cancelled; in-flight deliveries are awaited before return.
+    public func run() async {
+        let (stream, continuation) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        wakeup = continuation
+        running = true
+        await withDiscardingTaskGroup { group in
+            var iterator = stream.makeAsyncIterator()
+            let ticker = Task {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .milliseconds(500))
+                    continuation.yield()
+                }
+            }
+            defer { ticker.cancel() }
+            while !Task.isCancelled {
+                let now = Date().timeIntervalSince1970
+                let ready = due.filter { $0.value <= now }.keys.sorted()
+                for id in ready where inFlight.count < settings.concurrency {
+                    due[id] = nil
+                    inFlight.insert(id)
+                    group.addTask { [self] in await self.attempt(id) }
+                }
+                // Wait for a wake-up: new mail, a finished attempt, or the 0.5 s tick.
+                _ = await iterator.next()
+            }
+        }
+        running = false
+    }
+
+    private func finished(_ id: QueueID, nextAttempt: Double?) {
+        inFlight.remove(id)
+        if let nextAttempt { due[id] = nextAttempt }
+        wakeup?.yield()
+    }
+
+    /// One delivery attempt of one message to all its pending recipients.
+    func attempt(_ id: QueueID) async {
+        let spool = self.spool
+        let envelope: QueuedEnvelope
+        let content: [UInt8]
+        var record: DeliveryRecord
+        do {
+            (envelope, content, record) = try await threadPool.runIfActive {
+                let envelope = try spool.envelope(of: id)
+                let content = try spool.content(of: id)
+                let record = try spool.deliveryRecord(of: id)
+                    ?? DeliveryRecord(queueID: id, recipientCount: envelope.transaction.recipients.count, nextAttempt: 0)
+                return (envelope, content, record)
+            }
+        } catch {
+            logger.error("\(id): cannot read queued message: \(error)")
+            finished(id, nextAttempt: nil)
+            return
+        }
+        let start = Date().timeIntervalSince1970
+        var groups: [String: [Int]] = [:]
+        for index in record.pendingIndexes {
+            groups[envelope.transaction.recipients[index].mailbox.domain.lowercased(), default: []].append(index)
+        }
+        let agent = self.agent
+        let outcomes = await withTaskGroup(of: [Int: RecipientOutcome].self) { group in
+            for (domain, indexes) in groups {
+                group.addTask { await agent.deliver(envelope: envelope, content: content, domain: domain, recipientIndexes: indexes) }
+            }
+            var all: [Int: RecipientOutcome] = [:]
+            for await part in group { all.merge(part) { $1 } }
+            return all
+        }
+        let now = Date().timeIntervalSince1970
+        record.attempts += 1
+        let expired = settings.retry.hasExpired(arrival: envelope.arrivalTime, now: now)
+        for (index, outcome) in outcomes.sorted(by: { $0.key < $1.key }) {
+            var state = record.recipients[index]
+            state.lastReason = outcome.reason
+            state.lastStatusCode = outcome.status
+            state.remoteMTA = outcome.remoteMTA
+            state.diagnostic = outcome.remoteReply
+            var status = outcome.kind.rawValue == "delivered" ? "sent" : outcome.kind.rawValue
+            switch outcome.kind {
+            case .delivered: state.status = .delivered
+            case .bounced: state.status = .bounced
+            case .deferred:
+                if expired {
+                    // RFC 5321 §4.5.4.1: give up after the queue lifetime, with the last error.
+                    state.status = .bounced
+                    state.lastStatusCode = "5.4.7"
+                    state.lastReason = "message expired after \(Int(settings.retry.queueLifetime)) s in the queue; last error: \(outcome.reason)"
+                    status = "bounced"
+                }
+            }
+            record.recipients[index] = state
+            let recipient = envelope.transaction.recipients[index].mailbox.address
+            logger.info("\(id): to=<\(recipient)>, relay=\(outcome.remoteMTA ?? "none"), delay=\(String(format: "%.1f", now - envelope.arrivalTime)), attempt-time=\(String(format: "%.2f", now - start)), dsn=\(state.lastStatusCode ?? outcome.status), status=\(status) (\(state.lastReason ?? outcome.reason))")
+        }
+        record.nextAttempt = now + settings.retry.delay(afterAttempts: record.attempts)
+        let finalRecord = record
+        do {
+            if finalRecord.isComplete {
+                try await completeMessage(envelope: envelope, content: content, record: finalRecord)
+                finished(id, nextAttempt: nil)
+            } else {
+                try await threadPool.runIfActive { try spool.saveDeliveryRecord(finalRecord) }
+                finished(id, nextAttempt: finalRecord.nextAttempt)
+            }
+        } catch {
+            logger.error("\(id): cannot save delivery state: \(error); retrying later")
+            finished(id, nextAttempt: now + settings.retry.minimumBackoff)
+        }
+    }
+
+    /// Queues the DSN for bounced recipients that want one, then removes the message.
+    func completeMessage(envelope: QueuedEnvelope, content: [UInt8], record: DeliveryRecord) async throws {
+        let failed: [DeliveryStatusNotification.FailedRecipient] = record.recipients.indices.compactMap { index in
+            let state = record.recipients[index]
+            let recipient = envelope.transaction.recipients[index]
+            guard state.status == .bounced,
+                  DeliveryStatusNotification.wantsFailureReport(sender: envelope.transaction.sender, recipient: recipient)
+            else { return nil }
+            return .init(recipient: recipient, status: state.lastStatusCode ?? "5.0.0", remoteMTA: state.remoteMTA,
+                         diagnostic: state.diagnostic ?? state.lastReason ?? "delivery failed",
+                         diagnosticIsSMTP: state.diagnostic != nil)
+        }
+        let spool = self.spool
+        let hostname = settings.hostname
+        let id = envelope.queueID
+        let dsnID: QueueID? = try await threadPool.runIfActive {
+            var dsnID: QueueID?
+            if !failed.isEmpty, let sender = envelope.transaction.sender {
+                let writer = try spool.beginMessage()
+                let now = Date().timeIntervalSince1970
+                let report = DeliveryStatusNotification.make(
+                    envelope: envelope, original: content, failed: failed, reportingMTA: hostname,
+                    date: MessageDate.format(secondsSinceEpoch: Int(now)), messageID: "\(writer.queueID.rawValue).dsn@\(hostname)")
+                writer.write(report)
+                var parameters = MailParameters()
+                parameters.body = .eightBitMIME
+                parameters.smtputf8 = envelope.transaction.parameters.smtputf8
+                let transaction = MailTransaction(sender: nil, parameters: parameters, recipients: [Recipient(mailbox: sender, notify: DSNNotify(never: true))])
+                try writer.commit(envelope: QueuedEnvelope(queueID: writer.queueID, arrivalTime: now, clientAddress: "127.0.0.1",
+                                                           heloName: hostname, transaction: transaction, size: writer.contentLength))
+                dsnID = writer.queueID
+            }
+            try spool.finish(id)
+            return dsnID
+        }
+        if let dsnID {
+            logger.info("\(id): sender non-delivery notification: \(dsnID)")
+            due[dsnID] = 0
+        }
+        logger.info("\(id): removed")
+    }
+}

@@ -1,0 +1,205 @@
+/// One TLSA record's RDATA (RFC 6698 §2.1): certificate usage, selector, matching type and the
+/// certificate association data.
+public struct TLSARecordData: Sendable, Hashable {
+    public var usage: UInt8
+    public var selector: UInt8
+    public var matchingType: UInt8
+    public var data: [UInt8]
+
+    public init(usage: UInt8, selector: UInt8, matchingType: UInt8, data: [UInt8]) {
+        self.usage = usage
+        self.selector = selector
+        self.matchingType = matchingType
+        self.data = data
+    }
+
+    /// A record from its association data in hexadecimal (presentation format, case-insensitive,
+    /// white space allowed). Nil when `hex` is not an even number of hex digits.
+    public init?(usage: UInt8, selector: UInt8, matchingType: UInt8, hex: String) {
+        guard let bytes = HexCoding.decode(hex) else { return nil }
+        self.init(usage: usage, selector: selector, matchingType: matchingType, data: bytes)
+    }
+
+    /// DANE-TA(2) and DANE-EE(3): the only certificate usages SMTP may use (RFC 7672 §3.1.3).
+    /// PKIX-TA(0) and PKIX-EE(1) records are "unusable" for SMTP and must be ignored.
+    public var isUsableForSMTP: Bool { usage == 2 || usage == 3 }
+
+    /// The association data in lowercase hexadecimal.
+    public var dataHex: String { HexCoding.encode(data) }
+}
+
+/// How the server's certificate is to be checked on one connection.
+public enum TLSPeerAuthentication: Sendable, Equatable {
+    /// RFC 7435 opportunistic TLS: encrypt, no certificate check (`SSL_VERIFY_NONE`).
+    case opportunistic
+    /// TLS is required but the peer is not authenticated (for example: only unusable TLSA
+    /// records, RFC 7672 §3.1.3).
+    case encryptOnly
+    /// RFC 7672 DANE. Only DANE-TA(2) and DANE-EE(3) records are given to OpenSSL; PKIX-TA(0) and
+    /// PKIX-EE(1) are dropped (and so are records OpenSSL refuses, such as an unknown matching
+    /// type or a digest of the wrong length). With no usable record left the connection behaves
+    /// as `.encryptOnly`, which `TLSSessionInfo.authenticationApplied` reports.
+    ///
+    /// SNI is `tlsaBaseDomain` (without a trailing dot). DANE-TA(2) matches are name-checked
+    /// against `tlsaBaseDomain` and every name in `hostNames`; DANE-EE(3) matches are not
+    /// name-checked (RFC 7672 §3.1.1), and neither their validity dates.
+    case dane(tlsaBaseDomain: String, hostNames: [String], records: [TLSARecordData])
+    /// RFC 6125 host name check and a chain to the trusted CAs (MTA-STS, RFC 8461 §4.2).
+    case webPKI(hostName: String)
+}
+
+/// What was actually enforced on a connection (it differs from the request when a DANE policy has
+/// no usable TLSA record).
+public enum TLSAuthenticationApplied: String, Sendable, Equatable {
+    case opportunistic
+    case encryptOnly
+    case dane
+    case webPKI
+}
+
+/// The TLSA record that authenticated the peer and the chain depth it matched at
+/// (0 = the server's own certificate).
+public struct DANEMatch: Sendable, Equatable {
+    public let usage: UInt8
+    public let selector: UInt8
+    public let matchingType: UInt8
+    /// The record's association data in lowercase hexadecimal.
+    public let dataHex: String
+    public let depth: Int
+
+    public init(usage: UInt8, selector: UInt8, matchingType: UInt8, dataHex: String, depth: Int) {
+        self.usage = usage
+        self.selector = selector
+        self.matchingType = matchingType
+        self.dataHex = dataHex
+        self.depth = depth
+    }
+}
+
+/// The result of a completed handshake, for logging and the `Received:`-style trace.
+public struct TLSSessionInfo: Sendable, Equatable {
+    /// "TLSv1.2" or "TLSv1.3".
+    public let protocolVersion: String
+    /// The OpenSSL cipher suite name, e.g. "TLS_AES_256_GCM_SHA384".
+    public let cipher: String
+    /// The server certificate's subject and issuer (RFC 2253 form), nil when none was sent.
+    public let peerCertificateSubject: String?
+    public let peerCertificateIssuer: String?
+    /// True only when the requested authentication (`.dane` with at least one usable record, or
+    /// `.webPKI`) succeeded. Always false for `.opportunistic` and `.encryptOnly`.
+    public let verified: Bool
+    /// `SSL_get_verify_result` (0 = ok; informative only when `verified` is false).
+    public let verifyResult: Int
+    /// `X509_verify_cert_error_string(verifyResult)`.
+    public let verifyResultText: String
+    /// Which TLSA record matched and at which depth; nil unless DANE authenticated the peer.
+    public let daneMatch: DANEMatch?
+    /// What was enforced: `.encryptOnly` for a `.dane` request without usable records.
+    public let authenticationApplied: TLSAuthenticationApplied
+    /// TLSA records of a `.dane` request that were not used (usage 0/1, or refused by OpenSSL).
+    public let unusableTLSARecords: Int
+
+    public init(protocolVersion: String, cipher: String, peerCertificateSubject: String?, peerCertificateIssuer: String?,
+                verified: Bool, verifyResult: Int, verifyResultText: String, daneMatch: DANEMatch?,
+                authenticationApplied: TLSAuthenticationApplied, unusableTLSARecords: Int) {
+        self.protocolVersion = protocolVersion
+        self.cipher = cipher
+        self.peerCertificateSubject = peerCertificateSubject
+        self.peerCertificateIssuer = peerCertificateIssuer
+        self.verified = verified
+        self.verifyResult = verifyResult
+        self.verifyResultText = verifyResultText
+        self.daneMatch = daneMatch
+        self.authenticationApplied = authenticationApplied
+        self.unusableTLSARecords = unusableTLSARecords
+    }
+}
+
+/// Why a TLS handshake did not complete. Once the handler reports one of these, no application
+/// byte has been (or will be) sent on the connection.
+public enum TLSHandshakeError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The peer's certificate did not pass the requested check. `verifyResult` is OpenSSL's
+    /// `X509_V_ERR_*`: 65 no matching TLSA record, 62 host name mismatch, 18/19/20/21 untrusted,
+    /// 10 expired, ...
+    case authenticationFailed(verifyResult: Int, reason: String)
+    /// A protocol failure: an alert from the peer, "wrong version number" (a non-TLS peer), ...
+    case handshakeFailed(reason: String)
+    /// Bytes followed the STARTTLS 220 reply before TLS started (detected by the caller, which
+    /// frames the SMTP replies; the handler itself never reports it).
+    case unexpectedPlaintext
+    /// The connection closed (or the handler was removed, or the channel was closed locally)
+    /// before the handshake completed.
+    case connectionClosed
+
+    public var description: String {
+        switch self {
+        case .authenticationFailed(let code, let reason): return "TLS authentication failed: \(reason) (verify result \(code))"
+        case .handshakeFailed(let reason): return "TLS handshake failed: \(reason)"
+        case .unexpectedPlaintext: return "plaintext received after the STARTTLS reply, before the TLS handshake"
+        case .connectionClosed: return "connection closed during the TLS handshake"
+        }
+    }
+}
+
+/// Errors after a successful handshake (fired through `errorCaught`, and used to fail writes).
+public enum TLSConnectionError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// `SSL_read` failed (a corrupt record, an alert from the peer, ...). The channel is closed.
+    case readFailed(reason: String)
+    /// `SSL_write` failed. The channel is closed.
+    case writeFailed(reason: String)
+
+    public var description: String {
+        switch self {
+        case .readFailed(let reason): return "TLS read failed: \(reason)"
+        case .writeFailed(let reason): return "TLS write failed: \(reason)"
+        }
+    }
+}
+
+/// Errors building a `TLSClientContext`.
+public enum TLSContextError: Error, Sendable, Equatable, CustomStringConvertible {
+    case openSSL(function: String, reason: String)
+    case cannotLoadCAFile(path: String, reason: String)
+
+    public var description: String {
+        switch self {
+        case .openSSL(let function, let reason): return "\(function) failed: \(reason)"
+        case .cannotLoadCAFile(let path, let reason): return "cannot load CA file \(path): \(reason)"
+        }
+    }
+}
+
+enum HexCoding {
+    static func encode(_ bytes: [UInt8]) -> String {
+        let digits: [Character] = Array("0123456789abcdef")
+        var out = ""
+        out.reserveCapacity(bytes.count * 2)
+        for byte in bytes {
+            out.append(digits[Int(byte >> 4)])
+            out.append(digits[Int(byte & 0x0f)])
+        }
+        return out
+    }
+
+    static func decode(_ text: String) -> [UInt8]? {
+        var out: [UInt8] = []
+        var high: UInt8?
+        for scalar in text.unicodeScalars {
+            let value: UInt8
+            switch scalar {
+            case "0"..."9": value = UInt8(scalar.value - 48)
+            case "a"..."f": value = UInt8(scalar.value - 87)
+            case "A"..."F": value = UInt8(scalar.value - 55)
+            case " ", "\t", "\n", "\r": continue
+            default: return nil
+            }
+            if let h = high {
+                out.append(h << 4 | value)
+                high = nil
+            } else {
+                high = value
+            }
+        }
+        return high == nil ? out : nil
+    }
+}

@@ -1,0 +1,170 @@
+"""Helpers for tests that use the tlsrelay test world.
+
+    from worldlib import running_world
+    with running_world() as w:                 # fresh world in a temp dir, torn down after
+        sc = w.scenario("dane-ee")
+        ...                                     # run tlsrelayd with w.toml, send to sc["recipient"]
+        msgs = w.wait_for_messages("dane-ee")   # what the MX received
+        assert msgs[0]["tls"] and w.cleartext("dane-ee").find(b"Subject") < 0
+
+Or attach to a world started with ``world.py up --dir DIR``: ``World(DIR)``.
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import glob
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import procs        # noqa: E402
+import sts as _sts  # noqa: E402
+import world as _world  # noqa: E402
+
+
+class World:
+    """A running (or at least built) world in ``dir``."""
+
+    def __init__(self, d: str):
+        self.dir = os.path.abspath(d)
+        with open(os.path.join(self.dir, "world.json")) as f:
+            self.data = json.load(f)
+
+    # --- lifecycle ------------------------------------------------------------
+    @classmethod
+    def up(cls, d: str | None = None) -> "World":
+        if d is None:
+            d = tempfile.mkdtemp(prefix="tlsrelay-world-")
+        _world.up(d)
+        return cls(d)
+
+    def down(self, keep: bool = False) -> None:
+        _world.down(self.dir, keep=keep)
+
+    def pids(self) -> dict:
+        return procs.load(self.dir)
+
+    # --- description ----------------------------------------------------------
+    @property
+    def toml(self) -> str:
+        with open(self.data["relay"]["toml_file"]) as f:
+            return f.read()
+
+    @property
+    def toml_file(self) -> str:
+        return self.data["relay"]["toml_file"]
+
+    @property
+    def scenarios(self) -> dict:
+        return self.data["scenarios"]
+
+    def scenario(self, name: str) -> dict:
+        """By scenario name or by domain."""
+        name = name.rstrip(".").lower()
+        if name in self.scenarios:
+            return self.scenarios[name]
+        for s in self.scenarios.values():
+            if s["domain"] == name:
+                return s
+        raise KeyError(f"no scenario {name!r}")
+
+    def host(self, name: str) -> dict:
+        """An MX host entry (by DNS name, or by backend name behind an attacker)."""
+        for s in self.scenarios.values():
+            for h in s["mx"]:
+                if name in (h["name"], (h.get("backend") or {}).get("name")):
+                    return h
+        raise KeyError(f"no host {name!r}")
+
+    def _records_dir(self, what: str) -> str:
+        """Records dir of a host name, or of the expected receiving host of a scenario,
+        or of its first MX."""
+        try:
+            return self.host(what)["records_dir"]
+        except KeyError:
+            s = self.scenario(what)
+            via = s["expected"]["via"]
+            return via["records_dir"] if via else s["mx"][0]["records_dir"]
+
+    # --- what the MX servers saw ------------------------------------------------
+    def messages(self, what: str) -> list[dict]:
+        """Messages received by a host (or a scenario's receiving host), oldest first;
+        each has ``data_bytes`` (exact bytes) added."""
+        out = []
+        for f in sorted(glob.glob(os.path.join(self._records_dir(what), "msg-*.json"))):
+            with open(f) as fh:
+                m = json.load(fh)
+            m["data_bytes"] = base64.b64decode(m["data_b64"])
+            out.append(m)
+        return out
+
+    def sessions(self, what: str) -> list[dict]:
+        """TCP sessions seen by a host, each with ``cleartext`` bytes added."""
+        out = []
+        for f in sorted(glob.glob(os.path.join(self._records_dir(what), "session-*.json"))):
+            with open(f) as fh:
+                s = json.load(fh)
+            s["cleartext"] = base64.b64decode(s["cleartext_b64"])
+            out.append(s)
+        return out
+
+    def cleartext(self, what: str) -> bytes:
+        """Every byte any client sent this host in clear, all sessions concatenated."""
+        return b"".join(s["cleartext"] for s in self.sessions(what))
+
+    def all_cleartext(self) -> bytes:
+        """Cleartext received by every MX in the world."""
+        return b"".join(self.cleartext(h["name"]) for s in self.scenarios.values()
+                        for h in s["mx"])
+
+    def wait_for_messages(self, what: str, count: int = 1, timeout: float = 10.0) -> list[dict]:
+        end = time.monotonic() + timeout
+        while True:
+            msgs = self.messages(what)
+            if len(msgs) >= count or time.monotonic() > end:
+                return msgs
+            time.sleep(0.05)
+
+    def clear_records(self) -> None:
+        """Forget what all MX hosts, attackers and policy hosts recorded so far."""
+        for pat in ("mx/*/msg-*.json", "mx/*/session-*.json", "attackers/*.jsonl",
+                    "sts/*.requests.jsonl"):
+            for f in glob.glob(os.path.join(self.dir, pat)):
+                os.unlink(f)
+
+    # --- attackers and MTA-STS -------------------------------------------------------
+    def attacker_events(self, what: str) -> list[dict]:
+        s_or_h = self.host(what) if "." in what else self.scenario(what)["mx"][0]
+        try:
+            with open(s_or_h["attacker"]["log"]) as f:
+                return [json.loads(line) for line in f if line.strip()]
+        except FileNotFoundError:
+            return []
+
+    def set_sts(self, domain: str, behaviour: str, **opts) -> str:
+        """Script a policy host: see sts.py for behaviours (good, lf, redirect, 404, ...)."""
+        return _sts.set_behaviour(self.data, domain, behaviour, **opts)
+
+    def sts_requests(self, domain: str) -> list[dict]:
+        s = self.scenario(domain)
+        path = s["mta_sts"]["behaviour_file"][:-len(".json")] + ".requests.jsonl"
+        try:
+            with open(path) as f:
+                return [json.loads(line) for line in f if line.strip()]
+        except FileNotFoundError:
+            return []
+
+
+@contextlib.contextmanager
+def running_world(d: str | None = None, keep: bool = False):
+    """A fresh world for the duration of the ``with`` block."""
+    w = World.up(d)
+    try:
+        yield w
+    finally:
+        w.down(keep=keep)
