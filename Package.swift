@@ -33,6 +33,7 @@ let package = Package(
         // journald / sd_notify / logging.
         .target(name: "RelayObservability", dependencies: [
             "CSystemd",
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         // The inbound ESMTP listener on SwiftNIO.

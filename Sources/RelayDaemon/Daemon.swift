@@ -73,10 +73,24 @@ public final class Daemon: Sendable {
         var timeouts = ClientTimeouts()
         timeouts.connect = Double(configuration.delivery.connectTimeout)
         timeouts.command = Double(configuration.delivery.commandTimeout)
+        let alerts = AlertJournal(logger: logger)
         let agent = DeliveryAgent(
             resolver: resolver, group: group, tlsContext: tlsContext,
             settings: .init(heloName: configuration.server.hostname, port: configuration.delivery.port, timeouts: timeouts),
-            logger: logger)
+            logger: logger,
+            onAlert: { alert, queueID, enforced in
+                let kind: SecurityAlert.Kind = !enforced ? .testingPolicyFailure : (alert.resultType == "dnssec-invalid" ? .dnssecFailure : .policyFailure)
+                alerts.report(SecurityAlert(kind: kind, queueID: queueID.rawValue, domain: alert.domain, mxHost: alert.mxHost,
+                                            address: alert.address, policySource: alert.policySource, resultType: alert.resultType,
+                                            reason: alert.reason))
+            })
+        let alertFlusher = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(30))
+                alerts.flush()
+            }
+        }
+        defer { alertFlusher.cancel() }
         var schedulerSettings = Scheduler.Settings(hostname: configuration.server.hostname)
         schedulerSettings.concurrency = configuration.delivery.concurrency
         schedulerSettings.retry = RetrySchedule(

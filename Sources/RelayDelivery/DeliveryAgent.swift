@@ -21,11 +21,15 @@ public final class DeliveryAgent: Sendable {
         /// MX port (RFC 5321 §4.5.4.2: 25).
         public var port: Int
         public var timeouts: ClientTimeouts
+        /// Hold a DNSSEC-secure MX host to its TLSA records even when the domain's MX RRset is
+        /// insecure (RFC 7672 §2.2.1 leaves this to the client; Postfix ≥ 3.6 does). Default true.
+        public var daneForInsecureMX: Bool
 
-        public init(heloName: String, port: Int, timeouts: ClientTimeouts = ClientTimeouts()) {
+        public init(heloName: String, port: Int, timeouts: ClientTimeouts = ClientTimeouts(), daneForInsecureMX: Bool = true) {
             self.heloName = heloName
             self.port = port
             self.timeouts = timeouts
+            self.daneForInsecureMX = daneForInsecureMX
         }
     }
 
@@ -34,13 +38,18 @@ public final class DeliveryAgent: Sendable {
     let tlsContext: TLSClientContext
     let settings: Settings
     let logger: Logger
+    let onAlert: @Sendable (PolicyAlert, QueueID, _ enforced: Bool) -> Void
 
-    public init(resolver: RelayDNS.Resolver, group: EventLoopGroup, tlsContext: TLSClientContext, settings: Settings, logger: Logger) {
+    /// - Parameter onAlert: called for every policy failure (RFC 8460 result type inside), with
+    ///   the queue id and whether the policy was enforced (mail deferred) or not.
+    public init(resolver: RelayDNS.Resolver, group: EventLoopGroup, tlsContext: TLSClientContext, settings: Settings, logger: Logger,
+                onAlert: @escaping @Sendable (PolicyAlert, QueueID, Bool) -> Void = { _, _, _ in }) {
         self.resolver = resolver
         self.group = group
         self.tlsContext = tlsContext
         self.settings = settings
         self.logger = logger
+        self.onAlert = onAlert
     }
 
     /// Attempts delivery.
@@ -66,48 +75,58 @@ public final class DeliveryAgent: Sendable {
             return all(.deferred("4.4.3", "MX lookup for \(domain) failed temporarily: \(error)"))
         }
         let hosts: [String]
+        let mxSecure: Bool
         switch plan {
         case .outcome(let outcome):
+            if outcome.status == "4.7.5" {
+                onAlert(PolicyAlert(resultType: "dnssec-invalid", domain: domain, mxHost: nil, address: nil, policySource: "dane", reason: outcome.reason),
+                        envelope.queueID, true)
+            }
             return all(outcome)
-        case .hosts(let list, _, _):
+        case .hosts(let list, let secure, _):
             hosts = list
+            mxSecure = secure
         }
         var remaining = recipientIndexes
         var lastFailure = RecipientOutcome.deferred("4.4.1", "no MX host of \(domain) could be reached")
         hostLoop: for host in hosts {
+            let hostPlan = await planHost(domain: domain, host: host, mxSecure: mxSecure)
             let addresses: [String]
-            do {
-                let answers = try await resolver.addresses(host)
-                if answers.ipv4.status == .bogus || answers.ipv6.status == .bogus {
-                    let why = answers.ipv4.whyBogus ?? answers.ipv6.whyBogus ?? "no reason given"
-                    logger.error("\(envelope.queueID): address lookup for MX host \(host) is DNSSEC-bogus (\(why)): host skipped")
-                    lastFailure = .deferred("4.7.5", "address records of \(host) failed DNSSEC validation (bogus: \(why))")
-                    continue
-                }
-                addresses = answers.ipv4.records + answers.ipv6.records
-            } catch {
-                lastFailure = .deferred("4.4.3", "address lookup for \(host) failed: \(error)")
+            let policy: HostTLSPolicy
+            switch hostPlan {
+            case .skip(let outcome, let alert):
+                lastFailure = outcome
+                logger.info("\(envelope.queueID): MX host \(host) skipped: \(outcome.reason)")
+                if let alert { onAlert(alert, envelope.queueID, true) }
                 continue
+            case .connect(let list, let hostPolicy):
+                addresses = list
+                policy = hostPolicy
             }
-            if addresses.isEmpty {
-                lastFailure = .deferred("4.4.4", "MX host \(host) has no address records")
-                continue
+            if policy.source == .dane {
+                logger.info("\(envelope.queueID): DANE policy for \(host): TLSA base \(policy.tlsaBaseDomain ?? host), \(policy.tlsaRecords.isEmpty ? "no usable TLSA records: encryption required, no authentication" : policy.tlsaRecords.map(\.description).joined(separator: "; "))")
             }
             for address in addresses {
-                var requirement = ClientSession.TLSRequirement.opportunistic
+                var requirement = policy.requirement
+                var authentication = policy.authentication
                 while true {
                     let relay = "\(host)[\(address)]:\(settings.port)"
                     let job = makeJob(envelope: envelope, indexes: remaining, tls: requirement)
                     let report: ConnectionReport
                     do {
-                        report = try await connect(address: address, host: host, job: job, content: content)
+                        report = try await connect(address: address, host: policy.tlsaBaseDomain ?? host, job: job, content: content,
+                                                   authentication: authentication)
                     } catch {
                         lastFailure = .deferred("4.4.1", "connect to \(relay): \(describe(error))", remoteMTA: relay)
                         logger.info("\(envelope.queueID): connect to \(relay): \(describe(error))")
                         break
                     }
                     if let tls = report.tls {
-                        logger.info("\(envelope.queueID): \(report.tls?.verified == true ? "Verified" : "Anonymous") TLS connection established to \(relay): \(tls.protocolVersion) with cipher \(tls.cipher)")
+                        var line = "\(envelope.queueID): \(tls.verified ? "Verified" : "Untrusted") TLS connection established to \(relay): \(tls.protocolVersion) with cipher \(tls.cipher)"
+                        if let match = tls.daneMatch {
+                            line += "; DANE TLSA \(match.usage) \(match.selector) \(match.matchingType) \(match.dataHex) matched at depth \(match.depth)"
+                        }
+                        logger.info("\(line)")
                     }
                     var decided: [Int] = []
                     for (position, result) in report.result.recipients {
@@ -120,9 +139,17 @@ public final class DeliveryAgent: Sendable {
                     guard let failure = report.result.failure else { break }
                     lastFailure = outcome(for: failure, relay: relay)
                     logger.info("\(envelope.queueID): \(relay): \(lastFailure.reason)")
+                    if requirement == .required, let resultType = HostPolicyRules.resultType(for: failure, tlsError: report.tlsError) {
+                        // A policy failure: never retried in clear, never a bounce (RFC 7672 §2.2).
+                        lastFailure = .deferred("4.7.5", lastFailure.reason, remoteMTA: relay)
+                        onAlert(PolicyAlert(resultType: resultType, domain: domain, mxHost: host, address: address,
+                                            policySource: policy.source.rawValue, reason: lastFailure.reason), envelope.queueID, true)
+                        break
+                    }
                     // RFC 7435: opportunistic TLS that fails is retried once in clear (as Postfix's "may").
                     if requirement == .opportunistic, case .tlsFailed = failure {
                         requirement = .none
+                        authentication = .opportunistic
                         continue
                     }
                     break
@@ -144,7 +171,41 @@ public final class DeliveryAgent: Sendable {
             envelopeID: transaction.parameters.envelopeID, tls: tls)
     }
 
-    func connect(address: String, host: String, job: ClientSession.Job, content: [UInt8]) async throws -> ConnectionReport {
+    /// Address and TLSA lookups for one MX host and the resulting plan (RFC 7672 §2.2).
+    func planHost(domain: String, host: String, mxSecure: Bool) async -> HostPlan {
+        let answers: (ipv4: DNSAnswer<String>, ipv6: DNSAnswer<String>)
+        do {
+            answers = try await resolver.addresses(host)
+        } catch {
+            return .skip(outcome: .deferred("4.4.3", "address lookup for \(host) failed: \(error)"), alert: nil)
+        }
+        let resolver = self.resolver
+        let port = settings.port
+        return await HostPolicyRules.plan(
+            domain: domain, host: host, mxSecure: mxSecure, daneForInsecureMX: settings.daneForInsecureMX, addresses: answers,
+            tlsa: {
+                // RFC 7672 §2.2.3: the CNAME-expanded name first, then the original name.
+                let canonical = answers.ipv4.records.isEmpty ? answers.ipv6.canonicalName : answers.ipv4.canonicalName
+                var bases = [String]()
+                if !canonical.isEmpty && canonical != host { bases.append(canonical) }
+                bases.append(host)
+                var results: [(base: String, result: Result<DNSAnswer<TLSARecord>, Error>)] = []
+                for base in bases {
+                    do {
+                        let answer = try await resolver.tlsa(port: port, host: base)
+                        results.append((base, .success(answer)))
+                        if answer.status == .secure && !answer.records.isEmpty { break }
+                    } catch {
+                        results.append((base, .failure(error)))
+                        break
+                    }
+                }
+                return results
+            })
+    }
+
+    func connect(address: String, host: String, job: ClientSession.Job, content: [UInt8],
+                 authentication: TLSPeerAuthentication) async throws -> ConnectionReport {
         let socketAddress = try SocketAddress(ipAddress: address, port: settings.port)
         let eventLoop = group.next()
         let promise = eventLoop.makePromise(of: ConnectionReport.self)
@@ -156,7 +217,7 @@ public final class DeliveryAgent: Sendable {
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(SMTPClientHandler(
-                        job: job, content: content, tlsContext: tlsContext, authentication: .opportunistic,
+                        job: job, content: content, tlsContext: tlsContext, authentication: authentication,
                         serverName: host, timeouts: timeouts, completion: promise))
                 }
             }
