@@ -40,7 +40,7 @@ def read_queue_file(path):
 class Relay:
     """A tlsrelayd process with its own state directory and port."""
 
-    def __init__(self, workdir, **server_overrides):
+    def __init__(self, workdir, extra_toml="", **server_overrides):
         self.workdir = Path(workdir)
         self.state = self.workdir / "state"
         self.port = free_port()
@@ -52,6 +52,7 @@ class Relay:
             "allowed_clients": ["127.0.0.0/8", "::1/128"],
         }
         self.server.update(server_overrides)
+        self.extra_toml = extra_toml
         self.write_config()
         self.process = None
 
@@ -59,7 +60,7 @@ class Relay:
         lines = [f'state_directory = "{self.state}"', "log_level = \"debug\"", "[server]"]
         for key, value in self.server.items():
             lines.append(f"{key} = {json.dumps(value)}")
-        self.config.write_text("\n".join(lines) + "\n")
+        self.config.write_text("\n".join(lines) + "\n" + self.extra_toml)
 
     def start(self, wait=True):
         assert BINARY.exists(), f"{BINARY} missing: run swift build first"

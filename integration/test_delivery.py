@@ -1,0 +1,141 @@
+"""End to end: tlsrelayd delivers into the loopback test world (DNSSEC-signed zone served by
+NSD, STARTTLS MX servers, a real Postfix smtpd, attacking proxies) and every scenario ends as
+RFC 5321 / RFC 7505 / RFC 7672 say: delivered over the right TLS, deferred with 4.7.5 and an
+alert without a byte of the message reaching anyone, or bounced with a DSN.
+
+MTA-STS scenarios are left to the MTA-STS suite.
+"""
+import os
+import re
+import smtplib
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from relay import ROOT, Relay
+
+sys.path.insert(0, str(ROOT / "testworld"))
+import scenarios as world_scenarios  # noqa: E402
+from worldlib import World  # noqa: E402
+
+NAMES = [s.name for s in world_scenarios.SCENARIOS if not s.name.startswith(("sts", "dane-sts", "attack-sts"))]
+SENDER = "sender@dane-ee.test"   # bounces go back into the world, never outside it
+
+
+def token_for(name):
+    return f"tlsrelay-e2e-{name}-token"
+
+
+def message_for(name, recipient):
+    return (f"From: {SENDER}\r\nTo: {recipient}\r\nSubject: {token_for(name)}\r\n"
+            f"Message-ID: <{name}@e2e.example>\r\n\r\nconfidential body {token_for(name)}\r\n").encode()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    # TLSRELAY_WORLD_DIR attaches to a world started by hand (make world-up) instead.
+    if os.environ.get("TLSRELAY_WORLD_DIR"):
+        yield World(os.environ["TLSRELAY_WORLD_DIR"])
+        return
+    d = tmp_path_factory.mktemp("world")
+    w = World.up(str(d / "w"))
+    yield w
+    w.down()
+
+
+@pytest.fixture(scope="module")
+def delivered(world, tmp_path_factory):
+    """Starts tlsrelayd on the world's DNS and CA, sends one message per scenario, waits until
+    each one is delivered, deferred or bounced, and yields (relay, {name: log line})."""
+    work = tmp_path_factory.mktemp("relay")
+    dns = world.data["dns"]
+    extra = (
+        "[dns]\n"
+        f'trust_anchor_file = "{dns["trust_anchor_file"]}"\n'
+        f'stub_zones = [{{ name = "test.", addresses = ["{dns["address"]}@{dns["port"]}"] }}]\n'
+        "timeout = 3\n"
+        "[delivery]\n"
+        f'tls_ca_file = "{world.data["pki"]["ca_file"]}"\n'
+        "min_backoff = 3600\nmax_backoff = 3600\nconnect_timeout = 5\ncommand_timeout = 10\n")
+    relay = Relay(work, extra_toml=extra).start()
+    try:
+        with smtplib.SMTP("127.0.0.1", relay.port) as s:
+            s.ehlo("client.example.org")
+            for name in NAMES:
+                recipient = world.scenario(name)["recipient"]
+                s.sendmail(SENDER, [recipient], message_for(name, recipient))
+        outcomes = {}
+        deadline = time.time() + 90
+        while time.time() < deadline and len(outcomes) < len(NAMES):
+            log = relay.log_text()
+            for name in NAMES:
+                recipient = world.scenario(name)["recipient"]
+                m = re.search(r"to=<" + re.escape(recipient) + r">, relay=([^,]*), delay=[^,]*, attempt-time=[^,]*, dsn=([0-9.]+), status=(\w+) \((.*)\)", log)
+                if m:
+                    outcomes[name] = m
+            time.sleep(0.2)
+        yield relay, outcomes
+    finally:
+        relay.stop()
+
+
+ACTION = {"deliver": "sent", "defer": "deferred", "bounce": "bounced"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_scenario(world, delivered, name):
+    relay, outcomes = delivered
+    scenario = world.scenario(name)
+    expected = scenario["expected"]
+    assert name in outcomes, f"no delivery attempt logged for {name}:\n{relay.log_text()[-3000:]}"
+    match = outcomes[name]
+    relay_host, dsn, status, reason = match.group(1), match.group(2), match.group(3), match.group(4)
+    assert status == ACTION[expected["action"]], f"{name}: {match.group(0)}"
+    token = token_for(name).encode()
+    if expected["action"] == "deliver":
+        assert dsn.startswith("2."), match.group(0)
+        messages = world.wait_for_messages(name, timeout=10)
+        mine = [m for m in messages if token in m["data_bytes"]]
+        assert len(mine) == 1, f"{name}: expected host did not receive the message"
+        assert bool(mine[0]["tls"]) == bool(expected["tls"]), f"{name}: tls={mine[0]['tls']}"
+        assert mine[0]["data_bytes"].split(b"\r\n", 3)[-1].endswith(b"confidential body " + token + b"\r\n")
+        if expected["security"] == "dane":
+            host = expected["via"]["host"]
+            assert re.search(r"Verified TLS connection established to " + re.escape(host) + r"\[[0-9.]+\]:25: TLSv1\.[23] with cipher \S+; DANE TLSA",
+                             relay.log_text()), f"{name}: no verified DANE session logged"
+    else:
+        assert dsn == expected["status"], f"{name}: {match.group(0)}"
+    if expected["action"] != "deliver" or expected["security"] in ("dane", "encrypt"):
+        # Nothing of a protected or undelivered message may reach any host in clear.
+        for host in scenario["mx"]:
+            assert token not in world.cleartext(host["name"]), f"{name}: message bytes reached {host['name']} in clear"
+    if expected["action"] == "defer":
+        queued = [e for e, _ in relay.queued().values()
+                  if any(r["mailbox"]["localPart"] + "@" + r["mailbox"]["domain"] == scenario["recipient"] for r in e["transaction"]["recipients"])]
+        assert queued, f"{name}: deferred message is no longer queued"
+        if expected["status"] == "4.7.5":
+            assert re.search(r"ALERT (policy|dnssec)-failure: TLS policy alert \([a-z-]+\) for " + re.escape(scenario["domain"]), relay.log_text()), \
+                f"{name}: no alert logged"
+
+
+def test_bounces_produce_dsns(world, delivered):
+    relay, outcomes = delivered
+    bounced = [n for n in NAMES if world.scenario(n)["expected"]["action"] == "bounce"]
+    assert bounced
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        reports = [m for m in world.messages("dane-ee") if b"report-type=delivery-status" in m["data_bytes"]]
+        if len(reports) >= len(bounced):
+            break
+        time.sleep(0.2)
+    assert len(reports) == len(bounced), relay.log_text()[-3000:]
+    for name in bounced:
+        scenario = world.scenario(name)
+        report = [m for m in reports if scenario["recipient"].encode() in m["data_bytes"]]
+        assert report, f"no DSN for {name}"
+        body = report[0]["data_bytes"]
+        assert report[0]["mail_from"] in ("", "<>")
+        assert f"Final-Recipient: rfc822; {scenario['recipient']}\r\nAction: failed\r\nStatus: {scenario['expected']['status']}".encode() in body
+        assert token_for(name).encode() in body   # RET absent: the whole message comes back
