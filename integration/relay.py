@@ -40,7 +40,7 @@ def read_queue_file(path):
 class Relay:
     """A tlsrelayd process with its own state directory and port."""
 
-    def __init__(self, workdir, extra_toml="", **server_overrides):
+    def __init__(self, workdir, extra_toml="", journal=False, **server_overrides):
         self.workdir = Path(workdir)
         self.state = self.workdir / "state"
         self.port = free_port()
@@ -53,6 +53,8 @@ class Relay:
         }
         self.server.update(server_overrides)
         self.extra_toml = extra_toml
+        # journal=True runs tlsrelayd beside a private journald (journal_namespace.sh).
+        self.journal_dir = self.workdir / "journald" if journal else None
         self.write_config()
         self.process = None
 
@@ -65,7 +67,10 @@ class Relay:
     def start(self, wait=True):
         assert BINARY.exists(), f"{BINARY} missing: run swift build first"
         self.log = open(self.log_path, "ab")
-        self.process = subprocess.Popen([str(BINARY), "--config", str(self.config)], stdout=self.log, stderr=self.log)
+        command = [str(BINARY), "--config", str(self.config)]
+        if self.journal_dir:
+            command = [str(Path(__file__).parent / "journal_namespace.sh"), str(self.journal_dir)] + command
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=self.log)
         if wait:
             self.wait_ready()
         return self
@@ -115,3 +120,14 @@ class Relay:
     def temporary_files(self):
         tmp = self.state / "spool" / "tmp"
         return list(tmp.iterdir()) if tmp.exists() else []
+
+    def journal_entries(self, **match):
+        """Entries of the private journald (journal=True), filtered by field values."""
+        assert self.journal_dir, "relay was not started with journal=True"
+        directories = list((self.journal_dir / "journal").glob("*"))
+        if not directories:
+            return []
+        out = subprocess.run(["journalctl", "-D", str(directories[0]), "-o", "json", "--no-pager"],
+                             capture_output=True, text=True, timeout=30).stdout
+        entries = [json.loads(line) for line in out.splitlines() if line.strip()]
+        return [e for e in entries if all(e.get(k) == v for k, v in match.items())]

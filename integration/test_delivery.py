@@ -37,7 +37,9 @@ def message_for(name, recipient):
 def world(tmp_path_factory):
     # TLSRELAY_WORLD_DIR attaches to a world started by hand (make world-up) instead.
     if os.environ.get("TLSRELAY_WORLD_DIR"):
-        yield World(os.environ["TLSRELAY_WORLD_DIR"])
+        attached = World(os.environ["TLSRELAY_WORLD_DIR"])
+        attached.clear_records()
+        yield attached
         return
     d = tmp_path_factory.mktemp("world")
     w = World.up(str(d / "w"))
@@ -59,7 +61,7 @@ def delivered(world, tmp_path_factory):
         "[delivery]\n"
         f'tls_ca_file = "{world.data["pki"]["ca_file"]}"\n'
         "min_backoff = 3600\nmax_backoff = 3600\nconnect_timeout = 5\ncommand_timeout = 10\n")
-    relay = Relay(work, extra_toml=extra).start()
+    relay = Relay(work, extra_toml=extra, journal=True).start()
     try:
         with smtplib.SMTP("127.0.0.1", relay.port) as s:
             s.ehlo("client.example.org")
@@ -79,6 +81,27 @@ def delivered(world, tmp_path_factory):
         yield relay, outcomes
     finally:
         relay.stop()
+
+
+RESULT_TYPES = {"starttls-not-supported", "certificate-host-mismatch", "certificate-expired", "tlsa-invalid",
+                "dnssec-invalid", "certificate-not-trusted", "validation-failure"}
+EXPECTED_RESULT_TYPES = {
+    "dane-bogus-tlsa": {"dnssec-invalid"}, "dane-bogus-a": {"dnssec-invalid"}, "dane-bogus-mx": {"dnssec-invalid"},
+    "dane-tlsa-servfail": {"tlsa-invalid"}, "attack-strip-starttls": {"starttls-not-supported"},
+    "attack-starttls-454": {"starttls-not-supported"}, "attack-inject": {"validation-failure"},
+    "dane-tlsa-mismatch": {"tlsa-invalid"}, "dane-ta-badname": {"certificate-host-mismatch"},
+    "attack-mitm-cert": {"tlsa-invalid"},
+}
+
+
+def wait_for_alerts(relay, domain, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        alerts = relay.journal_entries(RECIPIENT_DOMAIN=domain)
+        if alerts:
+            return alerts
+        time.sleep(0.2)
+    return []
 
 
 ACTION = {"deliver": "sent", "defer": "deferred", "bounce": "bounced"}
@@ -116,8 +139,15 @@ def test_scenario(world, delivered, name):
                   if any(r["mailbox"]["localPart"] + "@" + r["mailbox"]["domain"] == scenario["recipient"] for r in e["transaction"]["recipients"])]
         assert queued, f"{name}: deferred message is no longer queued"
         if expected["status"] == "4.7.5":
-            assert re.search(r"ALERT (policy|dnssec)-failure: TLS policy alert \([a-z-]+\) for " + re.escape(scenario["domain"]), relay.log_text()), \
-                f"{name}: no alert logged"
+            # The alert, read back from a real journald (RFC 8460 result type, crit priority).
+            alerts = wait_for_alerts(relay, scenario["domain"])
+            assert alerts, f"{name}: no alert in the journal"
+            alert = alerts[0]
+            assert alert["PRIORITY"] == "2"
+            assert alert["MESSAGE_ID"] in ("2b7c1d6e9a1f4c0e8f3d5a6b7c8d9e01", "2b7c1d6e9a1f4c0e8f3d5a6b7c8d9e02")
+            assert alert["TLSRPT_RESULT_TYPE"] in EXPECTED_RESULT_TYPES.get(name, RESULT_TYPES), alert["TLSRPT_RESULT_TYPE"]
+            assert alert["POLICY_SOURCE"] == "dane"
+            assert "QUEUE_ID" in alert and "REASON" in alert and alert["SYSLOG_IDENTIFIER"] == "tlsrelayd"
 
 
 def test_bounces_produce_dsns(world, delivered):
