@@ -9,7 +9,7 @@ RUN_PACKAGES := libssl-dev libsystemd-dev libunbound-dev pkg-config dns-root-dat
 # Real third-party servers and tools the tests drive.
 TEST_PACKAGES := postfix swaks util-linux procps $(shell cat testworld/apt-packages.txt 2>/dev/null)
 
-.PHONY: all build release run deps test-deps test unit-test integration-test world-test world-up world-down check-config clean
+.PHONY: all build release run demo install deps test-deps test unit-test integration-test world-test world-up world-down check-config clean
 
 all: build
 
@@ -41,6 +41,11 @@ release: deps
 run: release
 	.build/release/tlsrelayd --config $(CONFIG)
 
+# Shows DANE at work against the loopback test world: one delivery authenticated by TLSA, one
+# STARTTLS-stripping attack deferred with a crit alert read back from journald.
+demo: release test-deps
+	$(PYTHON) scripts/demo.py
+
 check-config: release
 	.build/release/tlsrelayd --check-config --config $(CONFIG)
 
@@ -67,6 +72,19 @@ world-up: test-deps
 
 world-down:
 	$(PYTHON) testworld/world.py down --dir $(CURDIR)/world
+
+PREFIX ?= /usr/local
+# Installs the binaries, the systemd unit, the journald catalog and the example config (kept if
+# one exists), and creates the tlsrelay system user. Then: systemctl enable --now tlsrelay
+install: release
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)/etc/systemd/system $(DESTDIR)/usr/lib/systemd/catalog $(DESTDIR)/etc/tlsrelay
+	install -m 0755 .build/release/tlsrelayd .build/release/tlsrelayctl $(DESTDIR)$(PREFIX)/bin/
+	sed 's|/usr/local/bin/|$(PREFIX)/bin/|g' systemd/tlsrelay.service > $(DESTDIR)/etc/systemd/system/tlsrelay.service
+	install -m 0644 systemd/tlsrelay.catalog $(DESTDIR)/usr/lib/systemd/catalog/tlsrelay.catalog
+	[ -e $(DESTDIR)/etc/tlsrelay/tlsrelay.toml ] || install -m 0644 etc/tlsrelay.toml $(DESTDIR)/etc/tlsrelay/tlsrelay.toml
+	getent passwd tlsrelay >/dev/null || useradd --system --user-group --no-create-home --home-dir /var/lib/tlsrelay --shell /usr/sbin/nologin tlsrelay
+	-journalctl --update-catalog
+	-systemctl daemon-reload 2>/dev/null
 
 clean:
 	rm -rf .build

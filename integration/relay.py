@@ -69,7 +69,7 @@ class Relay:
         self.log = open(self.log_path, "ab")
         command = [str(BINARY), "--config", str(self.config)]
         if self.journal_dir:
-            command = [str(Path(__file__).parent / "journal_namespace.sh"), str(self.journal_dir)] + command
+            command = [str(ROOT / "scripts" / "journal_namespace.sh"), str(self.journal_dir)] + command
         self.process = subprocess.Popen(command, stdout=self.log, stderr=self.log)
         if wait:
             self.wait_ready()
