@@ -42,6 +42,7 @@ class Relay:
 
     def __init__(self, workdir, extra_toml="", journal=False, **server_overrides):
         self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.state = self.workdir / "state"
         self.port = free_port()
         self.config = self.workdir / "tlsrelay.toml"

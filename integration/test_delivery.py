@@ -1,9 +1,8 @@
 """End to end: tlsrelayd delivers into the loopback test world (DNSSEC-signed zone served by
-NSD, STARTTLS MX servers, a real Postfix smtpd, attacking proxies) and every scenario ends as
-RFC 5321 / RFC 7505 / RFC 7672 say: delivered over the right TLS, deferred with 4.7.5 and an
-alert without a byte of the message reaching anyone, or bounced with a DSN.
-
-MTA-STS scenarios are left to the MTA-STS suite.
+NSD, STARTTLS MX servers, a real Postfix smtpd, MTA-STS web servers, attacking proxies) and
+every scenario ends as RFC 5321 / RFC 7505 / RFC 7672 / RFC 8461 say: delivered over the right
+TLS, deferred with 4.7.5 and an alert read back from journald without a byte of the message
+reaching anyone, or bounced with a DSN.
 """
 import os
 import re
@@ -18,9 +17,8 @@ from relay import ROOT, Relay
 
 sys.path.insert(0, str(ROOT / "testworld"))
 import scenarios as world_scenarios  # noqa: E402
-from worldlib import World  # noqa: E402
 
-NAMES = [s.name for s in world_scenarios.SCENARIOS if not s.name.startswith(("sts", "dane-sts", "attack-sts"))]
+NAMES = [s.name for s in world_scenarios.SCENARIOS]
 SENDER = "sender@dane-ee.test"   # bounces go back into the world, never outside it
 
 
@@ -34,33 +32,11 @@ def message_for(name, recipient):
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    # TLSRELAY_WORLD_DIR attaches to a world started by hand (make world-up) instead.
-    if os.environ.get("TLSRELAY_WORLD_DIR"):
-        attached = World(os.environ["TLSRELAY_WORLD_DIR"])
-        attached.clear_records()
-        yield attached
-        return
-    d = tmp_path_factory.mktemp("world")
-    w = World.up(str(d / "w"))
-    yield w
-    w.down()
-
-
-@pytest.fixture(scope="module")
-def delivered(world, tmp_path_factory):
+def delivered(world, world_relay_toml, tmp_path_factory):
     """Starts tlsrelayd on the world's DNS and CA, sends one message per scenario, waits until
     each one is delivered, deferred or bounced, and yields (relay, {name: log line})."""
     work = tmp_path_factory.mktemp("relay")
-    dns = world.data["dns"]
-    extra = (
-        "[dns]\n"
-        f'trust_anchor_file = "{dns["trust_anchor_file"]}"\n'
-        f'stub_zones = [{{ name = "test.", addresses = ["{dns["address"]}@{dns["port"]}"] }}]\n'
-        "timeout = 3\n"
-        "[delivery]\n"
-        f'tls_ca_file = "{world.data["pki"]["ca_file"]}"\n'
-        "min_backoff = 3600\nmax_backoff = 3600\nconnect_timeout = 5\ncommand_timeout = 10\n")
+    extra = world_relay_toml
     relay = Relay(work, extra_toml=extra, journal=True).start()
     try:
         with smtplib.SMTP("127.0.0.1", relay.port) as s:
@@ -91,7 +67,11 @@ EXPECTED_RESULT_TYPES = {
     "attack-starttls-454": {"starttls-not-supported"}, "attack-inject": {"validation-failure"},
     "dane-tlsa-mismatch": {"tlsa-invalid"}, "dane-ta-badname": {"certificate-host-mismatch"},
     "attack-mitm-cert": {"tlsa-invalid"},
+    "sts-enforce-otherca": {"sts-webpki-invalid"}, "sts-enforce-wrongname": {"sts-webpki-invalid"},
+    "sts-enforce-expired": {"sts-webpki-invalid"}, "sts-enforce-mx-mismatch": {"validation-failure"},
+    "attack-sts-strip-starttls": {"starttls-not-supported"}, "dane-sts-tlsa-mismatch": {"tlsa-invalid"},
 }
+POLICY_SOURCE = {name: "mta-sts" for name in NAMES if name.startswith(("sts", "attack-sts"))}
 
 
 def wait_for_alerts(relay, domain, timeout=10):
@@ -124,13 +104,24 @@ def test_scenario(world, delivered, name):
         assert len(mine) == 1, f"{name}: expected host did not receive the message"
         assert bool(mine[0]["tls"]) == bool(expected["tls"]), f"{name}: tls={mine[0]['tls']}"
         assert mine[0]["data_bytes"].split(b"\r\n", 3)[-1].endswith(b"confidential body " + token + b"\r\n")
+        host = expected["via"]["host"] if expected["via"] else scenario["mx"][0]["name"]
         if expected["security"] == "dane":
-            host = expected["via"]["host"]
             assert re.search(r"Verified TLS connection established to " + re.escape(host) + r"\[[0-9.]+\]:25: TLSv1\.[23] with cipher \S+; DANE TLSA",
                              relay.log_text()), f"{name}: no verified DANE session logged"
+        if expected["security"] in ("mta-sts", "mta-sts-testing"):
+            assert re.search(r"MTA-STS policy of " + re.escape(scenario["domain"]) + r".*: mode " + expected["security"].replace("mta-sts-testing", "testing").replace("mta-sts", "enforce"),
+                             relay.log_text()), f"{name}: MTA-STS policy not applied"
+        if expected["security"] == "mta-sts":
+            assert re.search(r"Verified TLS connection established to " + re.escape(host) + r"\[", relay.log_text()), \
+                f"{name}: no WebPKI-verified session logged"
+        if name == "sts-testing-otherca":
+            # RFC 8461 §5: delivered, and the failure reported at warning level.
+            warnings = wait_for_alerts(relay, scenario["domain"])
+            assert any(a["PRIORITY"] == "4" and a["MESSAGE_ID"] == "2b7c1d6e9a1f4c0e8f3d5a6b7c8d9e03"
+                       and a["TLSRPT_RESULT_TYPE"] == "sts-webpki-invalid" for a in warnings), warnings
     else:
         assert dsn == expected["status"], f"{name}: {match.group(0)}"
-    if expected["action"] != "deliver" or expected["security"] in ("dane", "encrypt"):
+    if expected["action"] != "deliver" or expected["security"] in ("dane", "encrypt", "mta-sts"):
         # Nothing of a protected or undelivered message may reach any host in clear.
         for host in scenario["mx"]:
             assert token not in world.cleartext(host["name"]), f"{name}: message bytes reached {host['name']} in clear"
@@ -146,7 +137,7 @@ def test_scenario(world, delivered, name):
             assert alert["PRIORITY"] == "2"
             assert alert["MESSAGE_ID"] in ("2b7c1d6e9a1f4c0e8f3d5a6b7c8d9e01", "2b7c1d6e9a1f4c0e8f3d5a6b7c8d9e02")
             assert alert["TLSRPT_RESULT_TYPE"] in EXPECTED_RESULT_TYPES.get(name, RESULT_TYPES), alert["TLSRPT_RESULT_TYPE"]
-            assert alert["POLICY_SOURCE"] == "dane"
+            assert alert["POLICY_SOURCE"] == POLICY_SOURCE.get(name, "dane")
             assert "QUEUE_ID" in alert and "REASON" in alert and alert["SYSLOG_IDENTIFIER"] == "tlsrelayd"
 
 

@@ -16,20 +16,47 @@ Every host records into ``DIR/mx/<host>/``:
 * ``session-<id>.json`` per TCP connection: cleartext_b64 = every byte the client
   sent *before* TLS started (or the whole session without TLS), tls, sni,
   messages.  A test can thus assert that no byte of a protected message ever
-  arrived in clear (RFC 3207 §4.2, RFC 7672 §2.2).
+  arrived in clear (RFC 3207 §4.2, RFC 7672 §2.2).  Also ``transcript`` (the
+  command lines and replies, TLS or not), ``scripted`` and ``dropped`` (below).
+
+Scripted replies (role ``smtp`` only): ``DIR/mx/<server>/behaviour.json``,
+re-read at connect, before every command and at the end of the message data
+(absent or ``{}`` = normal).  All keys optional; a reply is one line
+("450 4.2.0 Mailbox busy"), several lines separated by newlines, or a list of
+lines; the continuation hyphens are set automatically.
+
+=============  ===========================================================
+greeting       sent instead of the 220 banner; non-2xx: then close
+ehlo           replaces the EHLO reply (2xx: the session counts as greeted)
+mail           reply to a syntactically valid MAIL FROM (2xx: accepted)
+rcpt           {lower-cased address or local part or "*": reply}, the full
+               address is looked up first (2xx: accepted); other recipients
+               are answered normally
+data           reply to DATA instead of 354 (3xx: the message is read)
+data_end       reply after the message instead of 250; non-2xx: the
+               message is not recorded, a 2xx line records it
+drop_after     "greeting" | "ehlo" | "starttls" | "mail" | "rcpt" | "data" |
+               "data_end": close the TCP connection (FIN, no TLS
+               close_notify) where that reply would be sent, without it
+=============  ===========================================================
+
+Each use is appended to the session record's ``scripted`` list
+(``{"at", "reply", "arg", "tls", "time"}``, ``at`` = key or ``drop_after``);
+``dropped`` names the point of a ``drop_after``.
 """
 from __future__ import annotations
 
 import asyncio
 import base64
 import itertools
+import json
 import logging
 import os
 import re
 import ssl
 import time
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, syntax
 
 import service
 
@@ -43,6 +70,136 @@ def _now():
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".%03dZ" % (int(t * 1000) % 1000)
 
 
+# --- scripted replies ------------------------------------------------------------------
+
+BEHAVIOUR_KEYS = ("greeting", "ehlo", "mail", "rcpt", "data", "data_end", "drop_after")
+DROP_POINTS = ("greeting", "ehlo", "starttls", "mail", "rcpt", "data", "data_end")
+_REPLY_LINE = re.compile(r"[2-5]\d\d(?:[ -][^\r\n]*)?")
+TRANSCRIPT_MAX = 1000
+
+
+def reply_lines(value) -> list:
+    """A scripted reply as a list of wire lines (continuation hyphens set)."""
+    lines = value.splitlines() if isinstance(value, str) else value
+    if not isinstance(lines, (list, tuple)) or not lines or \
+            not all(isinstance(x, str) for x in lines):
+        raise ValueError(f"reply must be a string or a list of strings: {value!r}")
+    out = []
+    for i, line in enumerate(lines):
+        line = line.rstrip("\r\n")
+        if not _REPLY_LINE.fullmatch(line):
+            raise ValueError(f"not an SMTP reply line (3-digit code 2xx-5xx first): {line!r}")
+        if line[:3] != lines[0][:3]:
+            raise ValueError(f"reply lines with different codes: {value!r}")
+        sep = "-" if i < len(lines) - 1 else " "
+        out.append(line[:3] + sep + line[4:] if len(line) > 3 else line[:3] + ("-" if sep == "-" else ""))
+    return out
+
+
+def validate_behaviour(spec) -> dict:
+    """Check a behaviour spec; return it with ``rcpt`` keys lower-cased.  ValueError if bad."""
+    if spec is None:
+        return {}
+    if not isinstance(spec, dict):
+        raise ValueError("behaviour must be a JSON object")
+    unknown = set(spec) - set(BEHAVIOUR_KEYS)
+    if unknown:
+        raise ValueError(f"unknown behaviour key(s) {', '.join(sorted(unknown))}; "
+                         f"known: {', '.join(BEHAVIOUR_KEYS)}")
+    out = {}
+    for k, v in spec.items():
+        if v is None:
+            continue
+        if k == "drop_after":
+            if v not in DROP_POINTS:
+                raise ValueError(f"drop_after must be one of {', '.join(DROP_POINTS)}, not {v!r}")
+        elif k == "rcpt":
+            if not isinstance(v, dict):
+                raise ValueError("rcpt must be an object {address or local part: reply}")
+            for r, reply in v.items():
+                reply_lines(reply)
+            v = {str(r).lower(): reply for r, reply in v.items()}
+        else:
+            reply_lines(v)
+        out[k] = v
+    return out
+
+
+def rcpt_reply(table: dict, address: str):
+    """The scripted reply for a recipient: full address, then local part, then "*"."""
+    a = address.lower()
+    local = a.rsplit("@", 1)[0]
+    for key in (a, local, "*"):
+        if key in table:
+            return table[key]
+    return None
+
+
+def _find_host(world: dict, what: str) -> dict:
+    """An MX host entry by DNS name or backend name, or the receiving host of a scenario
+    (by name or domain: the expected ``via`` host, else its first MX)."""
+    what = what.rstrip(".").lower()
+    for s in world["scenarios"].values():
+        for h in s["mx"]:
+            if what in (h["name"], (h.get("backend") or {}).get("name")):
+                return h
+    for s in world["scenarios"].values():
+        if what in (s["name"], s["domain"]):
+            via = (s["expected"].get("via") or {}).get("host")
+            hosts = [h for h in s["mx"] if h["name"] == via] or s["mx"]
+            if not hosts:
+                raise ValueError(f"scenario {s['name']} has no MX host")
+            return hosts[0]
+    raise ValueError(f"no MX host or scenario {what!r}")
+
+
+def _behaviour_file(h: dict) -> str:
+    if not h.get("behaviour_file"):
+        raise ValueError(f"{h['name']} ({h['kind']}) is not served by aiosmtpd: no scripted replies")
+    return h["behaviour_file"]
+
+
+def set_behaviour(world: dict, what: str, spec: dict) -> str:
+    """Write the behaviour file of a host (or of a scenario's receiving host); return its path."""
+    spec = validate_behaviour(spec)
+    path = _behaviour_file(_find_host(world, what))
+    service.write_json_atomic(path, spec)
+    return path
+
+
+def clear_behaviour(world: dict, what: str | None = None) -> list:
+    """Restore the behaviour a host had at ``up`` (none, or the scenario's), for one host or
+    scenario, or for every host if ``what`` is None; return the files rewritten or removed."""
+    if what is None:
+        hosts = [h for s in world["scenarios"].values() for h in s["mx"] if h.get("behaviour_file")]
+    else:
+        hosts = [_find_host(world, what)]
+        _behaviour_file(hosts[0])
+    done = []
+    for h in hosts:
+        path = h["behaviour_file"]
+        if h.get("behaviour") is not None:
+            service.write_json_atomic(path, h["behaviour"])
+            done.append(path)
+        else:
+            try:
+                os.unlink(path)
+                done.append(path)
+            except FileNotFoundError:
+                pass
+    return done
+
+
+def install_behaviours(world: dict) -> None:
+    """At ``up``: write the scenario-defined behaviour files."""
+    for s in world["scenarios"].values():
+        for h in s["mx"]:
+            if h.get("behaviour") is not None:
+                service.write_json_atomic(_behaviour_file(h), validate_behaviour(h["behaviour"]))
+
+
+# --- recording --------------------------------------------------------------------------
+
 class SessionRecord:
     """One TCP connection as seen by an MX."""
 
@@ -52,7 +209,8 @@ class SessionRecord:
         self.data = {"id": self.id, "server": server, "peer": None, "started": _now(),
                      "ended": None, "closed": False, "tls": False, "tls_version": None,
                      "cipher": None, "sni": None, "starttls_command": False,
-                     "tls_bytes": 0, "messages": []}
+                     "tls_bytes": 0, "messages": [], "scripted": [], "dropped": None,
+                     "behaviour_error": None, "transcript": []}
         self.cleartext = bytearray()
 
     def save(self):
@@ -79,11 +237,186 @@ def save_message(records_dir, session_id, envelope, extra) -> str:
 
 
 class RecordingSMTP(SMTP):
-    """aiosmtpd SMTP that keeps the raw pre-TLS bytes and the TLS parameters."""
+    """aiosmtpd SMTP that keeps the raw pre-TLS bytes and the TLS parameters, a transcript,
+    and answers as its behaviour file says."""
 
-    def __init__(self, handler, record: SessionRecord, **kw):
+    def __init__(self, handler, record: SessionRecord, behaviour_file=None, **kw):
         super().__init__(handler, **kw)
         self.record = record
+        self.behaviour_file = behaviour_file
+        self.behaviour: dict = {}
+        self._capture = None            # list: replies are collected instead of sent
+        self._replace = None            # (code prefix, lines, key): next such reply is replaced
+        self._smtp_methods = {name: self._command(name, m) for name, m in self._smtp_methods.items()}
+
+    # --- behaviour ----------------------------------------------------------------
+    def reload_behaviour(self) -> dict:
+        self.behaviour = {}
+        if not self.behaviour_file:
+            return self.behaviour
+        try:
+            with open(self.behaviour_file) as f:
+                self.behaviour = validate_behaviour(json.load(f))
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as e:
+            log.warning("%s: %s (ignored)", self.behaviour_file, e)
+            self.record.data["behaviour_error"] = str(e)
+        return self.behaviour
+
+    @property
+    def _in_tls(self) -> bool:
+        return self._original_transport is not None
+
+    def note_scripted(self, key, reply, arg=None, **extra):
+        entry = {"at": key, "reply": reply, "arg": arg, "tls": self._in_tls, "time": _now()}
+        entry.update(extra)
+        self.record.data["scripted"].append(entry)
+        self.record.save()
+
+    def _note(self, who, line):
+        t = self.record.data["transcript"]
+        if len(t) < TRANSCRIPT_MAX:
+            t.append(f"{who}: {line[:512]}")
+
+    async def _send_scripted(self, key, lines, arg=None):
+        self.note_scripted(key, "\r\n".join(lines), arg)
+        for line in lines:
+            self._note("S", line)
+            await SMTP.push(self, line)
+
+    async def drop(self, point, arg=None, **extra):
+        """Close the TCP connection without a reply; the handler task is cancelled by
+        connection_lost."""
+        self.record.data["dropped"] = point
+        self.note_scripted("drop_after", None, arg, point=point, **extra)
+        (self._original_transport or self.transport).close()
+        await asyncio.sleep(3600)
+
+    async def push(self, status):
+        text = status if isinstance(status, str) else status.decode("utf-8", "replace")
+        if self._capture is not None:
+            self._capture.append(text)
+            return
+        if self._replace and text.startswith(self._replace[0]):
+            _, lines, key = self._replace
+            self._replace = None
+            await self._send_scripted(key, lines)
+            return
+        for line in text.split("\r\n"):
+            self._note("S", line)
+        await super().push(status)
+
+    async def _captured(self, coro) -> list:
+        self._capture = []
+        try:
+            await coro
+            return self._capture
+        finally:
+            self._capture = None
+
+    def _command(self, name, method):
+        point = {"EHLO": "ehlo", "HELO": "ehlo", "STARTTLS": "starttls", "MAIL": "mail",
+                 "RCPT": "rcpt", "DATA": "data"}.get(name)
+
+        async def run(arg):
+            self._note("C", name if arg is None else f"{name} {arg}")
+            self.reload_behaviour()
+            if point and self.behaviour.get("drop_after") == point:
+                await self.drop(point, arg)
+                return
+            await method(arg)
+        for a in ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__"):
+            if hasattr(method, a):
+                setattr(run, a, getattr(method, a))
+        return run
+
+    async def _handle_client(self):
+        self.reload_behaviour()
+        if self.behaviour.get("drop_after") == "greeting":
+            await self.drop("greeting")
+            return
+        if self.behaviour.get("greeting") is not None:
+            lines = reply_lines(self.behaviour["greeting"])
+            if not lines[0].startswith("2"):
+                await self._send_scripted("greeting", lines)
+                self.transport.close()
+                return
+            self._replace = ("220", lines, "greeting")
+        await super()._handle_client()
+
+    @syntax("EHLO hostname")
+    async def smtp_EHLO(self, hostname):
+        reply = self.behaviour.get("ehlo")
+        if reply is None or not hostname:
+            return await super().smtp_EHLO(hostname)
+        await self._captured(super().smtp_EHLO(hostname))
+        lines = reply_lines(reply)
+        if not lines[0].startswith("2"):
+            self.session.host_name = None
+            self.session.extended_smtp = False
+        await self._send_scripted("ehlo", lines, hostname)
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg):
+        reply = self.behaviour.get("mail")
+        if reply is None:
+            return await super().smtp_MAIL(arg)
+        env = self.envelope
+        had = env.mail_from is not None
+        got = await self._captured(super().smtp_MAIL(arg))
+        if had or env.mail_from is None:          # refused by aiosmtpd itself (syntax, nested)
+            for line in got:
+                await self.push(line)
+            return
+        lines = reply_lines(reply)
+        if not lines[0].startswith("2"):
+            env.mail_from = None
+            env.mail_options.clear()
+            env.smtp_utf8 = False
+        await self._send_scripted("mail", lines, arg)
+
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_RCPT(self, arg):
+        table = self.behaviour.get("rcpt")
+        if not table:
+            return await super().smtp_RCPT(arg)
+        env = self.envelope
+        n, no = len(env.rcpt_tos), len(env.rcpt_options)
+        got = await self._captured(super().smtp_RCPT(arg))
+        reply = rcpt_reply(table, env.rcpt_tos[-1]) if len(env.rcpt_tos) > n else None
+        if reply is None:
+            for line in got:
+                await self.push(line)
+            return
+        lines = reply_lines(reply)
+        if not lines[0].startswith("2"):
+            del env.rcpt_tos[n:]
+            del env.rcpt_options[no:]
+        await self._send_scripted("rcpt", lines, arg)
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg):
+        reply = self.behaviour.get("data")
+        if reply is None:
+            return await super().smtp_DATA(arg)
+        lines = reply_lines(reply)
+        if lines[0].startswith("3"):
+            self._replace = ("354", lines, "data")
+            try:
+                return await super().smtp_DATA(arg)
+            finally:
+                self._replace = None
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        self._set_post_data_state()
+        await self._send_scripted("data", lines, arg)
 
     def connection_made(self, transport):
         tls_now = self._original_transport is not None
@@ -118,11 +451,26 @@ class RecordingHandler:
 
     async def handle_DATA(self, smtp: RecordingSMTP, session, envelope):
         r = smtp.record
+        b = smtp.reload_behaviour()
+        size = len(envelope.content)
+        if b.get("drop_after") == "data_end":
+            await smtp.drop("data_end", size=size, rcpt_tos=list(envelope.rcpt_tos))
+        if b.get("data_end") is not None:
+            lines = reply_lines(b["data_end"])
+            if not lines[0].startswith("2"):
+                smtp.note_scripted("data_end", "\r\n".join(lines), size=size,
+                                   rcpt_tos=list(envelope.rcpt_tos))
+                return "\r\n".join(lines)
         mid = save_message(self.server["records_dir"], r.id, envelope, {
             "server": self.server["name"], "via": "aiosmtpd", "peer": r.data["peer"],
             "helo": session.host_name, "tls": r.data["tls"], "tls_version": r.data["tls_version"],
             "cipher": r.data["cipher"], "sni": r.data["sni"]})
         r.data["messages"].append(mid)
+        if b.get("data_end") is not None:        # a 2xx line: recorded, scripted text
+            lines = reply_lines(b["data_end"])
+            smtp.note_scripted("data_end", "\r\n".join(lines), size=size,
+                               rcpt_tos=list(envelope.rcpt_tos), message=mid)
+            return "\r\n".join(lines)
         r.save()
         return f"250 2.0.0 Ok: queued as {mid}"
 
@@ -168,7 +516,8 @@ async def serve_smtp(server: dict, handler):
 
     def factory():
         rec = SessionRecord(server["name"], server.get("sessions_dir", server["records_dir"]))
-        return RecordingSMTP(handler, rec, hostname=server["banner"], tls_context=ctx,
+        return RecordingSMTP(handler, rec, behaviour_file=server.get("behaviour_file"),
+                             hostname=server["banner"], tls_context=ctx,
                              require_starttls=False, data_size_limit=60 * 1024 * 1024,
                              enable_SMTPUTF8=True, decode_data=False, loop=loop,
                              ident="tlsrelay-testworld")

@@ -3,10 +3,11 @@
 Turns the scenario table (scenarios.py) plus a freshly generated PKI (pki.py)
 into the single JSON document that every server process and every test reads.
 
-Address plan (all on the loopback interface, no port overrides):
+Address plan (all on the loopback interface, no port overrides; ``--slot S``
+replaces the second octet 0 by S so that several worlds can run side by side):
   127.0.1.53      NSD (port 53): ``test.`` signed, ``insecure.test.`` unsigned
   127.0.2.N       MX hosts as published in DNS (aiosmtpd, or the recording tap
-                  in front of Postfix), port 25
+                  in front of Postfix; nothing at all for a ``down`` host), port 25
   127.0.3.N       MTA-STS policy hosts ``mta-sts.<domain>``, HTTPS port 443
   127.0.4.N       attackers (MITM proxies), port 25
   127.0.5.N       internal hosts not in DNS: the real MX behind each attacker,
@@ -20,10 +21,12 @@ import time
 import scenarios as S
 from pki import PKI, random_sha256
 
+BEHAVIOUR_FILE = "behaviour.json"     # DIR/mx/<host>/behaviour.json: scripted replies (mx.py)
+
 
 class _Alloc:
-    def __init__(self, prefix):
-        self.prefix, self.n = prefix, 0
+    def __init__(self, slot, third):
+        self.prefix, self.n = S.addr(slot, third, 0).rsplit(".", 1)[0], 0
 
     def __call__(self):
         self.n += 1
@@ -39,6 +42,19 @@ def _tlsa_rdata(spec: str, cert: dict, pki: PKI) -> str:
     return f"{u} {s} {m} {data}"
 
 
+def _tls_reachable(behaviour) -> bool:
+    """False if the host's scripted behaviour at ``up`` prevents any TLS handshake."""
+    b = behaviour or {}
+    if b.get("drop_after") in ("greeting", "ehlo", "starttls"):
+        return False
+    for k in ("greeting", "ehlo"):
+        v = b.get(k)
+        first = (v.splitlines() or [""])[0] if isinstance(v, str) else (v or [""])[0]
+        if v is not None and not first.startswith("2"):
+            return False
+    return True
+
+
 def _verify_claims(h, entry) -> dict:
     """What a correct verifier concludes about the certificate presented on this
     host's port 25 after STARTTLS (None = no TLS handshake to judge):
@@ -49,7 +65,9 @@ def _verify_claims(h, entry) -> dict:
       (RFC 8461 §4.2, RFC 6125).
     """
     kind = h.kind.split(":", 1)[-1]
-    if kind in (S.NOTLS, "strip-starttls", "starttls-454", "inject-after-220"):
+    if kind in (S.DOWN, S.NOTLS, "strip-starttls", "starttls-454", "inject-after-220"):
+        return {"dane": None, "webpki": None}
+    if not _tls_reachable(h.behaviour):
         return {"dane": None, "webpki": None}
     if kind == "mitm-cert":
         return {"dane": "fail" if h.tlsa else None, "webpki": "fail"}
@@ -63,30 +81,35 @@ def _verify_claims(h, entry) -> dict:
     return {"dane": dane, "webpki": "ok" if h.cert == "good" and not h.cname else "fail"}
 
 
-def relay_toml(d: str) -> str:
+def relay_toml(world: dict) -> str:
     """The tlsrelayd configuration block for this world."""
+    d = world["dir"]
+    dns = f'{world["dns"]["address"]}@{world["dns"]["port"]}'
+    listen = world["relay"]["listen"]
     return f'''state_directory = "{d}/relay-state"
 [server]
-listen = ["{S.RELAY_LISTEN}"]
+listen = ["{listen}"]
 hostname = "relay.example.org"
 allowed_clients = ["127.0.0.0/8", "::1/128"]
 max_message_size = 52428800
 [dns]
 trust_anchor_file = "{d}/dns/trust-anchor.ds"
 forwarders = []
-stub_zones = [{{ name = "{S.ZONE}.", addresses = ["{S.DNS_ADDRESS}@{S.DNS_PORT}"] }}]
+stub_zones = [{{ name = "{S.ZONE}.", addresses = ["{dns}"] }}]
 [delivery]
 port = 25
 tls_ca_file = "{d}/pki/ca.pem"
 '''
 
 
-def build(d: str) -> dict:
+def build(d: str, slot: int = 0) -> dict:
     """Generate the PKI into ``d/pki`` and return the world description."""
+    if not 0 <= slot <= 254:
+        raise ValueError("slot must be 0..254")
     d = os.path.abspath(d)
     pki = PKI(os.path.join(d, "pki"))
-    mx_ip, sts_ip, att_ip, int_ip = (_Alloc("127.0.2"), _Alloc("127.0.3"),
-                                     _Alloc("127.0.4"), _Alloc("127.0.5"))
+    mx_ip, sts_ip, att_ip, int_ip = (_Alloc(slot, 2), _Alloc(slot, 3),
+                                     _Alloc(slot, 4), _Alloc(slot, 5))
     sts_id = "w%d" % int(time.time())
     servers, hosts_index, scenarios = [], {}, {}
 
@@ -94,7 +117,7 @@ def build(d: str) -> dict:
         rec = os.path.join(d, "mx", name)
         servers.append({"role": "smtp", "name": name, "address": address, "port": 25,
                         "starttls": starttls, "cert": cert, "records_dir": rec,
-                        "banner": banner})
+                        "behaviour_file": os.path.join(rec, BEHAVIOUR_FILE), "banner": banner})
         return rec
 
     for s in S.SCENARIOS:
@@ -112,11 +135,19 @@ def build(d: str) -> dict:
                      "lookups": S.expected_host_lookups(s, h),
                      "dns": {"a_bogus": h.a_bogus, "tlsa_bogus": h.tlsa_bogus,
                              "tlsa_servfail": h.tlsa_servfail},
-                     "backend": None, "attacker": None, "postfix": None}
+                     "backend": None, "attacker": None, "postfix": None,
+                     "behaviour_file": None, "behaviour": h.behaviour}
+            if h.behaviour is not None and h.kind not in (S.STARTTLS, S.NOTLS) \
+                    and not h.kind.startswith("attacker:"):
+                raise ValueError(f"{s.name}: scripted behaviour needs an aiosmtpd host, not {h.kind}")
             if h.kind in (S.STARTTLS, S.NOTLS):
                 entry["address"] = mx_ip()
                 entry["records_dir"] = smtp_server(name, entry["address"], h.kind == S.STARTTLS,
                                                    cert, base)
+            elif h.kind == S.DOWN:
+                # published in DNS, nothing listens (world.up checks the address is free)
+                entry["address"] = mx_ip()
+                entry["records_dir"] = os.path.join(d, "mx", name)     # stays empty
             elif h.kind == S.POSTFIX:
                 entry["address"] = mx_ip()
                 rec = os.path.join(d, "mx", name)
@@ -150,6 +181,9 @@ def build(d: str) -> dict:
                                 "upstream": [baddr, 25], "cert": acert, "log": log})
             else:
                 raise ValueError(f"{s.name}: unknown host kind {h.kind}")
+            if h.kind in (S.STARTTLS, S.NOTLS) or h.kind.startswith("attacker:"):
+                # the aiosmtpd server that answers for this host (the backend behind an attacker)
+                entry["behaviour_file"] = os.path.join(entry["records_dir"], BEHAVIOUR_FILE)
             entry["verify"] = _verify_claims(h, entry)
             hosts_index[name] = {"scenario": s.name, "address": entry["address"], "kind": h.kind}
             hosts.append(entry)
@@ -199,15 +233,16 @@ def build(d: str) -> dict:
         "version": 1,
         "dir": d,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "dns": {"address": S.DNS_ADDRESS, "port": S.DNS_PORT, "zone": S.ZONE + ".",
+        "slot": slot,
+        "dns": {"address": S.dns_address(slot), "port": S.DNS_PORT, "zone": S.ZONE + ".",
                 "insecure_zone": S.INSECURE_ZONE + ".",
                 "trust_anchor_file": os.path.join(d, "dns", "trust-anchor.ds"),
                 "unbound_conf": os.path.join(d, "dns", "unbound.conf"),
-                "bait_address": S.BAIT_ADDRESS},
+                "bait_address": S.bait_address(slot)},
         "pki": {"ca_file": pki.ca_file, "other_ca_file": pki.other_ca_file,
                 "ca_spki_sha256": pki.ca.spki_sha256,
                 "other_ca_spki_sha256": pki.other_ca.spki_sha256},
-        "relay": {"listen": S.RELAY_LISTEN, "hostname": "relay.example.org",
+        "relay": {"listen": S.relay_listen(slot), "hostname": "relay.example.org",
                   "toml_file": os.path.join(d, "tlsrelay.toml"),
                   "state_directory": os.path.join(d, "relay-state")},
         "hosts": hosts_index,

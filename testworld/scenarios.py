@@ -21,15 +21,31 @@ from typing import Optional
 
 ZONE = "test"                      # signed fake TLD
 INSECURE_ZONE = "insecure.test"    # unsigned child, NS delegation without DS
-DNS_ADDRESS = "127.0.1.53"
 DNS_PORT = 53
-RELAY_LISTEN = "127.0.0.1:10025"
-BAIT_ADDRESS = "127.0.9.9"         # address signed for a record later made bogus
+
+
+def addr(slot: int, third: int, fourth: int) -> str:
+    """Address plan: 127.<slot>.<third>.<fourth>; slot 0 is the default world."""
+    return f"127.{slot}.{third}.{fourth}"
+
+
+def dns_address(slot: int = 0) -> str:
+    return addr(slot, 1, 53)
+
+
+def relay_listen(slot: int = 0) -> str:
+    return f"{addr(slot, 0, 1)}:10025"
+
+
+def bait_address(slot: int = 0) -> str:
+    """Address signed for an A record that is made bogus afterwards (nothing listens)."""
+    return addr(slot, 9, 9)
 
 # Server kinds (what listens on a host's address, port 25).
 STARTTLS = "aiosmtpd-starttls"     # aiosmtpd offering STARTTLS (RFC 3207)
 NOTLS = "aiosmtpd-plain"           # aiosmtpd without STARTTLS
 POSTFIX = "postfix"                # recording tap -> real Postfix smtpd -> recording sink
+DOWN = "down"                      # A record only: nothing listens there (connection refused)
 ATTACKERS = ("strip-starttls", "starttls-454", "mitm-cert", "inject-after-220")
 
 
@@ -37,13 +53,14 @@ ATTACKERS = ("strip-starttls", "starttls-454", "mitm-cert", "inject-after-220")
 class Host:
     label: str                      # left-most label(s) relative to the domain, or FQDN if it ends in '.'
     preference: int = 10
-    kind: str = STARTTLS            # STARTTLS | NOTLS | POSTFIX | "attacker:<kind>"
+    kind: str = STARTTLS            # STARTTLS | NOTLS | POSTFIX | DOWN | "attacker:<kind>"
     cert: str = "good"              # pki.VARIANTS
     tlsa: list = field(default_factory=list)   # ["3 1 1 leaf", "2 1 1 ca", "3 1 1 random", ...]
     a_bogus: bool = False           # A record changed after signing (RFC 7672 §2.2.3)
     tlsa_bogus: bool = False        # TLSA changed after signing
     tlsa_servfail: bool = False     # _25._tcp.<host> delegated to a server answering REFUSED
     cname: Optional[str] = None     # label of the CNAME target (RFC 7672 §2.2.3)
+    behaviour: Optional[dict] = None   # scripted replies written at `up` (aiosmtpd only; mx.py)
 
 
 @dataclass
@@ -167,6 +184,17 @@ SCENARIOS: list[Scenario] = [
     S("attack-strip-nopolicy", "no policy, MITM deletes STARTTLS: cleartext delivery is expected",
       "RFC 7435 §3", [H("mx", kind="attacker:strip-starttls")],
       _deliver("opportunistic", tls=False)),
+    # --- MX fallback and plain MX hosts (no TLSA, no MTA-STS) ---------------------
+    S("two-mx-first-down", "MX 10 has an address where nothing listens, MX 20 is good: "
+      "deliver via the second", "RFC 5321 §5.1, §4.5.4.1",
+      [H("mx1", 10, kind=DOWN), H("mx2", 20)], _deliver("opportunistic", via="mx2")),
+    S("two-mx-first-421", "MX 10 greets with 421 and closes, MX 20 is good: deliver via the second",
+      "RFC 5321 §3.8, §5.1", [H("mx1", 10, behaviour={"greeting": "421 4.3.2 Service shutting down"}),
+                              H("mx2", 20)], _deliver("opportunistic", via="mx2")),
+    S("plain-mx", "one STARTTLS MX, no TLSA, no MTA-STS (for tests that script its replies)",
+      "RFC 5321, RFC 3207", [H("mx")], _deliver("opportunistic")),
+    S("plain-mx2", "a second plain STARTTLS MX domain (multi-domain tests)",
+      "RFC 5321, RFC 3207", [H("mx")], _deliver("opportunistic")),
 ]
 
 

@@ -6,6 +6,8 @@
     python3 testworld/world.py status --dir DIR
     python3 testworld/world.py config --dir DIR    print the relay TOML again
     python3 testworld/world.py sts-set --dir DIR DOMAIN BEHAVIOUR [--body TEXT] ...
+    python3 testworld/world.py mx-set --dir DIR HOST JSON   script an aiosmtpd MX's replies
+    python3 testworld/world.py mx-clear --dir DIR [HOST]    back to its behaviour at `up`
 
 ``up`` generates a PKI (pki.py), a DNSSEC-signed zone (zones.py), writes
 ``DIR/world.json`` (plan.py) and starts, as detached processes recorded in
@@ -28,6 +30,7 @@ sys.path.insert(0, HERE)
 
 import plan      # noqa: E402
 import postfix   # noqa: E402
+import scenarios  # noqa: E402
 import procs     # noqa: E402
 import service   # noqa: E402
 import sts       # noqa: E402
@@ -77,6 +80,9 @@ def _check_addresses(world: dict) -> None:
     pf = _postfix_conf(world)
     if pf:
         eps.append((pf["smtpd_address"], 25))
+    # "down" MX hosts: published in DNS, nothing may listen there
+    eps += [(h["address"], 25) for sc in world["scenarios"].values() for h in sc["mx"]
+            if h["kind"] == scenarios.DOWN]
     for addr, port in eps:
         s = socket.socket()
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -112,27 +118,53 @@ def _tcp_ready(addr: str, port: int) -> bool:
         return False
 
 
-def up(d: str, quiet: bool = False) -> dict:
-    """Build and start a world in ``d``; return the world description."""
+def free_slot(first: int = 0) -> int:
+    """The first slot whose DNS address:53 can be bound (no world running there)."""
+    def free(addr, port, kind):
+        s = socket.socket(socket.AF_INET, kind)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((addr, port))
+            return True
+        except OSError:
+            return False
+        finally:
+            s.close()
+
+    for slot in range(first, 255):
+        probes = [(scenarios.dns_address(slot), 53, socket.SOCK_DGRAM),
+                  (scenarios.dns_address(slot), 53, socket.SOCK_STREAM)]
+        probes += [(scenarios.addr(slot, third, 1), port, socket.SOCK_STREAM)
+                   for third, port in ((2, 25), (3, 443), (4, 25), (5, 25))]
+        if all(free(*p) for p in probes):
+            return slot
+    raise WorldError("no free slot")
+
+
+def up(d: str, slot: int = 0) -> dict:
+    """Build and start a world in ``d`` on address slot ``slot``; return the world description."""
     t0 = time.monotonic()
     d = os.path.abspath(d)
     _check_dir(d)
+    created = not os.path.exists(d)
     os.makedirs(d, exist_ok=True)
     os.chmod(d, 0o755)
     try:
-        world = plan.build(d)
+        world = plan.build(d, slot)
         _check_addresses(world)
         for sub in ("mx", "sts", "attackers", "run", "logs"):
             os.makedirs(os.path.join(d, sub), exist_ok=True)
         zinfo = zones.build(world)
+        import mx                            # (imports aiosmtpd: only where needed)
+        mx.install_behaviours(world)         # scenario-defined scripted replies
         world["status"] = "starting"
         service.write_json_atomic(os.path.join(d, "world.json"), world)
         with open(world["relay"]["toml_file"], "w") as f:
-            f.write(plan.relay_toml(d))
+            f.write(plan.relay_toml(world))
 
         procs.spawn(d, "nsd", ["nsd", "-d", "-c", zinfo["nsd_conf"]])
-        for m in SERVER_MODULES:
-            procs.spawn(d, m, [sys.executable, os.path.join(HERE, m + ".py"), d])
+        # Postfix first: its start-up runs half a dozen short programs that are
+        # slowed down a lot when competing with three Python interpreters for CPU.
         pf = _postfix_conf(world)
         if pf:
             postfix.configure(pf)
@@ -141,6 +173,8 @@ def up(d: str, quiet: bool = False) -> dict:
             if not mp:
                 raise WorldError("postfix started but wrote no master.pid")
             procs.record(d, "postfix", mp, None)
+        for m in SERVER_MODULES:
+            procs.spawn(d, m, [sys.executable, os.path.join(HERE, m + ".py"), d])
 
         deadline = time.monotonic() + READY_TIMEOUT
         waiting = {"nsd": lambda: _dns_ready(world["dns"]["address"], world["dns"]["port"])}
@@ -167,6 +201,8 @@ def up(d: str, quiet: bool = False) -> dict:
                 down(d, keep=True)
             except WorldError:
                 pass
+        elif created:
+            shutil.rmtree(d, ignore_errors=True)
         raise
     world["status"] = "running"
     world["processes"] = procs.load(d)
@@ -200,6 +236,29 @@ def down(d: str, keep: bool = False) -> list:
     return left
 
 
+def scenario_table() -> str:
+    """Markdown table of the scenarios and their expected relay outcome."""
+    rows = ["| scenario | domain | MX host(s): server | MTA-STS | expected outcome | source |",
+            "|---|---|---|---|---|---|"]
+    for s in scenarios.SCENARIOS:
+        hosts = ", ".join(f"{scenarios.host_name(s, h.label)}: {h.kind}"
+                          + (f" cert={h.cert}" if h.cert != "good" else "")
+                          + (f" TLSA[{'; '.join(h.tlsa)}]" if h.tlsa else "")
+                          + (" A-bogus" if h.a_bogus else "") + (" TLSA-bogus" if h.tlsa_bogus else "")
+                          + (" TLSA-servfail" if h.tlsa_servfail else "")
+                          + (f" CNAME->{scenarios.host_name(s, h.cname)}" if h.cname else "")
+                          + (" (nothing listens)" if h.kind == scenarios.DOWN else "")
+                          + (f" behaviour={json.dumps(h.behaviour)}" if h.behaviour else "")
+                          for h in s.hosts) or f"({s.mx})"
+        out = s.action + (f" {s.status}" if s.action != "deliver" else "")
+        if s.security:
+            out += f" [{s.security}{', cleartext' if s.tls is False else ''}]"
+        if s.via:
+            out += f" via {scenarios.host_name(s, s.via)}"
+        rows.append(f"| {s.name} | {scenarios.domain_of(s)} | {hosts} | {s.sts or '-'} | {out} | {s.rfc} |")
+    return "\n".join(rows)
+
+
 def _print_toml(d):
     with open(os.path.join(d, "tlsrelay.toml")) as f:
         sys.stdout.write(f"# tlsrelayd configuration for the test world in {d}\n"
@@ -212,8 +271,12 @@ def main(argv=None):
     for name in ("up", "down", "status", "config"):
         p = sub.add_parser(name)
         p.add_argument("--dir", required=True)
+        if name == "up":
+            p.add_argument("--slot", default="0",
+                           help="second address octet: 127.SLOT.x.y (default 0; 'auto' = first free)")
         if name == "down":
             p.add_argument("--keep", action="store_true", help="keep DIR after stopping")
+    sub.add_parser("scenarios", help="print the scenario table (markdown)")
     p = sub.add_parser("sts-set", help="script an MTA-STS policy host")
     p.add_argument("--dir", required=True)
     p.add_argument("domain", help="policy domain or scenario name")
@@ -223,11 +286,21 @@ def main(argv=None):
     p.add_argument("--status", type=int)
     p.add_argument("--delay", type=float)
     p.add_argument("--location")
+    p = sub.add_parser("mx-set", help="script the replies of an aiosmtpd MX (behaviour.json)")
+    p.add_argument("--dir", required=True)
+    p.add_argument("host", help="MX host name, or scenario name/domain (its receiving host)")
+    p.add_argument("json", help='behaviour, e.g. \'{"rcpt": {"tempfail": "450 4.2.0 busy"}}\'')
+    p = sub.add_parser("mx-clear", help="restore the behaviour an MX had at up (all if no HOST)")
+    p.add_argument("--dir", required=True)
+    p.add_argument("host", nargs="?")
     a = ap.parse_args(argv)
+    if a.cmd == "scenarios":
+        print(scenario_table())
+        return 0
     d = os.path.abspath(a.dir)
     try:
         if a.cmd == "up":
-            w = up(d)
+            w = up(d, free_slot() if a.slot == "auto" else int(a.slot))
             print(f"world up in {w['startup_seconds']:.2f} s: {len(w['scenarios'])} scenarios, "
                   f"{len(w['servers'])} servers, DNS {w['dns']['address']}:{w['dns']['port']}",
                   file=sys.stderr)
@@ -252,7 +325,19 @@ def main(argv=None):
             print(sts.set_behaviour(world, a.domain, a.behaviour, body=a.body,
                                     content_type=a.content_type, status=a.status,
                                     delay=a.delay, location=a.location))
-    except (WorldError, ValueError) as e:
+        elif a.cmd in ("mx-set", "mx-clear"):
+            import mx
+            with open(os.path.join(d, "world.json")) as f:
+                world = json.load(f)
+            if a.cmd == "mx-set":
+                try:
+                    spec = json.loads(a.json)
+                except ValueError as e:
+                    raise ValueError(f"JSON: {e}")
+                print(mx.set_behaviour(world, a.host, spec))
+            else:
+                print("\n".join(mx.clear_behaviour(world, a.host)))
+    except (WorldError, ValueError, FileNotFoundError) as e:
         print(f"world.py {a.cmd}: {e}", file=sys.stderr)
         return 1
     return 0

@@ -6,6 +6,9 @@
         ...                                     # run tlsrelayd with w.toml, send to sc["recipient"]
         msgs = w.wait_for_messages("dane-ee")   # what the MX received
         assert msgs[0]["tls"] and w.cleartext("dane-ee").find(b"Subject") < 0
+        w.set_mx_behaviour("plain-mx", rcpt={"tempfail": "450 4.2.0 Mailbox busy"})
+        ...                                     # scripted replies: see mx.py / README
+        w.clear_mx_behaviour()
 
 Or attach to a world started with ``world.py up --dir DIR``: ``World(DIR)``.
 """
@@ -22,6 +25,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import mx as _mx    # noqa: E402
 import procs        # noqa: E402
 import sts as _sts  # noqa: E402
 import world as _world  # noqa: E402
@@ -37,10 +41,12 @@ class World:
 
     # --- lifecycle ------------------------------------------------------------
     @classmethod
-    def up(cls, d: str | None = None) -> "World":
+    def up(cls, d: str | None = None, slot: int | None = 0) -> "World":
+        """Start a world in ``d`` (default: a new temp dir); ``slot=None`` picks the
+        first free address slot (127.S.x.y) so that several worlds can coexist."""
         if d is None:
             d = tempfile.mkdtemp(prefix="tlsrelay-world-")
-        _world.up(d)
+        _world.up(d, _world.free_slot() if slot is None else slot)
         return cls(d)
 
     def down(self, keep: bool = False) -> None:
@@ -150,6 +156,33 @@ class World:
         """Script a policy host: see sts.py for behaviours (good, lf, redirect, 404, ...)."""
         return _sts.set_behaviour(self.data, domain, behaviour, **opts)
 
+    # --- scripted MX replies (aiosmtpd hosts; see mx.py / README) ----------------------
+    def set_mx_behaviour(self, host_or_scenario: str, **spec) -> str:
+        """Script the replies of an aiosmtpd MX: greeting, ehlo, mail, rcpt={addr|local|"*":
+        reply}, data, data_end, drop_after.  A scenario name or domain means its receiving
+        host (expected ``via``, else its first MX); a host behind an attacker means the real
+        MX behind it.  Replaces the whole behaviour; effective from the next SMTP command."""
+        return _mx.set_behaviour(self.data, host_or_scenario, spec)
+
+    def clear_mx_behaviour(self, host_or_scenario: str | None = None) -> list[str]:
+        """Back to the behaviour at ``up`` (normal, or the scenario's own, e.g. the 421
+        greeting of mx1.two-mx-first-421.test); no argument = every host."""
+        return _mx.clear_behaviour(self.data, host_or_scenario)
+
+    def mx_behaviour(self, host_or_scenario: str) -> dict:
+        """The behaviour file's current content ({} = normal)."""
+        h = _mx._find_host(self.data, host_or_scenario)
+        try:
+            with open(_mx._behaviour_file(h)) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return {}
+
+    def scripted(self, what: str) -> list[dict]:
+        """Every scripted reply a host (or a scenario's receiving host) used, oldest session
+        first; each entry also has ``session`` (its id)."""
+        return [dict(e, session=s["id"]) for s in self.sessions(what) for e in s.get("scripted", [])]
+
     def sts_requests(self, domain: str) -> list[dict]:
         s = self.scenario(domain)
         path = s["mta_sts"]["behaviour_file"][:-len(".json")] + ".requests.jsonl"
@@ -161,9 +194,9 @@ class World:
 
 
 @contextlib.contextmanager
-def running_world(d: str | None = None, keep: bool = False):
+def running_world(d: str | None = None, keep: bool = False, slot: int | None = 0):
     """A fresh world for the duration of the ``with`` block."""
-    w = World.up(d)
+    w = World.up(d, slot)
     try:
         yield w
     finally:

@@ -31,7 +31,8 @@ def _fq(name: str) -> str:
 
 
 class Records:
-    """Collects (owner, type, served_rdata, signed_rdata) per zone."""
+    """Resource records per zone; for bogus RRsets the signed rdata and, separately,
+    the rdata served after signing."""
 
     def __init__(self):
         self.rr = []            # (zone, owner, type, rdata)
@@ -65,7 +66,7 @@ class Records:
 def records_for(world: dict) -> Records:
     """All resource records the scenarios in ``world`` need."""
     r = Records()
-    r.add(NS_NAME, "A", S.DNS_ADDRESS)
+    r.add(NS_NAME, "A", world["dns"]["address"])
     r.add(S.INSECURE_ZONE, "NS", NS_NAME, zone=S.ZONE)   # delegation without DS
     for sc in world["scenarios"].values():
         dom = sc["domain"]
@@ -84,7 +85,7 @@ def records_for(world: dict) -> Records:
             if h["cname_target"]:
                 r.add(h["name"], "CNAME", _fq(base))
             r.add(base, "A", h["address"],
-                  signed_as=S.BAIT_ADDRESS if h["dns"]["a_bogus"] else None)
+                  signed_as=world["dns"]["bait_address"] if h["dns"]["a_bogus"] else None)
             if h["dns"]["tlsa_servfail"]:
                 r.refuse(h["tlsa_name"])
             for t in h["tlsa"]:
@@ -168,7 +169,7 @@ def build(world: dict) -> dict:
               for z in r.refused_zones]
     with open(nsd_conf, "w") as f:
         f.write(f'''server:
-  ip-address: {S.DNS_ADDRESS}@{S.DNS_PORT}
+  ip-address: {world["dns"]["address"]}@{world["dns"]["port"]}
   do-ip6: no
   database: ""
   username: ""
@@ -198,7 +199,7 @@ remote-control:
   val-log-level: 2
 stub-zone:
   name: "{S.ZONE}."
-  stub-addr: {S.DNS_ADDRESS}@{S.DNS_PORT}
+  stub-addr: {world["dns"]["address"]}@{world["dns"]["port"]}
 ''')
     return {"nsd_conf": nsd_conf, "unbound_conf": ub, "trust_anchor": ta,
             "signed_zone": signed_zone + ".signed"}

@@ -1,4 +1,5 @@
-import TOMLKit
+import Foundation
+internal import TOMLKit
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -48,6 +49,36 @@ public enum ConfigurationLoader {
         }
         var reader = Reader(file: file, locator: KeyLocator(text: text))
         return try reader.read(table)
+    }
+
+    /// Parses `YYYY-MM-DD` (the end of that day, UTC) or `YYYY-MM-DDTHH:MM:SSZ` into seconds
+    /// since the epoch; nil when malformed.
+    static func parseExpiry(_ text: String) -> Double? {
+        let trimmed = text.trimmingCharacters(in: .whitespaces)
+        let parts = trimmed.split(separator: "T", maxSplits: 1).map(String.init)
+        let date = parts[0].split(separator: "-", omittingEmptySubsequences: false)
+        guard date.count == 3, date[0].count == 4, date[1].count == 2, date[2].count == 2,
+              let year = Int(date[0]), let month = Int(date[1]), let day = Int(date[2]),
+              (1...12).contains(month), (1...31).contains(day) else { return nil }
+        var hour = 23, minute = 59, second = 59
+        if parts.count == 2 {
+            var time = parts[1]
+            guard time.hasSuffix("Z") else { return nil }
+            time.removeLast()
+            let fields = time.split(separator: ":", omittingEmptySubsequences: false)
+            guard fields.count == 3, let h = Int(fields[0]), let m = Int(fields[1]), let s = Int(fields[2]),
+                  (0...23).contains(h), (0...59).contains(m), (0...60).contains(s) else { return nil }
+            (hour, minute, second) = (h, m, s)
+        }
+        // Days from the civil date (proleptic Gregorian), then seconds.
+        let y = month <= 2 ? year - 1 : year
+        let era = (y >= 0 ? y : y - 399) / 400
+        let yoe = y - era * 400
+        let mp = (month + 9) % 12
+        let doy = (153 * mp + 2) / 5 + day - 1
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
+        let days = era * 146097 + doe - 719468
+        return Double(days * 86400 + hour * 3600 + minute * 60 + second)
     }
 
     struct Reader {
@@ -107,7 +138,7 @@ public enum ConfigurationLoader {
 
         mutating func read(_ root: TOMLTable) throws -> RelayConfiguration {
             var config = RelayConfiguration()
-            try checkKeys(root, section: nil, allowed: ["state_directory", "log_level", "server", "dns", "delivery"])
+            try checkKeys(root, section: nil, allowed: ["state_directory", "log_level", "server", "dns", "delivery", "policy"])
             if let value = try string(root, nil, "state_directory") {
                 guard value.hasPrefix("/") else { throw error(nil, "state_directory", "'state_directory' must be an absolute path, got \"\(value)\"") }
                 config.stateDirectory = value.count > 1 && value.hasSuffix("/") ? String(value.dropLast()) : value
@@ -121,6 +152,7 @@ public enum ConfigurationLoader {
             if let server = try subtable(root, "server") { try readServer(server, into: &config.server) }
             if let dns = try subtable(root, "dns") { try readDNS(dns, into: &config.dns) }
             if let delivery = try subtable(root, "delivery") { try readDelivery(delivery, into: &config.delivery) }
+            if let policy = try subtable(root, "policy") { try readPolicy(policy, into: &config.policy) }
             return config
         }
 
@@ -223,6 +255,60 @@ public enum ConfigurationLoader {
                     throw error(section, "tls_ca_file", "'delivery.tls_ca_file' must be empty or an absolute path")
                 }
                 delivery.tlsCAFile = value
+            }
+        }
+
+        func readPolicy(_ table: TOMLTable, into policy: inout PolicySettings) throws {
+            let section = "policy"
+            try checkKeys(table, section: section, allowed: ["downgrade_memory", "downgrade_grace", "dane_for_insecure_mx", "domain"])
+            if let value = try string(table, section, "downgrade_memory") {
+                guard let mode = PolicySettings.DowngradeMemory(rawValue: value) else {
+                    throw error(section, "downgrade_memory", "'policy.downgrade_memory' must be report, enforce or off, got \"\(value)\"")
+                }
+                policy.downgradeMemory = mode
+            }
+            if let value = try integer(table, section, "downgrade_grace", range: 0...(365 * 86400)) { policy.downgradeGrace = value }
+            if let value = table["dane_for_insecure_mx"] {
+                guard let flag = value.bool else {
+                    throw error(section, "dane_for_insecure_mx", "'policy.dane_for_insecure_mx' must be true or false, not \(value.type)")
+                }
+                policy.daneForInsecureMX = flag
+            }
+            if let value = table["domain"] {
+                guard let array = value.array else {
+                    throw error("policy.domain", nil, "'policy.domain' must be an array of tables ([[policy.domain]])")
+                }
+                var seen: Set<String> = []
+                policy.domains = try array.map { element in
+                    guard let entry = element.table else {
+                        throw error("policy.domain", nil, "'policy.domain' entries must be tables ([[policy.domain]])")
+                    }
+                    let sub = "policy.domain"
+                    try checkKeys(entry, section: sub, allowed: ["name", "level", "reason", "expires"])
+                    guard let rawName = try string(entry, sub, "name") else { throw error(sub, nil, "a [[policy.domain]] entry needs name = \"example.com\"") }
+                    let name = (rawName.hasSuffix(".") ? String(rawName.dropLast()) : rawName).lowercased()
+                    guard isHostname(name) else { throw error(sub, "name", "'policy.domain' name \"\(rawName)\" is not a domain name") }
+                    guard seen.insert(name).inserted else { throw error(sub, "name", "domain \"\(name)\" has two [[policy.domain]] entries") }
+                    guard let rawLevel = try string(entry, sub, "level") else {
+                        throw error(sub, nil, "[[policy.domain]] \"\(name)\" needs level = none, may, encrypt, dane, dane-only or verify")
+                    }
+                    guard let level = PolicySettings.DomainLevel.Level(rawValue: rawLevel) else {
+                        throw error(sub, "level", "level \"\(rawLevel)\" of \"\(name)\" must be none, may, encrypt, dane, dane-only or verify")
+                    }
+                    let reason = try string(entry, sub, "reason")
+                    var expires: Double?
+                    var expiresText: String?
+                    if let value = entry["expires"] {
+                        guard let text = value.string ?? (value.type == .date || value.type == .dateTime ? value.debugDescription : nil),
+                              let seconds = ConfigurationLoader.parseExpiry(text)
+                        else {
+                            throw error(sub, "expires", "expires of \"\(name)\" must be a date \"YYYY-MM-DD\" or \"YYYY-MM-DDTHH:MM:SSZ\"")
+                        }
+                        expires = seconds
+                        expiresText = text
+                    }
+                    return PolicySettings.DomainLevel(domain: name, level: level, reason: reason, expires: expires, expiresText: expiresText)
+                }
             }
         }
 

@@ -4,7 +4,7 @@ struct KeyLocator {
     private let lines: [Substring]
 
     init(text: String) {
-        lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+        lines = text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" })
     }
 
     /// 1-based line of `key` inside `[section]` (nil section = top level); falls back to the

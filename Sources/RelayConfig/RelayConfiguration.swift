@@ -14,6 +14,7 @@ public struct RelayConfiguration: Sendable, Equatable {
     public var server = Server()
     public var dns = DNS()
     public var delivery = Delivery()
+    public var policy = PolicySettings()
 
     public init() {}
 
@@ -138,6 +139,19 @@ public struct RelayConfiguration: Sendable, Equatable {
         lines.append("queue_lifetime = \(delivery.queueLifetime)")
         lines.append("connect_timeout = \(delivery.connectTimeout)")
         lines.append("command_timeout = \(delivery.commandTimeout)")
+        lines.append("")
+        lines.append("[policy]")
+        lines.append("downgrade_memory = \(quote(policy.downgradeMemory.rawValue))")
+        lines.append("downgrade_grace = \(policy.downgradeGrace)")
+        lines.append("dane_for_insecure_mx = \(policy.daneForInsecureMX)")
+        for entry in policy.domains {
+            lines.append("")
+            lines.append("[[policy.domain]]")
+            lines.append("name = \(quote(entry.domain))")
+            lines.append("level = \(quote(entry.level.rawValue))")
+            if let reason = entry.reason { lines.append("reason = \(quote(reason))") }
+            if let expires = entry.expiresText { lines.append("expires = \(quote(expires))") }
+        }
         return lines.joined(separator: "\n") + "\n"
     }
 }

@@ -5,6 +5,7 @@ import NIOPosix
 import RelayConfig
 import RelayDelivery
 import RelayDNS
+import RelayPolicy
 import RelayTLS
 import RelayObservability
 import RelayQueue
@@ -74,12 +75,25 @@ public final class Daemon: Sendable {
         timeouts.connect = Double(configuration.delivery.connectTimeout)
         timeouts.command = Double(configuration.delivery.commandTimeout)
         let alerts = AlertJournal(logger: logger)
+        let stsCache = try STSPolicyCache(stateDirectory: configuration.stateDirectory)
+        let sts = STSPolicyService(
+            resolver: resolver, cache: stsCache,
+            fetcher: STSPolicyFetcher(extraCAFile: configuration.delivery.tlsCAFile.isEmpty ? nil : configuration.delivery.tlsCAFile),
+            logger: logger)
         let agent = DeliveryAgent(
             resolver: resolver, group: group, tlsContext: tlsContext,
-            settings: .init(heloName: configuration.server.hostname, port: configuration.delivery.port, timeouts: timeouts),
+            settings: .init(heloName: configuration.server.hostname, port: configuration.delivery.port, timeouts: timeouts,
+                            daneForInsecureMX: configuration.policy.daneForInsecureMX, localLevels: configuration.policy.domains,
+                            downgradeMemory: configuration.policy.downgradeMemory, downgradeGrace: Double(configuration.policy.downgradeGrace)),
             logger: logger,
+            sts: sts, memory: try DowngradeMemoryStore(stateDirectory: configuration.stateDirectory),
             onAlert: { alert, queueID, enforced in
-                let kind: SecurityAlert.Kind = !enforced ? .testingPolicyFailure : (alert.resultType == "dnssec-invalid" ? .dnssecFailure : .policyFailure)
+                let kind: SecurityAlert.Kind
+                if alert.policySource == "tofu" {
+                    kind = enforced ? .downgradeRefused : .downgradeReported
+                } else {
+                    kind = !enforced ? .testingPolicyFailure : (alert.resultType == "dnssec-invalid" ? .dnssecFailure : .policyFailure)
+                }
                 alerts.report(SecurityAlert(kind: kind, queueID: queueID.rawValue, domain: alert.domain, mxHost: alert.mxHost,
                                             address: alert.address, policySource: alert.policySource, resultType: alert.resultType,
                                             reason: alert.reason))

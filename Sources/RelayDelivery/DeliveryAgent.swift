@@ -1,7 +1,10 @@
+import Foundation
 import Logging
 import NIOCore
 import NIOPosix
+import RelayConfig
 import RelayDNS
+import RelayPolicy
 import RelayQueue
 import RelayTLS
 import SMTPCore
@@ -24,12 +27,22 @@ public final class DeliveryAgent: Sendable {
         /// Hold a DNSSEC-secure MX host to its TLSA records even when the domain's MX RRset is
         /// insecure (RFC 7672 §2.2.1 leaves this to the client; Postfix ≥ 3.6 does). Default true.
         public var daneForInsecureMX: Bool
+        /// Local per-domain levels (`[[policy.domain]]`); they win over DANE and MTA-STS.
+        public var localLevels: [PolicySettings.DomainLevel]
+        /// Downgrade memory mode and grace window (seconds).
+        public var downgradeMemory: PolicySettings.DowngradeMemory = .report
+        public var downgradeGrace: Double = 86400
 
-        public init(heloName: String, port: Int, timeouts: ClientTimeouts = ClientTimeouts(), daneForInsecureMX: Bool = true) {
+        public init(heloName: String, port: Int, timeouts: ClientTimeouts = ClientTimeouts(), daneForInsecureMX: Bool = true,
+                    localLevels: [PolicySettings.DomainLevel] = [], downgradeMemory: PolicySettings.DowngradeMemory = .report,
+                    downgradeGrace: Double = 86400) {
+            self.downgradeMemory = downgradeMemory
+            self.downgradeGrace = downgradeGrace
             self.heloName = heloName
             self.port = port
             self.timeouts = timeouts
             self.daneForInsecureMX = daneForInsecureMX
+            self.localLevels = localLevels
         }
     }
 
@@ -39,11 +52,17 @@ public final class DeliveryAgent: Sendable {
     let settings: Settings
     let logger: Logger
     let onAlert: @Sendable (PolicyAlert, QueueID, _ enforced: Bool) -> Void
+    let sts: STSPolicyService?
+    let memory: DowngradeMemoryStore?
 
     /// - Parameter onAlert: called for every policy failure (RFC 8460 result type inside), with
     ///   the queue id and whether the policy was enforced (mail deferred) or not.
+    /// - Parameter sts: the MTA-STS service; nil disables MTA-STS.
     public init(resolver: RelayDNS.Resolver, group: EventLoopGroup, tlsContext: TLSClientContext, settings: Settings, logger: Logger,
+                sts: STSPolicyService? = nil, memory: DowngradeMemoryStore? = nil,
                 onAlert: @escaping @Sendable (PolicyAlert, QueueID, Bool) -> Void = { _, _, _ in }) {
+        self.sts = sts
+        self.memory = memory
         self.resolver = resolver
         self.group = group
         self.tlsContext = tlsContext
@@ -87,12 +106,75 @@ public final class DeliveryAgent: Sendable {
             hosts = list
             mxSecure = secure
         }
+        // A local level wins over everything discovered, and says so on every delivery.
+        var localLevel: PolicySettings.DomainLevel.Level?
+        if let entry = settings.localLevels.first(where: { $0.domain == domain }) {
+            if let expires = entry.expires, Date().timeIntervalSince1970 >= expires {
+                logger.warning("\(envelope.queueID): local policy level \(entry.level.rawValue) for \(domain) expired on \(entry.expiresText ?? "?") and no longer applies\(entry.reason.map { " (it was: \($0))" } ?? "")")
+            } else {
+                localLevel = entry.level
+                logger.notice("\(envelope.queueID): local policy level \(entry.level.rawValue) for \(domain) overrides discovered policy\(entry.reason.map { ": \($0)" } ?? "")\(entry.expiresText.map { " (until \($0))" } ?? "")")
+            }
+        }
+        // MTA-STS (RFC 8461): discovered per policy domain, applied per MX host below.
+        var stsPolicy: STSPolicy?
+        if let sts, localLevel == nil {
+            let decision = await sts.decision(for: domain)
+            if let failure = decision.temporaryFailure {
+                return all(.deferred("4.4.3", "MTA-STS discovery for \(domain) failed temporarily: \(failure)"))
+            }
+            if let problem = decision.problem {
+                onAlert(PolicyAlert(resultType: problem.resultType, domain: domain, mxHost: nil, address: nil, policySource: "mta-sts",
+                                    reason: problem.reason), envelope.queueID, false)
+            }
+            stsPolicy = decision.policy
+            if let policy = stsPolicy {
+                logger.info("\(envelope.queueID): MTA-STS policy of \(domain)\(decision.fromCache ? " (cached)" : ""): mode \(policy.mode.rawValue), mx \(policy.mx.joined(separator: " "))")
+            }
+        }
+        // Downgrade memory: the strongest security this domain had before.
+        let now = Date().timeIntervalSince1970
+        var remembered: AchievedSecurity?
+        var floor: AchievedSecurity?
+        var graceOver = false
+        if localLevel == nil, settings.downgradeMemory != .off, let memory, let entry = memory.memory(of: domain), entry.strongest > .none {
+            remembered = entry.strongest
+            if settings.downgradeMemory == .enforce {
+                if let first = entry.downgradeFirstSeen, now - first >= settings.downgradeGrace {
+                    graceOver = true
+                } else {
+                    floor = entry.strongest
+                }
+            }
+        }
         var remaining = recipientIndexes
         var lastFailure = RecipientOutcome.deferred("4.4.1", "no MX host of \(domain) could be reached")
         hostLoop: for host in hosts {
-            let hostPlan = await planHost(domain: domain, host: host, mxSecure: mxSecure)
+            if let policy = stsPolicy, !policy.matches(mxHost: host) {
+                let reason = "MX host \(host) is not listed in the MTA-STS policy of \(domain) (mx: \(policy.mx.joined(separator: " ")))"
+                onAlert(PolicyAlert(resultType: "validation-failure", domain: domain, mxHost: host, address: nil, policySource: "mta-sts",
+                                    reason: reason), envelope.queueID, policy.mode == .enforce)
+                if policy.mode == .enforce {
+                    // RFC 8461 §4.1: only MX hosts matching the policy may be used.
+                    lastFailure = .deferred("4.7.5", reason)
+                    continue
+                }
+            }
+            var hostPlan: HostPlan
+            if let localLevel {
+                hostPlan = await planHost(domain: domain, host: host, mxSecure: mxSecure, level: localLevel)
+            } else {
+                hostPlan = await planHost(domain: domain, host: host, mxSecure: mxSecure)
+            }
+            // Precedence (RFC 8461 §2): a host governed by DANE is never judged by MTA-STS.
+            var stsTesting = false
+            if case .connect(let list, let hostPolicy) = hostPlan, hostPolicy.source != .dane, let policy = stsPolicy,
+               policy.matches(mxHost: host) {
+                hostPlan = .connect(addresses: list, policy: .mtaSTS(host: host))
+                stsTesting = policy.mode == .testing
+            }
             let addresses: [String]
-            let policy: HostTLSPolicy
+            var policy: HostTLSPolicy
             switch hostPlan {
             case .skip(let outcome, let alert):
                 lastFailure = outcome
@@ -102,6 +184,23 @@ public final class DeliveryAgent: Sendable {
             case .connect(let list, let hostPolicy):
                 addresses = list
                 policy = hostPolicy
+            }
+            if let floor {
+                let potential: AchievedSecurity = policy.source == .dane && !policy.tlsaRecords.isEmpty ? .dane
+                    : (policy.source == .mtaSTS ? .mtaSTS : (policy.requirement == .none ? .none : .tls))
+                if potential < floor {
+                    if floor == .tls {
+                        // TLS was seen before: require it now (a stripped STARTTLS is refused).
+                        policy = HostTLSPolicy(source: .memory, requirement: .required, authentication: .encryptOnly)
+                    } else {
+                        let first = memory?.noteRefusedDowngrade(domain: domain, now: now) ?? now
+                        let reason = "\(domain) was delivered with \(floor.rawValue) before; MX host \(host) now offers at best \(potential.rawValue) (downgrade refused until \(Int(settings.downgradeGrace - (now - first))) s from now)"
+                        lastFailure = .deferred("4.7.5", reason)
+                        onAlert(PolicyAlert(resultType: "validation-failure", domain: domain, mxHost: host, address: nil, policySource: "tofu", reason: reason),
+                                envelope.queueID, true)
+                        continue
+                    }
+                }
             }
             if policy.source == .dane {
                 logger.info("\(envelope.queueID): DANE policy for \(host): TLSA base \(policy.tlsaBaseDomain ?? host), \(policy.tlsaRecords.isEmpty ? "no usable TLSA records: encryption required, no authentication" : policy.tlsaRecords.map(\.description).joined(separator: "; "))")
@@ -135,15 +234,29 @@ public final class DeliveryAgent: Sendable {
                         decided.append(index)
                     }
                     remaining.removeAll { decided.contains($0) }
+                    if report.result.recipients.values.contains(where: { if case .delivered = $0 { return true } else { return false } }) {
+                        rememberDelivery(domain: domain, host: host, address: address, report: report, policy: policy,
+                                         remembered: remembered, graceOver: graceOver, localLevel: localLevel, queueID: envelope.queueID, now: now)
+                    }
                     if remaining.isEmpty { break hostLoop }
                     guard let failure = report.result.failure else { break }
                     lastFailure = outcome(for: failure, relay: relay)
                     logger.info("\(envelope.queueID): \(relay): \(lastFailure.reason)")
+                    if requirement == .required, stsTesting, let resultType = HostPolicyRules.resultType(for: failure, tlsError: report.tlsError) {
+                        // MTA-STS testing mode: report, then deliver as without a policy (RFC 8461 §5).
+                        onAlert(PolicyAlert(resultType: policy.source == .mtaSTS ? stsResultType(resultType) : resultType, domain: domain,
+                                            mxHost: host, address: address, policySource: "mta-sts", reason: lastFailure.reason),
+                                envelope.queueID, false)
+                        requirement = .opportunistic
+                        authentication = .opportunistic
+                        continue
+                    }
                     if requirement == .required, let resultType = HostPolicyRules.resultType(for: failure, tlsError: report.tlsError) {
-                        // A policy failure: never retried in clear, never a bounce (RFC 7672 §2.2).
+                        // A policy failure: never retried in clear, never a bounce (RFC 7672 §2.2, RFC 8461 §5).
                         lastFailure = .deferred("4.7.5", lastFailure.reason, remoteMTA: relay)
-                        onAlert(PolicyAlert(resultType: resultType, domain: domain, mxHost: host, address: address,
-                                            policySource: policy.source.rawValue, reason: lastFailure.reason), envelope.queueID, true)
+                        onAlert(PolicyAlert(resultType: policy.source == .mtaSTS ? stsResultType(resultType) : resultType, domain: domain,
+                                            mxHost: host, address: address, policySource: policy.source.rawValue, reason: lastFailure.reason),
+                                envelope.queueID, true)
                         break
                     }
                     // RFC 7435: opportunistic TLS that fails is retried once in clear (as Postfix's "may").
@@ -169,6 +282,73 @@ public final class DeliveryAgent: Sendable {
             heloName: settings.heloName, sender: transaction.sender, recipients: recipients, size: envelope.size,
             body: transaction.parameters.body, needsSMTPUTF8: needsUTF8, ret: transaction.parameters.ret,
             envelopeID: transaction.parameters.envelopeID, tls: tls)
+    }
+
+    /// Updates the downgrade memory after a delivery and reports one that was weaker than remembered.
+    func rememberDelivery(domain: String, host: String, address: String, report: ConnectionReport, policy: HostTLSPolicy,
+                          remembered: AchievedSecurity?, graceOver: Bool, localLevel: PolicySettings.DomainLevel.Level?,
+                          queueID: QueueID, now: Double) {
+        guard let memory, settings.downgradeMemory != .off, localLevel == nil else { return }
+        let achieved: AchievedSecurity
+        if report.tls?.daneMatch != nil {
+            achieved = .dane
+        } else if report.tls?.verified == true && policy.source == .mtaSTS {
+            achieved = .mtaSTS
+        } else {
+            achieved = report.tls != nil ? .tls : .none
+        }
+        if let remembered, achieved < remembered {
+            let reason = "\(domain) was delivered with \(remembered.rawValue) before, now with \(achieved.rawValue) via \(host)"
+            onAlert(PolicyAlert(resultType: "validation-failure", domain: domain, mxHost: host, address: address, policySource: "tofu", reason: reason),
+                    queueID, false)
+        }
+        memory.record(domain: domain, security: achieved, now: now, acceptDowngrade: graceOver)
+    }
+
+    /// RFC 8460 names certificate failures under MTA-STS `sts-webpki-invalid`.
+    func stsResultType(_ resultType: String) -> String {
+        switch resultType {
+        case "certificate-host-mismatch", "certificate-expired", "certificate-not-trusted", "tlsa-invalid": return "sts-webpki-invalid"
+        default: return resultType
+        }
+    }
+
+    /// The plan for one MX host under a local level (Postfix's `smtp_tls_policy_maps` levels).
+    func planHost(domain: String, host: String, mxSecure: Bool, level: PolicySettings.DomainLevel.Level) async -> HostPlan {
+        switch level {
+        case .dane, .daneOnly:
+            let plan = await planHost(domain: domain, host: host, mxSecure: mxSecure)
+            guard case .connect(let addresses, var policy) = plan else { return plan }
+            if policy.source == .dane {
+                return .connect(addresses: addresses, policy: policy)
+            }
+            if level == .daneOnly {
+                return .skip(outcome: .deferred("4.7.5", "local level dane-only for \(domain), but MX host \(host) has no DNSSEC-validated TLSA records"),
+                             alert: PolicyAlert(resultType: "dane-required", domain: domain, mxHost: host, address: nil, policySource: "local",
+                                                reason: "dane-only, but \(host) has no DNSSEC-validated TLSA records"))
+            }
+            policy.source = .local
+            return .connect(addresses: addresses, policy: policy)
+        case .none, .may, .encrypt, .verify:
+            let answers: (ipv4: DNSAnswer<String>, ipv6: DNSAnswer<String>)
+            do {
+                answers = try await resolver.addresses(host)
+            } catch {
+                return .skip(outcome: .deferred("4.4.3", "address lookup for \(host) failed: \(error)"), alert: nil)
+            }
+            let addresses = (answers.ipv4.status == .bogus ? [] : answers.ipv4.records) + (answers.ipv6.status == .bogus ? [] : answers.ipv6.records)
+            if addresses.isEmpty {
+                return .skip(outcome: .deferred("4.4.4", "MX host \(host) has no usable address records"), alert: nil)
+            }
+            let policy: HostTLSPolicy
+            switch level {
+            case .none: policy = HostTLSPolicy(source: .local, requirement: .none, authentication: .opportunistic)
+            case .may: policy = HostTLSPolicy(source: .local, requirement: .opportunistic, authentication: .opportunistic)
+            case .encrypt: policy = HostTLSPolicy(source: .local, requirement: .required, authentication: .encryptOnly)
+            default: policy = HostTLSPolicy(source: .local, requirement: .required, authentication: .webPKI(hostName: host))
+            }
+            return .connect(addresses: addresses, policy: policy)
+        }
     }
 
     /// Address and TLSA lookups for one MX host and the resulting plan (RFC 7672 §2.2).

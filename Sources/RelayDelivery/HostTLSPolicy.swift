@@ -11,6 +11,12 @@ public struct HostTLSPolicy: Sendable, Equatable {
         case none
         /// DANE TLSA records (RFC 7672).
         case dane
+        /// An MTA-STS policy (RFC 8461), enforce or testing.
+        case mtaSTS = "mta-sts"
+        /// A local `[[policy.domain]]` level.
+        case local
+        /// Downgrade memory: TLS was achieved before, so it is required now.
+        case memory = "tofu"
     }
 
     public var source: Source
@@ -22,6 +28,12 @@ public struct HostTLSPolicy: Sendable, Equatable {
     public var tlsaRecords: [TLSARecord] = []
 
     public static let opportunistic = HostTLSPolicy(source: .none, requirement: .opportunistic, authentication: .opportunistic)
+
+    /// MTA-STS: STARTTLS required, TLS ≥ 1.2, a WebPKI chain whose certificate names the MX host
+    /// (RFC 8461 §4.2, RFC 6125).
+    public static func mtaSTS(host: String) -> HostTLSPolicy {
+        HostTLSPolicy(source: .mtaSTS, requirement: .required, authentication: .webPKI(hostName: host))
+    }
 
     /// DANE applies: STARTTLS required and the certificate authenticated by the usable records;
     /// with only unusable records (usage 0/1, unknown selector or matching type), STARTTLS is

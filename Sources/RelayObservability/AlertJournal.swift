@@ -15,6 +15,10 @@ public struct SecurityAlert: Sendable, Equatable {
         case dnssecFailure = "dnssec-failure"
         /// A policy in testing mode failed: mail delivered anyway.
         case testingPolicyFailure = "testing-policy-failure"
+        /// A delivery would have been weaker than remembered for the domain: refused (deferred).
+        case downgradeRefused = "downgrade-refused"
+        /// A delivery was weaker than remembered for the domain (downgrade_memory = "report").
+        case downgradeReported = "downgrade-reported"
 
         /// The journald MESSAGE_ID (128-bit, hex).
         public var messageID: String {
@@ -22,11 +26,16 @@ public struct SecurityAlert: Sendable, Equatable {
             case .policyFailure: return "2b7c1d6e9a1f4c0e8f3d5a6b7c8d9e01"
             case .dnssecFailure: return "2b7c1d6e9a1f4c0e8f3d5a6b7c8d9e02"
             case .testingPolicyFailure: return "2b7c1d6e9a1f4c0e8f3d5a6b7c8d9e03"
+            case .downgradeRefused: return "2b7c1d6e9a1f4c0e8f3d5a6b7c8d9e04"
+            case .downgradeReported: return "2b7c1d6e9a1f4c0e8f3d5a6b7c8d9e05"
             }
         }
 
         /// syslog priority: 2 (crit) for an attack on an enforced policy, 4 (warning) for testing mode.
-        public var priority: Int { self == .testingPolicyFailure ? 4 : 2 }
+        public var priority: Int { self == .testingPolicyFailure || self == .downgradeReported ? 4 : 2 }
+
+        /// True when the mail was delivered despite the event.
+        public var delivered: Bool { self == .testingPolicyFailure || self == .downgradeReported }
     }
 
     public var kind: Kind
@@ -58,7 +67,11 @@ public struct SecurityAlert: Sendable, Equatable {
         if let mxHost { text += " MX \(mxHost)" }
         if let address { text += "[\(address)]" }
         text += ": \(reason)"
-        if kind == .testingPolicyFailure { text += "; delivered anyway (policy in testing mode)" } else { text += "; mail deferred, nothing sent" }
+        switch kind {
+        case .testingPolicyFailure: text += "; delivered anyway (policy in testing mode)"
+        case .downgradeReported: text += "; delivered anyway (policy.downgrade_memory = report)"
+        default: text += "; mail deferred, nothing sent"
+        }
         return text
     }
 }
@@ -143,7 +156,7 @@ public final class AlertJournal: Sendable {
         var line = "ALERT \(alert.kind.rawValue): \(message)"
         line += " queue_id=\(alert.queueID ?? "-") domain=\(alert.domain) mx=\(alert.mxHost ?? "-") address=\(alert.address ?? "-")"
         line += " policy=\(alert.policySource) result_type=\(alert.resultType)"
-        if alert.kind == .testingPolicyFailure { logger.warning("\(line)") } else { logger.critical("\(line)") }
+        if alert.kind.delivered { logger.warning("\(line)") } else { logger.critical("\(line)") }
     }
 
     public static func now() -> Double {

@@ -429,8 +429,10 @@ public final class OpenSSLClientHandler: ChannelDuplexHandler {
         if wasActive, let connectionError {
             context.fireErrorCaught(connectionError)
         }
-        context.close(promise: nil)
+        // Fail the promise before closing: closing runs channelInactive, which would report a
+        // mere "connection closed" instead of the real reason.
         completeHandshake(.failure(handshakeError))
+        context.close(promise: nil)
     }
 
     private func completeHandshake(_ result: Result<TLSSessionInfo, TLSHandshakeError>) {

@@ -57,6 +57,35 @@ struct ConfigurationTests {
         #expect(try load(config.renderTOML()) == config)
     }
 
+    @Test("[policy]: downgrade memory and local levels with expiry")
+    func policy() throws {
+        let config = try load("""
+            [policy]
+            downgrade_memory = "enforce"
+            downgrade_grace = 3600
+            dane_for_insecure_mx = false
+            [[policy.domain]]
+            name = "Example.COM."
+            level = "encrypt"
+            reason = "ticket 1"
+            expires = "2026-12-06"
+            [[policy.domain]]
+            name = "other.example"
+            level = "dane-only"
+            expires = "2026-12-06T12:00:00Z"
+            """)
+        #expect(config.policy.downgradeMemory == .enforce)
+        #expect(config.policy.downgradeGrace == 3600)
+        #expect(!config.policy.daneForInsecureMX)
+        #expect(config.policy.domains.count == 2)
+        let first = try #require(config.policy.level(for: "example.com"))
+        #expect(first.level == .encrypt && first.reason == "ticket 1")
+        #expect(first.expires == 1_796_601_599)   // 2026-12-06T23:59:59Z
+        #expect(config.policy.level(for: "other.example")?.expires == 1_796_558_400)
+        #expect(config.policy.level(for: "none.example") == nil)
+        #expect(try load(config.renderTOML()) == config)
+    }
+
     @Test("defaults: loopback only")
     func defaults() throws {
         let config = try load("")
@@ -89,6 +118,11 @@ struct ConfigurationTests {
         Bad(text: "[delivery]\nport = 0\n", line: 2, fragment: "between 1 and 65535"),
         Bad(text: "log_level = \"loud\"\n", line: 1, fragment: "must be one of"),
         Bad(text: "[delivery]\nmin_backoff = 100\nmax_backoff = 10\n", line: 3, fragment: "must not be less than"),
+        Bad(text: "[policy]\ndowngrade_memory = \"strict\"\n", line: 2, fragment: "report, enforce or off"),
+        Bad(text: "[[policy.domain]]\nname = \"a.example\"\nlevel = \"secure\"\n", line: 3, fragment: "must be none, may"),
+        Bad(text: "[[policy.domain]]\nname = \"a.example\"\nlevel = \"may\"\nexpires = \"next week\"\n", line: 4, fragment: "must be a date"),
+        Bad(text: "[[policy.domain]]\nlevel = \"may\"\n", line: 1, fragment: "needs name"),
+        Bad(text: "[[policy.domain]]\nname = \"a.example\"\nlevel = \"may\"\ncolour = 1\n", line: 4, fragment: "unknown key 'policy.domain.colour'"),
         Bad(text: "state_directory = \"relative\"\n", line: 1, fragment: "absolute path"),
         Bad(text: "server = 5\n", line: 1, fragment: "must be a table"),
         Bad(text: "[server]\nlisten = [\"127.0.0.1:25\"\n", line: 2, fragment: "TOML syntax"),

@@ -67,7 +67,7 @@ final class OpenSSLServer: @unchecked Sendable {
                 }
             }
             if !process.isRunning || Date() > deadline {
-                if process.isRunning { process.terminate() }
+                kill(process.processIdentifier, SIGKILL)
                 process.waitUntilExit()
                 throw StartFailure(output: text)
             }
@@ -89,9 +89,10 @@ final class OpenSSLServer: @unchecked Sendable {
         return output.text.contains(text)
     }
 
-    /// Kills s_server and waits for it.
+    /// Kills s_server and waits for it. SIGKILL: children spawned by Foundation inherit the
+    /// spawning thread's signal mask, in which SIGTERM is blocked.
     func stop() {
-        if process.isRunning { process.terminate() }
+        kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
         try? input.fileHandleForWriting.close()
     }
@@ -134,6 +135,57 @@ final class PlaintextAnswerHandler: ChannelInboundHandler, Sendable {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let reply = context.channel.allocator.buffer(string: "500 5.5.1 this is not TLS\r\n")
         context.writeAndFlush(wrapOutboundOut(reply), promise: nil)
+    }
+}
+
+/// Collects the first TLS record (the ClientHello), hands it over and closes.
+final class CaptureClientHelloHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    private let promise: EventLoopPromise<[UInt8]>
+    private var bytes: [UInt8] = []
+
+    init(promise: EventLoopPromise<[UInt8]>) {
+        self.promise = promise
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var buffer = unwrapInboundIn(data)
+        bytes += buffer.readBytes(length: buffer.readableBytes) ?? []
+        if bytes.count >= 5, bytes.count >= 5 + (Int(bytes[3]) << 8 | Int(bytes[4])) {
+            promise.succeed(bytes)
+            context.close(promise: nil)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        promise.fail(ChannelError.eof)
+    }
+}
+
+/// Reads the server_name extension of a ClientHello record (RFC 8446 §4.1.2, RFC 6066 §3).
+enum ClientHello {
+    static func serverName(in record: [UInt8]) -> String? {
+        var p = 5 + 4 + 2 + 32          // record header, handshake header, version, random
+        func u8() -> Int? { guard p < record.count else { return nil }; defer { p += 1 }; return Int(record[p]) }
+        func u16() -> Int? { guard let a = u8(), let b = u8() else { return nil }; return a << 8 | b }
+        guard let sessionIDLength = u8() else { return nil }
+        p += sessionIDLength
+        guard let suitesLength = u16() else { return nil }
+        p += suitesLength
+        guard let compressionLength = u8() else { return nil }
+        p += compressionLength
+        guard let extensionsLength = u16() else { return nil }
+        let end = p + extensionsLength
+        while p + 4 <= end {
+            guard let type = u16(), let length = u16() else { return nil }
+            if type == 0 {
+                // server_name_list length, name type (0 = host_name), name length, name
+                guard u16() != nil, u8() == 0, let nameLength = u16(), p + nameLength <= record.count else { return nil }
+                return String(decoding: record[p..<(p + nameLength)], as: UTF8.self)
+            }
+            p += length
+        }
+        return nil
     }
 }
 

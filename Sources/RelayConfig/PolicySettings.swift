@@ -1,0 +1,68 @@
+/// `[policy]`: local overrides and downgrade memory.
+public struct PolicySettings: Sendable, Equatable {
+    /// What to do when a domain's security would be weaker than remembered.
+    public enum DowngradeMemory: String, Sendable, CaseIterable {
+        /// Alert, deliver anyway.
+        case report
+        /// Alert and defer (4.7.5) for `downgradeGrace` seconds after the downgrade is first seen;
+        /// after that the weaker level is accepted as the new normal.
+        case enforce
+        /// Remember nothing.
+        case off
+    }
+
+    /// One `[[policy.domain]]` entry: a local TLS level for a destination (Postfix's levels,
+    /// `smtp_tls_policy_maps`). It wins over DANE and MTA-STS and is logged on every delivery.
+    public struct DomainLevel: Sendable, Equatable {
+        /// Postfix security levels, weakest first.
+        public enum Level: String, Sendable, CaseIterable {
+            /// Never STARTTLS.
+            case none
+            /// Opportunistic TLS, no DANE, no MTA-STS.
+            case may
+            /// TLS required, certificate not checked.
+            case encrypt
+            /// DANE when usable TLSA records exist, else opportunistic; MTA-STS ignored.
+            case dane
+            /// DANE required: without usable TLSA records the mail is deferred.
+            case daneOnly = "dane-only"
+            /// TLS required with a WebPKI-valid certificate naming the MX host.
+            case verify
+        }
+
+        /// The destination domain, lowercased, without trailing dot.
+        public var domain: String
+        public var level: Level
+        /// Why the override exists (logged with every delivery it touches).
+        public var reason: String?
+        /// Seconds since the epoch after which the entry stops applying (the log says so); nil =
+        /// no expiry.
+        public var expires: Double?
+        /// The expiry as written in the file (YYYY-MM-DD or an RFC 3339 date-time).
+        public var expiresText: String?
+
+        public init(domain: String, level: Level, reason: String? = nil, expires: Double? = nil, expiresText: String? = nil) {
+            self.domain = domain
+            self.level = level
+            self.reason = reason
+            self.expires = expires
+            self.expiresText = expiresText
+        }
+    }
+
+    public var downgradeMemory: DowngradeMemory = .report
+    /// Seconds a downgrade is refused under `downgrade_memory = "enforce"`. Default 86400.
+    public var downgradeGrace = 86400
+    /// Hold a DNSSEC-secure MX host to its TLSA records even when the MX RRset is insecure
+    /// (RFC 7672 §2.2.1 leaves it open; Postfix ≥ 3.6 does). Default true.
+    public var daneForInsecureMX = true
+    public var domains: [DomainLevel] = []
+
+    public init() {}
+
+    /// The entry for `domain`, if any (exact match, case-insensitive).
+    public func level(for domain: String) -> DomainLevel? {
+        let name = domain.lowercased()
+        return domains.first { $0.domain == name }
+    }
+}

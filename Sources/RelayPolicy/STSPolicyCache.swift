@@ -1,0 +1,72 @@
+import Foundation
+
+/// A policy as cached: keyed by policy domain (never by MX host, RFC 8461 §10.2), kept across
+/// restarts in `<state_directory>/mta-sts/<domain>.json` (RFC 8461 §5.1).
+public struct CachedSTSPolicy: Sendable, Equatable, Codable {
+    public var domain: String
+    /// The `id` of the TXT record the policy was fetched for.
+    public var id: String
+    public var policy: STSPolicy
+    /// Seconds since the epoch.
+    public var fetchedAt: Double
+    /// `fetchedAt + max_age`, seconds since the epoch.
+    public var expiresAt: Double
+
+    public init(domain: String, id: String, policy: STSPolicy, fetchedAt: Double) {
+        self.domain = domain
+        self.id = id
+        self.policy = policy
+        self.fetchedAt = fetchedAt
+        self.expiresAt = fetchedAt + Double(policy.maxAge)
+    }
+
+    public func isExpired(now: Double) -> Bool { now >= expiresAt }
+}
+
+/// The persistent MTA-STS policy cache. Thread-safe; writes are atomic (temp file + rename)
+/// and fsync'ed.
+public final class STSPolicyCache: Sendable {
+    public let directory: String
+
+    /// Opens (creating when missing) `<stateDirectory>/mta-sts`.
+    /// - Throws: when the directory cannot be created.
+    public init(stateDirectory: String) throws {
+        directory = stateDirectory + "/mta-sts"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true,
+                                                attributes: [.posixPermissions: 0o700])
+    }
+
+    /// A domain is a file name only when it is a plain host name (no "/", no "..").
+    static func fileName(for domain: String) -> String? {
+        let name = domain.lowercased()
+        guard !name.isEmpty, name.count <= 253, !name.hasPrefix("."), !name.contains(".."),
+              name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == ".") })
+        else { return nil }
+        return name + ".json"
+    }
+
+    /// The cached policy of `domain`, expired or not; nil when none is cached or it is unreadable.
+    public func policy(for domain: String) -> CachedSTSPolicy? {
+        guard let name = Self.fileName(for: domain),
+              let data = FileManager.default.contents(atPath: directory + "/" + name) else { return nil }
+        return try? JSONDecoder().decode(CachedSTSPolicy.self, from: data)
+    }
+
+    /// Stores (replaces) the policy of its domain.
+    /// - Throws: on write errors.
+    public func store(_ cached: CachedSTSPolicy) throws {
+        guard let name = Self.fileName(for: cached.domain) else { return }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
+        let data = try encoder.encode(cached)
+        let url = URL(fileURLWithPath: directory + "/" + name)
+        try data.write(to: url, options: [.atomic])
+    }
+
+    /// Every cached policy (for `tlsrelayctl policy show`).
+    public func all() -> [CachedSTSPolicy] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        return names.filter { $0.hasSuffix(".json") }.compactMap { policy(for: String($0.dropLast(5))) }
+            .sorted { $0.domain < $1.domain }
+    }
+}
