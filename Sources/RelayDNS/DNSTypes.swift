@@ -16,8 +16,12 @@
 /// The raw values (`"secure"`, `"insecure"`, `"bogus"`) match the test world's vocabulary and
 /// are stable for logs and status output.
 public enum DNSSECStatus: String, Sendable, Hashable, CaseIterable {
+    /// Validated from a trust anchor (RFC 4035 §4.3); includes authenticated denial.
     case secure
+    /// Provably unsigned (RFC 4035 §4.3, §5.2): usable, but not authenticated.
     case insecure
+    /// Validation failed (RFC 4035 §4.3, §5.5): a failure, never data or denial
+    /// (RFC 7672 §2.1.1).
     case bogus
 }
 

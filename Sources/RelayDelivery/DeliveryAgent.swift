@@ -186,8 +186,9 @@ public final class DeliveryAgent: Sendable {
                 policy = hostPolicy
             }
             if let floor {
+                // The security this host is sure to give: opportunistic TLS may end in clear.
                 let potential: AchievedSecurity = policy.source == .dane && !policy.tlsaRecords.isEmpty ? .dane
-                    : (policy.source == .mtaSTS ? .mtaSTS : (policy.requirement == .none ? .none : .tls))
+                    : (policy.source == .mtaSTS ? .mtaSTS : (policy.requirement == .required ? .tls : .none))
                 if potential < floor {
                     if floor == .tls {
                         // TLS was seen before: require it now (a stripped STARTTLS is refused).
