@@ -76,8 +76,11 @@ def spawn(d: str, name: str, argv: list[str], cwd: str | None = None) -> int:
     logdir = os.path.join(d, "logs")
     os.makedirs(logdir, exist_ok=True)
     with open(os.path.join(logdir, name + ".log"), "ab") as log:
+        # A parent may have blocked signals (Foundation's Process does, for its children);
+        # the daemons must see SIGTERM, so their mask is cleared.
         p = subprocess.Popen(argv, cwd=cwd or d, stdin=subprocess.DEVNULL, stdout=log,
-                             stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+                             stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+                             preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_SETMASK, []))
     record(d, name, p.pid, argv)
     return p.pid
 

@@ -46,7 +46,13 @@ final class TestWorld: Sendable {
         defer { try? handle.close() }
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3", "testworld/world.py"] + args
+        // Foundation's Process starts children with almost every signal blocked (seen on
+        // Linux, Swift 6.3: SigBlk fffffffe3bfaea27), and Python keeps that mask for the
+        // world's daemons, so SIGTERM would not stop them and `down` would wait 5 s per
+        // daemon before SIGKILL. Clear the mask, then exec world.py.
+        p.arguments = ["python3", "-c",
+                       "import os, signal, sys; signal.pthread_sigmask(signal.SIG_SETMASK, []); os.execvp(sys.argv[1], sys.argv[1:])",
+                       "python3", "testworld/world.py"] + args
         p.currentDirectoryURL = root
         // Files, not pipes: the world's daemons must not hold our pipe open.
         p.standardOutput = handle
