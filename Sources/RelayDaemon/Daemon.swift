@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import RelayConfig
+import RelayControl
 import RelayDelivery
 import RelayDNS
 import RelayPolicy
@@ -75,6 +76,7 @@ public final class Daemon: Sendable {
         timeouts.connect = Double(configuration.delivery.connectTimeout)
         timeouts.command = Double(configuration.delivery.commandTimeout)
         let alerts = AlertJournal(logger: logger)
+        let memoryStore = try DowngradeMemoryStore(stateDirectory: configuration.stateDirectory)
         let stsCache = try STSPolicyCache(stateDirectory: configuration.stateDirectory)
         let sts = STSPolicyService(
             resolver: resolver, cache: stsCache,
@@ -86,7 +88,7 @@ public final class Daemon: Sendable {
                             daneForInsecureMX: configuration.policy.daneForInsecureMX, localLevels: configuration.policy.domains,
                             downgradeMemory: configuration.policy.downgradeMemory, downgradeGrace: Double(configuration.policy.downgradeGrace)),
             logger: logger,
-            sts: sts, memory: try DowngradeMemoryStore(stateDirectory: configuration.stateDirectory),
+            sts: sts, memory: memoryStore,
             onAlert: { alert, queueID, enforced in
                 let kind: SecurityAlert.Kind
                 if alert.policySource == "tofu" {
@@ -121,7 +123,25 @@ public final class Daemon: Sendable {
         let server = InboundServer(settings: settings, group: group)
         let signals = SignalWaiter(signals: [SIGTERM, SIGINT])
         let delivery = Task { await scheduler.run() }
+        let commands = ControlCommands(configuration: configuration, spool: spool, scheduler: scheduler, stsCache: stsCache,
+                                       memory: memoryStore, alerts: alerts, startTime: Date().timeIntervalSince1970)
+        let control = ControlServer(path: configuration.stateDirectory + "/control.sock", group: group,
+                                    dispatch: { await commands.handle($0) })
+        let statusReporter = Task {
+            // STATUS= with queue counts for systemctl status; WATCHDOG=1 when WatchdogSec= is set.
+            let watchdog = ProcessInfo.processInfo.environment["WATCHDOG_USEC"].flatMap { Double($0) }
+            let interval = min(10.0, (watchdog ?? 20_000_000) / 2_000_000)
+            while !Task.isCancelled {
+                let counts = await scheduler.counts()
+                var state = "STATUS=accepting mail; queue: \(counts.active) active, \(counts.deferred) deferred, \(counts.held) held"
+                if watchdog != nil { state += "\nWATCHDOG=1" }
+                ServiceNotifier.notify(state)
+                try? await Task.sleep(for: .milliseconds(Int(interval * 1000)))
+            }
+        }
+        defer { statusReporter.cancel() }
         do {
+            try await control.start()
             let bound = try await server.start(listen: configuration.server.listen)
             logger.info("listening on \(bound.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" }.joined(separator: ", ")) as \(configuration.server.hostname)")
             ServiceNotifier.notify("READY=1\nSTATUS=accepting mail; \(report.queued.count) message(s) queued")
@@ -129,7 +149,9 @@ public final class Daemon: Sendable {
             logger.info("received signal \(signal): stopping")
             ServiceNotifier.notify("STOPPING=1")
             await server.shutdown(timeoutSeconds: 30)
+            await control.stop()
         } catch {
+            await control.stop()
             delivery.cancel()
             await delivery.value
             resolver.shutdown()

@@ -150,29 +150,8 @@ public final class DeliveryAgent: Sendable {
         var remaining = recipientIndexes
         var lastFailure = RecipientOutcome.deferred("4.4.1", "no MX host of \(domain) could be reached")
         hostLoop: for host in hosts {
-            if let policy = stsPolicy, !policy.matches(mxHost: host) {
-                let reason = "MX host \(host) is not listed in the MTA-STS policy of \(domain) (mx: \(policy.mx.joined(separator: " ")))"
-                onAlert(PolicyAlert(resultType: "validation-failure", domain: domain, mxHost: host, address: nil, policySource: "mta-sts",
-                                    reason: reason), envelope.queueID, policy.mode == .enforce)
-                if policy.mode == .enforce {
-                    // RFC 8461 §4.1: only MX hosts matching the policy may be used.
-                    lastFailure = .deferred("4.7.5", reason)
-                    continue
-                }
-            }
-            var hostPlan: HostPlan
-            if let localLevel {
-                hostPlan = await planHost(domain: domain, host: host, mxSecure: mxSecure, level: localLevel)
-            } else {
-                hostPlan = await planHost(domain: domain, host: host, mxSecure: mxSecure)
-            }
-            // Precedence (RFC 8461 §2): a host governed by DANE is never judged by MTA-STS.
-            var stsTesting = false
-            if case .connect(let list, let hostPolicy) = hostPlan, hostPolicy.source != .dane, let policy = stsPolicy,
-               policy.matches(mxHost: host) {
-                hostPlan = .connect(addresses: list, policy: .mtaSTS(host: host))
-                stsTesting = policy.mode == .testing
-            }
+            let (hostPlan, stsTesting) = await effectivePlan(domain: domain, host: host, mxSecure: mxSecure, localLevel: localLevel,
+                                                             stsPolicy: stsPolicy, queueID: envelope.queueID)
             let addresses: [String]
             var policy: HostTLSPolicy
             switch hostPlan {
@@ -274,7 +253,11 @@ public final class DeliveryAgent: Sendable {
         return outcomes
     }
 
-    func makeJob(envelope: QueuedEnvelope, indexes: [Int], tls: ClientSession.TLSRequirement) -> ClientSession.Job {
+    func makeJob(envelope: QueuedEnvelope?, indexes: [Int], tls: ClientSession.TLSRequirement) -> ClientSession.Job {
+        guard let envelope else {
+            return ClientSession.Job(heloName: settings.heloName, sender: nil, recipients: [], size: 0, body: nil,
+                                     needsSMTPUTF8: false, ret: nil, envelopeID: nil, tls: tls)
+        }
         let transaction = envelope.transaction
         let recipients = indexes.map { transaction.recipients[$0] }
         let needsUTF8 = transaction.parameters.smtputf8
@@ -312,6 +295,35 @@ public final class DeliveryAgent: Sendable {
         case "certificate-host-mismatch", "certificate-expired", "certificate-not-trusted", "tlsa-invalid": return "sts-webpki-invalid"
         default: return resultType
         }
+    }
+
+    /// The plan for one MX host with every policy applied, in order of precedence: a local level,
+    /// then DANE (RFC 7672), then MTA-STS (RFC 8461 §2: a host governed by DANE is never judged
+    /// by MTA-STS; §4.1: under enforce, hosts outside the policy's mx patterns are skipped).
+    /// - Returns: the plan, and whether MTA-STS applies in testing mode.
+    func effectivePlan(domain: String, host: String, mxSecure: Bool, localLevel: PolicySettings.DomainLevel.Level?,
+                       stsPolicy: STSPolicy?, queueID: QueueID?) async -> (HostPlan, stsTesting: Bool) {
+        if let policy = stsPolicy, !policy.matches(mxHost: host) {
+            let reason = "MX host \(host) is not listed in the MTA-STS policy of \(domain) (mx: \(policy.mx.joined(separator: " ")))"
+            let alert = PolicyAlert(resultType: "validation-failure", domain: domain, mxHost: host, address: nil, policySource: "mta-sts", reason: reason)
+            if policy.mode == .enforce {
+                return (.skip(outcome: .deferred("4.7.5", reason), alert: alert), false)
+            }
+            if let queueID { onAlert(alert, queueID, false) }
+        }
+        var hostPlan: HostPlan
+        if let localLevel {
+            hostPlan = await planHost(domain: domain, host: host, mxSecure: mxSecure, level: localLevel)
+        } else {
+            hostPlan = await planHost(domain: domain, host: host, mxSecure: mxSecure)
+        }
+        var stsTesting = false
+        if case .connect(let list, let hostPolicy) = hostPlan, hostPolicy.source != .dane, let policy = stsPolicy,
+           policy.matches(mxHost: host) {
+            hostPlan = .connect(addresses: list, policy: .mtaSTS(host: host))
+            stsTesting = policy.mode == .testing
+        }
+        return (hostPlan, stsTesting)
     }
 
     /// The plan for one MX host under a local level (Postfix's `smtp_tls_policy_maps` levels).

@@ -38,11 +38,115 @@ public actor Scheduler {
         self.logger = logger
     }
 
-    /// Queue counts: (due now or in flight, deferred for later, held).
-    public func counts() -> (active: Int, deferred: Int, total: Int) {
+    /// Queue counts: messages being delivered or due now, deferred until later, held.
+    public struct Counts: Sendable, Codable, Equatable {
+        public var active: Int
+        public var deferred: Int
+        public var held: Int
+        public var total: Int { active + deferred + held }
+    }
+
+    private var held: Set<QueueID> = []
+
+    public func counts() -> Counts {
         let now = Date().timeIntervalSince1970
-        let active = due.values.filter { $0 <= now }.count
-        return (active + inFlight.count, due.count - active, due.count + inFlight.count)
+        let dueNow = due.values.filter { $0 <= now }.count
+        return Counts(active: dueNow + inFlight.count, deferred: due.count - dueNow, held: held.count)
+    }
+
+    /// Why an operator request was refused.
+    public enum OperationError: Error, Sendable, Equatable, CustomStringConvertible {
+        case notQueued(QueueID)
+        case inDelivery(QueueID)
+        case failed(String)
+
+        public var description: String {
+            switch self {
+            case .notQueued(let id): return "no queued message \(id)"
+            case .inDelivery(let id): return "message \(id) is being delivered right now; try again in a moment"
+            case .failed(let reason): return reason
+            }
+        }
+    }
+
+    /// True when the message is being delivered now.
+    public func isInFlight(_ id: QueueID) -> Bool { inFlight.contains(id) }
+
+    /// True when the message is on hold.
+    public func isHeld(_ id: QueueID) -> Bool { held.contains(id) }
+
+    /// Makes messages due now (like `postqueue -f` / `-i ID`): all deferred ones when `ids` is
+    /// nil. Held messages stay held.
+    /// - Returns: how many messages were scheduled.
+    @discardableResult
+    public func flush(_ ids: [QueueID]? = nil) -> Int {
+        let targets = ids ?? Array(due.keys)
+        var count = 0
+        for id in targets where due[id] != nil {
+            due[id] = 0
+            count += 1
+        }
+        wakeup?.yield()
+        return count
+    }
+
+    /// Flushes the messages with a pending recipient in `domain`.
+    public func flush(domain: String) -> Int {
+        let name = domain.lowercased()
+        let ids = due.keys.filter { id in
+            guard let envelope = try? spool.envelope(of: id) else { return false }
+            let record = try? spool.deliveryRecord(of: id)
+            return envelope.transaction.recipients.indices.contains { index in
+                envelope.transaction.recipients[index].mailbox.domain.lowercased() == name
+                    && (record?.recipients[index].status ?? .pending) == .pending
+            }
+        }
+        return flush(Array(ids))
+    }
+
+    /// Puts a message on hold (`postsuper -h`): not attempted until released; kept across restarts.
+    /// - Throws: `OperationError`.
+    public func hold(_ id: QueueID) throws {
+        if inFlight.contains(id) { throw OperationError.inDelivery(id) }
+        guard due[id] != nil || held.contains(id) else { throw OperationError.notQueued(id) }
+        try updateRecord(id) { $0.held = true }
+        due[id] = nil
+        held.insert(id)
+    }
+
+    /// Releases a held message (`postsuper -H`) and makes it due now.
+    /// - Throws: `OperationError`.
+    public func release(_ id: QueueID) throws {
+        guard held.contains(id) else { throw OperationError.notQueued(id) }
+        try updateRecord(id) { $0.held = false; $0.nextAttempt = 0 }
+        held.remove(id)
+        due[id] = 0
+        wakeup?.yield()
+    }
+
+    /// Deletes a message without a DSN (`postsuper -d`).
+    /// - Throws: `OperationError`.
+    public func delete(_ id: QueueID) throws {
+        if inFlight.contains(id) { throw OperationError.inDelivery(id) }
+        guard due[id] != nil || held.contains(id) else { throw OperationError.notQueued(id) }
+        do { try spool.finish(id) } catch { throw OperationError.failed("cannot delete \(id): \(error)") }
+        due[id] = nil
+        held.remove(id)
+        logger.info("\(id): removed by the operator (no DSN)")
+    }
+
+    private func updateRecord(_ id: QueueID, _ change: (inout DeliveryRecord) -> Void) throws {
+        do {
+            let envelope = try spool.envelope(of: id)
+            var record = try spool.deliveryRecord(of: id)
+                ?? DeliveryRecord(queueID: id, recipientCount: envelope.transaction.recipients.count, nextAttempt: 0)
+            change(&record)
+            try spool.saveDeliveryRecord(record)
+        } catch SpoolError.notFound {
+            throw OperationError.notQueued(id)
+        } catch {
+            throw OperationError.failed("cannot update \(id): \(error)")
+        }
     }
 
     /// Schedules a message that was just queued (called by the inbound server after the 250).
@@ -55,7 +159,10 @@ public actor Scheduler {
     public func load(_ ids: [QueueID]) {
         for id in ids {
             let record = try? spool.deliveryRecord(of: id)
-            if record?.held == true { continue }
+            if record?.held == true {
+                held.insert(id)
+                continue
+            }
             due[id] = record?.nextAttempt ?? 0
         }
     }

@@ -91,6 +91,12 @@ public final class AlertJournal: Sendable {
     private let useJournal: Bool
     private let windowSeconds: Double
     private let windows = NIOLockedValueBox<[String: Window]>([:])
+    private let recentAlerts = NIOLockedValueBox<[(time: Double, alert: SecurityAlert)]>([])
+
+    /// The last 20 alerts reported (emitted or counted), newest last, for `tlsrelayctl status`.
+    public func recent() -> [(time: Double, alert: SecurityAlert)] {
+        recentAlerts.withLockedValue { $0 }
+    }
 
     /// - Parameters:
     ///   - logger: where alerts go when not under journald.
@@ -104,6 +110,10 @@ public final class AlertJournal: Sendable {
 
     /// Reports one alert (subject to the rate limit).
     public func report(_ alert: SecurityAlert, now: Double = AlertJournal.now()) {
+        recentAlerts.withLockedValue { list in
+            list.append((now, alert))
+            if list.count > 20 { list.removeFirst(list.count - 20) }
+        }
         let key = alert.domain + "|" + alert.resultType
         let emitWithCount: Int? = windows.withLockedValue { windows in
             if var window = windows[key], now - window.start < windowSeconds {

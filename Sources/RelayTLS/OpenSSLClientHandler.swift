@@ -48,6 +48,9 @@ public final class OpenSSLClientHandler: ChannelDuplexHandler {
     private let serverName: String?
     private let handshakePromise: EventLoopPromise<TLSSessionInfo>
     private var promiseCompleted = false
+    /// Set just before the channel is closed because of a failed handshake, so that the
+    /// `channelInactive` this close causes reports it (not `.connectionClosed`).
+    private var handshakeFailure: TLSHandshakeError?
 
     private var state: State = .idle
     private var ssl: OpaquePointer?
@@ -95,7 +98,7 @@ public final class OpenSSLClientHandler: ChannelDuplexHandler {
         let wasHandshaking = state == .idle || state == .handshaking
         state = .closed
         failPendingWrites(with: wasHandshaking ? TLSHandshakeError.connectionClosed : ChannelError.ioOnClosedChannel)
-        completeHandshake(.failure(TLSHandshakeError.connectionClosed))
+        completeHandshake(.failure(handshakeFailure ?? .connectionClosed))
         if let ssl {
             SSL_free(ssl)
             self.ssl = nil
@@ -115,7 +118,7 @@ public final class OpenSSLClientHandler: ChannelDuplexHandler {
         let wasHandshaking = state == .idle || state == .handshaking
         state = .closed
         failPendingWrites(with: wasHandshaking ? TLSHandshakeError.connectionClosed : ChannelError.ioOnClosedChannel)
-        completeHandshake(.failure(TLSHandshakeError.connectionClosed))
+        completeHandshake(.failure(handshakeFailure ?? .connectionClosed))
         context.fireChannelInactive()
     }
 
@@ -152,7 +155,7 @@ public final class OpenSSLClientHandler: ChannelDuplexHandler {
             state = .closed
             failPendingWrites(with: TLSHandshakeError.connectionClosed)
             context.close(promise: nil)
-            completeHandshake(.failure(TLSHandshakeError.connectionClosed))
+            completeHandshake(.failure(handshakeFailure ?? .connectionClosed))
         }
         context.fireUserInboundEventTriggered(event)
     }
@@ -189,7 +192,7 @@ public final class OpenSSLClientHandler: ChannelDuplexHandler {
             state = .closed
             failPendingWrites(with: TLSHandshakeError.connectionClosed)
             context.close(mode: mode, promise: promise)
-            completeHandshake(.failure(TLSHandshakeError.connectionClosed))
+            completeHandshake(.failure(handshakeFailure ?? .connectionClosed))
         case .active:
             state = .closing
             // NIO semantics: writes not flushed before close are dropped.
@@ -407,13 +410,10 @@ public final class OpenSSLClientHandler: ChannelDuplexHandler {
             encryptPendingWrites(context: context)
         }
         completeHandshake(.success(info))
-        // Records that arrived with the server's last flight (session tickets, early replies).
+        // Records that arrived with the server's last flight (session tickets, early replies);
+        // channelReadComplete follows, as this runs from channelRead.
         if state == .active {
             readPlaintext(context: context)
-            if deliveredReads {
-                deliveredReads = false
-                context.fireChannelReadComplete()
-            }
         }
     }
 
@@ -423,9 +423,10 @@ public final class OpenSSLClientHandler: ChannelDuplexHandler {
         let wasActive = state == .active || state == .closing
         guard state != .closed else { return }
         state = .closed
+        if !wasActive { handshakeFailure = handshakeError }
         let writeError: Error = wasActive ? (connectionError ?? .readFailed(reason: "\(handshakeError)")) : handshakeError
         failPendingWrites(with: writeError)
-        sendNetworkOutput(context: context, promise: nil)
+        sendNetworkOutput(context: context, promise: nil)  // the alert, if OpenSSL made one
         if wasActive, let connectionError {
             context.fireErrorCaught(connectionError)
         }

@@ -28,6 +28,9 @@ public struct ClientSession: Sendable {
         public var ret: DSNReturn?
         public var envelopeID: String?
         public var tls: TLSRequirement
+        /// Stop after EHLO (and STARTTLS with its second EHLO) and QUIT: a connection check
+        /// that sends no message (`tlsrelayctl check`).
+        public var probeOnly = false
 
         public init(heloName: String, sender: Mailbox?, recipients: [Recipient], size: Int, body: BodyType?,
                     needsSMTPUTF8: Bool, ret: DSNReturn?, envelopeID: String?, tls: TLSRequirement) {
@@ -296,6 +299,7 @@ public struct ClientSession: Sendable {
     }
 
     private mutating func beginTransaction() -> [Action] {
+        if job.probeOnly { return quit() }
         // Local decisions that make every recipient fail permanently.
         if job.needsSMTPUTF8 && !capabilities.smtputf8 {
             return bounceAll(EnhancedStatusCode(5, 6, 7), "SMTPUTF8 is required but not supported by the receiving server (RFC 6531 section 3.4)")

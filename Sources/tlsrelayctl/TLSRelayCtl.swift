@@ -1,98 +1,69 @@
 import ArgumentParser
 import Foundation
 import RelayConfig
+import RelayControl
 import RelayQueue
 
-/// `tlsrelayctl`: inspect tlsrelay's queue (more commands come with the control socket).
+/// `tlsrelayctl`: operate tlsrelay — the queue (like mailq, postqueue -f, postsuper -h/-H/-d),
+/// status, cached policies, and `check DOMAIN` (like posttls-finger).
 @main
-struct TLSRelayCtl: ParsableCommand {
+struct TLSRelayCtl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tlsrelayctl",
-        abstract: "Inspect and operate tlsrelay.",
-        subcommands: [Queue.self])
+        abstract: "Operate tlsrelay: queue, status, policies, and checking a domain.",
+        discussion: "Talks to tlsrelayd over the control socket in state_directory (root or the tlsrelay user only). Exit status: 0 done, 1 the request was refused (check: would defer), 2 error.",
+        subcommands: [Status.self, Queue.self, Policy.self, Check.self])
 }
 
-struct ConfigOption: ParsableArguments {
-    @Option(name: .long, help: "Configuration file (TOML); its state_directory holds the spool.")
+struct Options: ParsableArguments {
+    @Option(name: .long, help: "Configuration file (TOML); its state_directory holds the control socket and the spool.")
     var config = "/etc/tlsrelay/tlsrelay.toml"
 
-    /// Opens the spool named by the configuration, without creating anything.
-    func openSpool() throws -> Spool {
-        let settings: RelayConfiguration
+    @Flag(name: .long, help: "Print JSON instead of tables.")
+    var json = false
+
+    func settings() throws -> RelayConfiguration {
         do {
-            settings = try ConfigurationLoader.load(path: config)
+            return try ConfigurationLoader.load(path: config)
         } catch let error as ConfigurationError {
-            throw ValidationError("configuration error: \(error)")
+            throw Failure("configuration error: \(error)")
         }
-        guard FileManager.default.fileExists(atPath: settings.stateDirectory + "/spool/queue") else {
-            throw ValidationError("no spool at \(settings.stateDirectory)/spool (has tlsrelayd run with this configuration?)")
+    }
+
+    func call(_ request: [String: String]) throws -> Any {
+        let socket = try settings().stateDirectory + "/control.sock"
+        do {
+            return try ControlClient.call(socketPath: socket, request: request)
+        } catch let failure as ControlClient.Failure {
+            throw Failure(failure.description, code: failure.daemonNotRunning || failure.description.hasPrefix("permission") || failure.description.hasPrefix("cannot") ? 2 : 1)
         }
-        return try Spool(stateDirectory: settings.stateDirectory)
+    }
+
+    func printJSON(_ value: Any) {
+        if let data = try? JSONSerialization.data(withJSONObject: value, options: [.prettyPrinted, .sortedKeys]) {
+            print(String(decoding: data, as: UTF8.self))
+        }
     }
 }
 
-struct Queue: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        abstract: "List and show queued messages (read directly from the spool).",
-        subcommands: [List.self, Show.self])
-
-    struct List: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List queued messages, oldest first, like mailq.")
-        @OptionGroup var options: ConfigOption
-        @Flag(name: .long, help: "One JSON object per message.") var json = false
-
-        func run() throws {
-            let spool = try options.openSpool()
-            let ids = try spool.list()
-            var total = 0
-            if !json { print(pad("Queue ID", 17) + pad("Size", 10) + pad("Arrival (UTC)", 21) + "Sender / Recipients") }
-            for id in ids {
-                guard let envelope = try? spool.envelope(of: id) else {
-                    print("\(id) (unreadable; run tlsrelayd to move it aside)")
-                    continue
-                }
-                total += envelope.size
-                if json {
-                    let object: [String: Any] = [
-                        "queue_id": id.rawValue, "size": envelope.size, "arrival_time": envelope.arrivalTime,
-                        "sender": envelope.transaction.sender?.address ?? "",
-                        "recipients": envelope.transaction.recipients.map(\.mailbox.address),
-                    ]
-                    let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
-                    print(String(decoding: data, as: UTF8.self))
-                } else {
-                    let date = ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: envelope.arrivalTime))
-                    print(pad(id.rawValue, 17) + pad(String(envelope.size), 10) + pad(date, 21) + "<\(envelope.transaction.sender?.address ?? "")>")
-                    for recipient in envelope.transaction.recipients {
-                        print(String(repeating: " ", count: 48) + "<\(recipient.mailbox.address)>")
-                    }
-                }
-            }
-            if !json { print("-- \(total / 1024) KiB in \(ids.count) message(s).") }
-        }
+/// An error printed as `tlsrelayctl: reason` with an exit status.
+struct Failure: Error, CustomStringConvertible {
+    let description: String
+    let code: Int32
+    init(_ description: String, code: Int32 = 2) {
+        self.description = description
+        self.code = code
     }
+}
 
-    struct Show: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Print one message's envelope and content.")
-        @OptionGroup var options: ConfigOption
-        @Argument(help: "Queue id (16 characters).") var id: String
-        @Flag(name: .long, help: "Envelope only.") var envelopeOnly = false
-
-        func run() throws {
-            guard let queueID = QueueID(id) else { throw ValidationError("'\(id)' is not a queue id") }
-            let spool = try options.openSpool()
-            do {
-                let envelope = try spool.envelope(of: queueID)
-                let encoder = JSONEncoder()
-                encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-                print(String(decoding: try encoder.encode(envelope), as: UTF8.self))
-                if !envelopeOnly {
-                    print("")
-                    FileHandle.standardOutput.write(Data(try spool.content(of: queueID)))
-                }
-            } catch SpoolError.notFound {
-                throw ValidationError("no queued message \(id)")
-            }
+extension ParsableCommand {
+    /// Runs `body`, turning `Failure` into a message on standard error and its exit status.
+    func guarded(_ body: () throws -> Void) throws {
+        do {
+            try body()
+        } catch let failure as Failure {
+            FileHandle.standardError.write(Data("tlsrelayctl: \(failure.description)\n".utf8))
+            throw ExitCode(failure.code)
         }
     }
 }
@@ -101,3 +72,187 @@ func pad(_ text: String, _ width: Int) -> String {
     text.count >= width ? text + " " : text + String(repeating: " ", count: width - text.count)
 }
 
+func date(_ value: Any?) -> String {
+    guard let seconds = value as? Double else { return "-" }
+    let formatter = ISO8601DateFormatter()
+    return formatter.string(from: Date(timeIntervalSince1970: seconds))
+}
+
+struct Status: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Version, uptime, queue counts and recent alerts.")
+    @OptionGroup var options: Options
+
+    func run() throws {
+        try guarded {
+            let result = try options.call(["command": "status"])
+            if options.json { options.printJSON(result); return }
+            guard let status = result as? [String: Any] else { return }
+            let queue = status["queue"] as? [String: Any] ?? [:]
+            print("tlsrelayd \(status["version"] ?? "?") on \(status["hostname"] ?? "?"), up \(status["uptime_seconds"] ?? 0) s")
+            print("queue: \(queue["active"] ?? 0) active, \(queue["deferred"] ?? 0) deferred, \(queue["held"] ?? 0) held")
+            let alerts = status["recent_alerts"] as? [[String: Any]] ?? []
+            print("recent alerts: \(alerts.isEmpty ? "none" : "")")
+            for alert in alerts { print("  \(date(alert["time"]))  \(alert["message"] ?? "")") }
+        }
+    }
+}
+
+struct Queue: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "List, show, flush, hold, release and delete queued messages.",
+        subcommands: [List.self, Show.self, Flush.self, Hold.self, Release.self, Delete.self])
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Queued messages, oldest first, like mailq.")
+        @OptionGroup var options: Options
+
+        func run() throws {
+            try guarded {
+                var entries: [[String: Any]]
+                do {
+                    entries = try options.call(["command": "queue.list"]) as? [[String: Any]] ?? []
+                } catch let failure as Failure where failure.description.contains("is not running") {
+                    // Without the daemon, read the spool directly.
+                    entries = try offlineList()
+                    FileHandle.standardError.write(Data("tlsrelayctl: tlsrelayd is not running; read from the spool\n".utf8))
+                }
+                if options.json { options.printJSON(entries); return }
+                print(pad("Queue ID", 17) + pad("Size", 10) + pad("Arrival (UTC)", 21) + "Sender / Recipients (status: last reason)")
+                var total = 0
+                for entry in entries {
+                    total += entry["size"] as? Int ?? 0
+                    var flags = ""
+                    if entry["held"] as? Bool == true { flags = " (held)" }
+                    if entry["in_delivery"] as? Bool == true { flags = " (being delivered)" }
+                    print(pad("\(entry["queue_id"] ?? "")", 17) + pad("\(entry["size"] ?? 0)", 10) + pad(date(entry["arrival_time"]), 21)
+                          + "<\(entry["sender"] ?? "")>\(flags)")
+                    for recipient in entry["recipients"] as? [[String: Any]] ?? [] {
+                        var line = String(repeating: " ", count: 48) + "<\(recipient["address"] ?? "")> \(recipient["status"] ?? "pending")"
+                        if let reason = recipient["last_reason"] as? String { line += ": \(reason)" }
+                        print(line)
+                    }
+                }
+                print("-- \(total / 1024) KiB in \(entries.count) message(s).")
+            }
+        }
+
+        func offlineList() throws -> [[String: Any]] {
+            let settings = try options.settings()
+            guard FileManager.default.fileExists(atPath: settings.stateDirectory + "/spool/queue") else {
+                throw Failure("no spool at \(settings.stateDirectory)/spool (has tlsrelayd run with this configuration?)")
+            }
+            let spool = try Spool(stateDirectory: settings.stateDirectory)
+            return try spool.list().compactMap { id in
+                guard let envelope = try? spool.envelope(of: id) else { return nil }
+                let record = try? spool.deliveryRecord(of: id)
+                let recipients: [[String: Any]] = envelope.transaction.recipients.indices.map { index in
+                    var entry: [String: Any] = ["address": envelope.transaction.recipients[index].mailbox.address,
+                                                "status": record?.recipients[index].status.rawValue ?? "pending"]
+                    if let reason = record?.recipients[index].lastReason { entry["last_reason"] = reason }
+                    return entry
+                }
+                return ["queue_id": id.rawValue, "size": envelope.size, "arrival_time": envelope.arrivalTime,
+                        "sender": envelope.transaction.sender?.address ?? "", "recipients": recipients,
+                        "held": record?.held ?? false, "in_delivery": false]
+            }
+        }
+    }
+
+    struct Show: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "One message: envelope, delivery state and headers.")
+        @OptionGroup var options: Options
+        @Argument(help: "Queue id (16 characters).") var id: String
+
+        func run() throws {
+            try guarded {
+                guard QueueID(id) != nil else { throw Failure("'\(id)' is not a queue id", code: 1) }
+                let result = try options.call(["command": "queue.show", "id": id])
+                if options.json { options.printJSON(result); return }
+                guard let entry = result as? [String: Any] else { return }
+                print("queue id:   \(entry["queue_id"] ?? "")")
+                print("arrival:    \(date(entry["arrival_time"])) from \(entry["helo"] ?? "")[\(entry["client_address"] ?? "")]")
+                print("sender:     <\(entry["sender"] ?? "")>")
+                print("size:       \(entry["size"] ?? 0) bytes, \(entry["attempts"] ?? 0) attempt(s)\(entry["held"] as? Bool == true ? ", held" : "")")
+                if let next = entry["next_attempt"] { print("next try:   \(date(next))") }
+                for recipient in entry["recipients"] as? [[String: Any]] ?? [] {
+                    print("recipient:  <\(recipient["address"] ?? "")> \(recipient["status"] ?? "")\(recipient["dsn"].map { " dsn=\($0)" } ?? "")\((recipient["last_reason"] as? String).map { " (\($0))" } ?? "")")
+                }
+                print("")
+                print(entry["headers"] as? String ?? "", terminator: "")
+            }
+        }
+    }
+
+    struct Flush: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Attempt delivery now: everything, one message, or one domain.")
+        @OptionGroup var options: Options
+        @Argument(help: "Queue id (optional).") var id: String?
+        @Option(name: .long, help: "Only messages with a pending recipient in this domain.") var domain: String?
+
+        func run() throws {
+            try guarded {
+                var request = ["command": "queue.flush"]
+                if let id { request["id"] = id }
+                if let domain { request["domain"] = domain }
+                let result = try options.call(request)
+                if options.json { options.printJSON(result); return }
+                print("\((result as? [String: Any])?["flushed"] ?? 0) message(s) scheduled for delivery now")
+            }
+        }
+    }
+
+    struct Hold: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Put a message on hold (no delivery until released).")
+        @OptionGroup var options: Options
+        @Argument(help: "Queue id.") var id: String
+        func run() throws { try guarded { _ = try options.call(["command": "queue.hold", "id": id]); print("\(id): held") } }
+    }
+
+    struct Release: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Release a held message and attempt it now.")
+        @OptionGroup var options: Options
+        @Argument(help: "Queue id.") var id: String
+        func run() throws { try guarded { _ = try options.call(["command": "queue.release", "id": id]); print("\(id): released") } }
+    }
+
+    struct Delete: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Delete a message without notifying the sender.")
+        @OptionGroup var options: Options
+        @Argument(help: "Queue id.") var id: String
+        func run() throws { try guarded { _ = try options.call(["command": "queue.delete", "id": id]); print("\(id): deleted") } }
+    }
+}
+
+struct Policy: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Policies the daemon holds for a domain.", subcommands: [Show.self])
+
+    struct Show: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Cached MTA-STS policy, downgrade memory and local level of DOMAIN.")
+        @OptionGroup var options: Options
+        @Argument(help: "Destination domain.") var domain: String
+
+        func run() throws {
+            try guarded {
+                let result = try options.call(["command": "policy.show", "domain": domain])
+                if options.json { options.printJSON(result); return }
+                guard let entry = result as? [String: Any] else { return }
+                print("domain:            \(entry["domain"] ?? domain)")
+                if let level = entry["local_level"] as? [String: Any] {
+                    print("local level:       \(level["level"] ?? "")\((level["reason"] as? String).map { " (\($0))" } ?? "")\((level["expires"] as? String).map { ", until \($0)" } ?? "")\(level["expired"] as? Bool == true ? " [EXPIRED, not applied]" : "")")
+                } else {
+                    print("local level:       none")
+                }
+                if let sts = entry["mta_sts"] as? [String: Any] {
+                    print("MTA-STS (cached):  mode \(sts["mode"] ?? ""), id \(sts["id"] ?? ""), mx \((sts["mx"] as? [String])?.joined(separator: " ") ?? ""), fetched \(date(sts["fetched_at"])), expires \(date(sts["expires_at"]))")
+                } else {
+                    print("MTA-STS (cached):  none")
+                }
+                if let memory = entry["downgrade_memory"] as? [String: Any] {
+                    print("downgrade memory:  strongest \(memory["strongest"] ?? "") at \(date(memory["achieved_at"]))\((memory["downgrade_first_seen"]).map { ", downgrade first refused \(date($0))" } ?? "") (mode \(entry["downgrade_memory_mode"] ?? ""))")
+                } else {
+                    print("downgrade memory:  nothing remembered (mode \(entry["downgrade_memory_mode"] ?? ""))")
+                }
+            }
+        }
+    }
+}

@@ -138,8 +138,9 @@ struct OpenSSLClientHandlerTests {
         await connection.closed()
         // s_server saw our alert and the end of the connection, and no data.
         #expect(await server.waitForOutput(containing: "CONNECTION CLOSED"), "\(server.outputText)")
-        #expect(server.outputText.contains("alert bad certificate"), "\(server.outputText)")
+        #expect(server.outputText.contains("fatal bad_certificate"), "\(server.outputText)")
         #expect(!server.outputText.contains("MARKER"), "\(server.outputText)")
+        #expect(!server.outputText.contains("application_data"), "\(server.outputText)")
     }
 
     @Test("the same probe with a matching record does reach the server (the check above can fail)")
@@ -157,6 +158,7 @@ struct OpenSSLClientHandlerTests {
         // A local close sends close_notify first.
         try await connection.channel.close()
         #expect(await server.waitForOutput(containing: "CONNECTION CLOSED"), "\(server.outputText)")
+        #expect(server.outputText.contains("warning close_notify"), "\(server.outputText)")
     }
 
     @Test("one matching record among mismatching and unusable ones is enough")
@@ -205,7 +207,7 @@ struct OpenSSLClientHandlerTests {
     @Test("webPKI failures carry the verify result",
           arguments: [
             (ThrowawayPKI.Leaf.wrongName, 62, "hostname mismatch"),
-            (.otherCA, 20, "unable to get local issuer certificate"),
+            (.otherCA, 19, "self-signed certificate in certificate chain"),  // the server sends its root
             (.expired, 10, "certificate has expired"),
             (.selfSigned, 18, "self-signed certificate"),
           ])
@@ -221,7 +223,7 @@ struct OpenSSLClientHandlerTests {
         let bare = try TLSClientContext(extraCAFile: nil)
         let connection = try await TestConnection.open(port: server.port, context: bare, authentication: .webPKI(hostName: Self.mxName),
                                                        earlyWrite: Self.httpGet)
-        #expect(await connection.handshakeError() == .authenticationFailed(verifyResult: 20, reason: "unable to get local issuer certificate"))
+        #expect(await connection.handshakeError() == .authenticationFailed(verifyResult: 19, reason: "self-signed certificate in certificate chain"))
         await connection.closed()
     }
 
@@ -237,6 +239,55 @@ struct OpenSSLClientHandlerTests {
         #expect(info.peerCertificateSubject == "CN=mx.example.test")
         #expect(info.peerCertificateIssuer == "CN=Test CA ca,O=tlsrelay tests")
         #expect(info.verifyResult == 0)
+    }
+
+    // MARK: Data and pipeline placement
+
+    @Test("120 kB each way through a DANE-verified connection, written before the handshake completed")
+    func bulkData() async throws {
+        let server = try server(.good, mode: .reverse)
+        defer { server.stop() }
+        let lines = (0..<2000).map { i in "line \(i) " + String(repeating: "abcdefghij", count: 5) }
+        let connection = try await TestConnection.open(
+            port: server.port, context: context,
+            authentication: .dane(tlsaBaseDomain: Self.mxName, hostNames: [Self.mxName], records: [pki.tlsa311(.good)]),
+            earlyWrite: lines.map { $0 + "\n" }.joined() + "CLOSE\n")
+        #expect(try await connection.handshake.get().verified)
+        try await connection.earlyWrite.get()
+        // s_server answers each line reversed, then closes with close_notify on "CLOSE".
+        let received = try await connection.received.get()
+        #expect(received == lines.map { String($0.reversed()) + "\n" }.joined())
+    }
+
+    @Test("added to an already active channel (as after the STARTTLS 220), the handshake starts at once")
+    func addedToActiveChannel() async throws {
+        let server = try server(.good)
+        defer { server.stop() }
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let early = loop.makePromise(of: Void.self)
+        let received = loop.makePromise(of: String.self)
+        let channel = try await ClientBootstrap(group: loop)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ProbeHandler(earlyWrite: nil, earlyWritePromise: early, receivedPromise: received))
+                }
+            }
+            .connect(host: "127.0.0.1", port: server.port).get()
+        let handshake = loop.makePromise(of: TLSSessionInfo.self)
+        let written = loop.makePromise(of: Void.self)
+        let context = self.context
+        let authentication = TLSPeerAuthentication.dane(tlsaBaseDomain: Self.mxName, hostNames: [Self.mxName], records: [pki.tlsa211])
+        try await loop.submit {
+            try channel.pipeline.syncOperations.addHandler(
+                OpenSSLClientHandler(context: context, authentication: authentication, serverName: nil, handshakeCompleted: handshake),
+                position: .first)
+            // Written right away: held back until the handshake has succeeded.
+            channel.writeAndFlush(ByteBuffer(string: Self.httpGet), promise: written)
+        }.get()
+        let info = try await handshake.futureResult.get()
+        #expect(info.daneMatch?.depth == 1)
+        try await written.futureResult.get()
+        #expect(try await received.futureResult.get().hasPrefix("HTTP/1.0 200 ok"))
     }
 
     // MARK: SNI

@@ -8,10 +8,12 @@ import NIOPosix
 /// `stop()` (in a `defer`).
 final class OpenSSLServer: @unchecked Sendable {
     enum Mode {
-        /// Prints received application data; sends nothing by itself.
+        /// Prints received application data and (`-msg`) every TLS message; sends nothing by itself.
         case printReceived
         /// `-www`: answers "GET /" with an HTTP status page, then close_notify.
         case www
+        /// `-rev`: sends every line back reversed; a line "CLOSE" ends the connection (close_notify).
+        case reverse
     }
 
     struct StartFailure: Error, CustomStringConvertible {
@@ -33,10 +35,15 @@ final class OpenSSLServer: @unchecked Sendable {
 
     static func start(certificate: String, key: String, chain: String?, mode: Mode, extraArguments: [String] = []) throws -> OpenSSLServer {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-        var arguments = ["s_server", "-accept", "127.0.0.1:0", "-cert", certificate, "-key", key]
+        // s_server's own messages go through a stdio stream: line-buffer it (stdbuf execs openssl).
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/stdbuf")
+        var arguments = ["-oL", "/usr/bin/openssl", "s_server", "-accept", "127.0.0.1:0", "-cert", certificate, "-key", key]
         if let chain { arguments += ["-cert_chain", chain] }
-        if mode == .www { arguments.append("-www") }
+        switch mode {
+        case .www: arguments.append("-www")
+        case .reverse: arguments.append("-rev")
+        case .printReceived: arguments.append("-msg")  // also logs each record and alert received
+        }
         process.arguments = arguments + extraArguments
         // s_server quits on end of input: keep a pipe open until stop().
         let input = Pipe()
