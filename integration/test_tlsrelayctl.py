@@ -1,0 +1,91 @@
+"""tlsrelayctl against a running daemon (control socket) and without one (check, offline list)."""
+import json
+import os
+import subprocess
+
+import pytest
+
+from relay import CTL, Relay
+from test_delivery_behaviour import attempts, send, wait_for
+
+
+def ctl(relay_or_config, *args):
+    config = relay_or_config.config if hasattr(relay_or_config, "config") else relay_or_config
+    return subprocess.run([str(CTL), *args, "--config", str(config)], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def relay(tmp_path, world, world_relay_toml):
+    relay = Relay(tmp_path / "ctl", extra_toml=world_relay_toml).start()
+    yield relay
+    relay.stop()
+
+
+def test_queue_operations_over_the_control_socket(world, relay):
+    send(relay, "sender@plain-mx.test", ["victim@attack-strip-starttls.test"], b"Subject: held\r\n\r\nctl-token\r\n")
+    assert wait_for(lambda: attempts(relay, "victim@attack-strip-starttls.test"))
+    listing = json.loads(ctl(relay, "queue", "list", "--json").stdout)
+    assert len(listing) == 1
+    entry = listing[0]
+    queue_id = entry["queue_id"]
+    assert entry["sender"] == "sender@plain-mx.test"
+    assert entry["recipients"][0]["status"] == "pending"
+    assert "did not offer STARTTLS" in entry["recipients"][0]["last_reason"]
+    table = ctl(relay, "queue", "list").stdout
+    assert queue_id in table and "<victim@attack-strip-starttls.test> pending: TLS is required" in table
+
+    status = json.loads(ctl(relay, "status", "--json").stdout)
+    assert status["queue"] == {"active": 0, "deferred": 1, "held": 0, "total": 1}
+    assert status["recent_alerts"][0]["result_type"] == "starttls-not-supported"
+
+    assert ctl(relay, "queue", "hold", queue_id).returncode == 0
+    assert json.loads(ctl(relay, "queue", "show", queue_id, "--json").stdout)["held"] is True
+    refused = ctl(relay, "queue", "flush", queue_id)
+    assert refused.returncode == 1 and "on hold" in refused.stderr
+    # Held survives a restart.
+    relay.stop()
+    relay.start()
+    assert json.loads(ctl(relay, "status", "--json").stdout)["queue"]["held"] == 1
+    assert ctl(relay, "queue", "release", queue_id).returncode == 0
+    assert wait_for(lambda: len(attempts(relay, "victim@attack-strip-starttls.test")) >= 1)
+    flushed = ctl(relay, "queue", "flush", "--domain", "attack-strip-starttls.test")
+    assert flushed.returncode == 0 and "1 message(s) scheduled" in flushed.stdout
+    shown = ctl(relay, "queue", "show", queue_id)
+    assert "Subject: held" in shown.stdout and "dsn=4.7.5" in shown.stdout
+    assert ctl(relay, "queue", "delete", queue_id).returncode == 0
+    assert json.loads(ctl(relay, "queue", "list", "--json").stdout) == []
+    assert ctl(relay, "queue", "delete", queue_id).returncode == 1
+    bad = ctl(relay, "queue", "show", "../../etc/passwd")
+    assert bad.returncode == 1 and "not a queue id" in bad.stderr
+    policy = json.loads(ctl(relay, "policy", "show", "attack-strip-starttls.test", "--json").stdout)
+    assert policy["domain"] == "attack-strip-starttls.test" and "mta_sts" not in policy
+    # The socket is only for root and the service user.
+    assert oct(os.stat(relay.state / "control.sock").st_mode & 0o777) == "0o660"
+
+
+def test_daemon_not_running(tmp_path, world_relay_toml):
+    relay = Relay(tmp_path / "down", extra_toml=world_relay_toml)
+    result = ctl(relay, "status")
+    assert result.returncode == 2
+    assert "tlsrelayd is not running" in result.stderr
+
+
+@pytest.mark.parametrize("scenario,code,text", [
+    ("dane-ee", 0, "DANE TLSA 3 1 1 matched at depth 0"),
+    ("sts-enforce", 0, "policy: mta-sts; required, WebPKI for mx.sts-enforce.test"),
+    ("attack-strip-starttls", 1, "deferred (4.7.5): TLS is required, but host"),
+    ("dane-tlsa-mismatch", 1, "deferred (4.7.5)"),
+    ("null-mx", 1, "bounced (5.1.10)"),
+    ("two-mx-second-good", 0, "[FAIL]"),
+])
+def test_check_without_daemon(world, tmp_path, world_relay_toml, scenario, code, text):
+    relay = Relay(tmp_path / "check", extra_toml=world_relay_toml)   # configuration only, never started
+    domain = world.scenario(scenario)["domain"]
+    result = ctl(relay, "check", domain)
+    assert result.returncode == code, result.stdout + result.stderr
+    assert text in result.stdout, result.stdout
+    report = json.loads(ctl(relay, "check", domain, "--json").stdout)
+    assert report["deliverable"] is (code == 0)
+    # Nothing was sent: no MX recorded a message from the check.
+    for host in world.scenario(scenario)["mx"]:
+        assert not any(m["mail_from"] == "" and not m["rcpt_tos"] for m in world.messages(host["name"]))
