@@ -81,6 +81,8 @@ install: release
 	install -m 0755 .build/release/tlsrelayd .build/release/tlsrelayctl $(DESTDIR)$(PREFIX)/bin/
 	sed 's|/usr/local/bin/|$(PREFIX)/bin/|g' systemd/tlsrelay.service > $(DESTDIR)/etc/systemd/system/tlsrelay.service
 	install -m 0644 systemd/tlsrelay.catalog $(DESTDIR)/usr/lib/systemd/catalog/tlsrelay.catalog
+	install -d $(DESTDIR)$(PREFIX)/share/doc/tlsrelay
+	install -m 0644 README.md CHANGELOG.md $(DESTDIR)$(PREFIX)/share/doc/tlsrelay/
 	[ -e $(DESTDIR)/etc/tlsrelay/tlsrelay.toml ] || install -m 0644 etc/tlsrelay.toml $(DESTDIR)/etc/tlsrelay/tlsrelay.toml
 	getent passwd tlsrelay >/dev/null || useradd --system --user-group --no-create-home --home-dir /var/lib/tlsrelay --shell /usr/sbin/nologin tlsrelay
 	-journalctl --update-catalog

@@ -59,6 +59,7 @@ let package = Package(
         .target(name: "RelayDelivery", dependencies: [
             "SMTPCore", "RelayQueue", "RelayDNS", "RelayTLS", "RelayPolicy", "RelayConfig",
             .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
@@ -71,6 +72,7 @@ let package = Package(
         .target(name: "RelayDaemon", dependencies: [
             "RelayConfig", "RelayServer", "RelayQueue", "RelayObservability", "RelayDelivery", "RelayDNS", "RelayTLS", "RelayPolicy", "RelayControl",
             .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),

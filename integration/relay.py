@@ -65,13 +65,13 @@ class Relay:
             lines.append(f"{key} = {json.dumps(value)}")
         self.config.write_text("\n".join(lines) + "\n" + self.extra_toml)
 
-    def start(self, wait=True):
+    def start(self, wait=True, env=None):
         assert BINARY.exists(), f"{BINARY} missing: run swift build first"
         self.log = open(self.log_path, "ab")
         command = [str(BINARY), "--config", str(self.config)]
         if self.journal_dir:
             command = [str(ROOT / "scripts" / "journal_namespace.sh"), str(self.journal_dir)] + command
-        self.process = subprocess.Popen(command, stdout=self.log, stderr=self.log)
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=self.log, env=dict(os.environ, **(env or {})))
         if wait:
             self.wait_ready()
         return self

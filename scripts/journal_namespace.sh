@@ -24,7 +24,14 @@ JPID=$!
 for i in $(seq 1 500); do [ -S /run/systemd/journal/socket ] && break; sleep 0.01; done
 [ -S /run/systemd/journal/socket ] || { echo "journald did not start" >&2; kill $JPID; exit 70; }
 trap "kill -TERM \$CPID 2>/dev/null" TERM INT
-JOURNAL_STREAM=0:0 "$@" &
+# JOURNAL_STREAM marks "under journald" (alerts go to it natively). Only when asked does it name
+# the real stderr (device:inode), which makes tlsrelayd log every line natively as under systemd.
+if [ -n "${TLSRELAY_JOURNAL_STREAM_FROM_STDERR:-}" ]; then
+    JS=$(stat -L -c "%d:%i" /proc/self/fd/2)
+else
+    JS=0:0
+fi
+JOURNAL_STREAM=$JS "$@" &
 CPID=$!
 wait $CPID; rc=$?
 # wait again in case the first wait was interrupted by the trapped signal

@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 import RelayConfig
 import RelayDelivery
 import RelayObservability
@@ -7,7 +8,8 @@ import RelayQueue
 
 /// Carries out control-socket requests (see `ControlServer`) against the running daemon.
 struct ControlCommands: Sendable {
-    let configuration: RelayConfiguration
+    /// Replaced in part on reload.
+    let configuration: NIOLockedValueBox<RelayConfiguration>
     let spool: Spool
     let scheduler: Scheduler
     let stsCache: STSPolicyCache
@@ -48,6 +50,7 @@ struct ControlCommands: Sendable {
     func run(_ command: String, _ request: [String: Any]) async throws -> Any {
         switch command {
         case "status":
+            let configuration = self.configuration.withLockedValue { $0 }
             let counts = await scheduler.counts()
             let now = Date().timeIntervalSince1970
             return [
@@ -90,6 +93,7 @@ struct ControlCommands: Sendable {
             try await scheduler.delete(try queueID(request))
             return ["deleted": true]
         case "policy.show":
+            let configuration = self.configuration.withLockedValue { $0 }
             guard let domain = (request["domain"] as? String)?.lowercased() else { throw CommandError("policy.show needs a domain") }
             var result: [String: Any] = ["domain": domain]
             if let cached = stsCache.policy(for: domain) {

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import RelayConfig
@@ -17,10 +18,13 @@ import SMTPCore
 public final class Daemon: Sendable {
     public let configuration: RelayConfiguration
     public let logger: Logger
+    /// Where the configuration was read from; SIGHUP reads it again.
+    public let configurationPath: String?
 
-    public init(configuration: RelayConfiguration, logger: Logger) {
+    public init(configuration: RelayConfiguration, logger: Logger, configurationPath: String? = nil) {
         self.configuration = configuration
         self.logger = logger
+        self.configurationPath = configurationPath
     }
 
     /// The inbound limits from the `[server]` section.
@@ -33,6 +37,38 @@ public final class Daemon: Sendable {
         limits.idleTimeoutSeconds = server.idleTimeout
         limits.maxConnections = server.maxConnections
         return limits
+    }
+
+    /// SIGHUP: reads the configuration file again and applies what can change without a
+    /// restart — `log_level` and the whole `[policy]` section (local levels, downgrade memory,
+    /// dane_for_insecure_mx). Listeners, spool, resolver and TLS settings need a restart; a
+    /// change to them is logged as ignored. An invalid file changes nothing.
+    func reload(agent: DeliveryAgent, commands: ControlCommands) {
+        ServiceNotifier.notify("RELOADING=1")
+        defer { ServiceNotifier.notify("READY=1") }
+        guard let path = configurationPath else { return }
+        let fresh: RelayConfiguration
+        do {
+            fresh = try ConfigurationLoader.load(path: path)
+        } catch {
+            logger.error("reload: configuration not changed: \(error)")
+            return
+        }
+        if let level = Logger.Level(rawValue: fresh.logLevel) { LogLevelControl.shared.level = level }
+        agent.update { settings in
+            settings.localLevels = fresh.policy.domains
+            settings.downgradeMemory = fresh.policy.downgradeMemory
+            settings.downgradeGrace = Double(fresh.policy.downgradeGrace)
+            settings.daneForInsecureMX = fresh.policy.daneForInsecureMX
+        }
+        commands.configuration.withLockedValue { $0.policy = fresh.policy; $0.logLevel = fresh.logLevel }
+        var unchanged = fresh
+        unchanged.policy = configuration.policy
+        unchanged.logLevel = configuration.logLevel
+        if unchanged != configuration {
+            logger.warning("reload: only log_level and [policy] are applied on reload; other changes need a restart")
+        }
+        logger.notice("reload: configuration re-read from \(path): log_level \(fresh.logLevel), \(fresh.policy.domains.count) local level(s), downgrade_memory \(fresh.policy.downgradeMemory.rawValue)")
     }
 
     /// The resolver settings from the `[dns]` section.
@@ -121,9 +157,9 @@ public final class Daemon: Sendable {
             spool: spool, threadPool: threadPool, logger: logger,
             onMessageQueued: { envelope in Task { await scheduler.enqueue(envelope.queueID) } })
         let server = InboundServer(settings: settings, group: group)
-        let signals = SignalWaiter(signals: [SIGTERM, SIGINT])
+        let signals = SignalWaiter(signals: [SIGTERM, SIGINT, SIGHUP])
         let delivery = Task { await scheduler.run() }
-        let commands = ControlCommands(configuration: configuration, spool: spool, scheduler: scheduler, stsCache: stsCache,
+        let commands = ControlCommands(configuration: NIOLockedValueBox(configuration), spool: spool, scheduler: scheduler, stsCache: stsCache,
                                        memory: memoryStore, alerts: alerts, startTime: Date().timeIntervalSince1970)
         let control = ControlServer(path: configuration.stateDirectory + "/control.sock", group: group,
                                     dispatch: { await commands.handle($0) })
@@ -145,7 +181,11 @@ public final class Daemon: Sendable {
             let bound = try await server.start(listen: configuration.server.listen)
             logger.info("listening on \(bound.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" }.joined(separator: ", ")) as \(configuration.server.hostname)")
             ServiceNotifier.notify("READY=1\nSTATUS=accepting mail; \(report.queued.count) message(s) queued")
-            let signal = await signals.next()
+            var signal = await signals.next()
+            while signal == SIGHUP {
+                reload(agent: agent, commands: commands)
+                signal = await signals.next()
+            }
             logger.info("received signal \(signal): stopping")
             ServiceNotifier.notify("STOPPING=1")
             await server.shutdown(timeoutSeconds: 30)

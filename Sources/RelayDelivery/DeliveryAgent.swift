@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import RelayConfig
@@ -49,7 +50,9 @@ public final class DeliveryAgent: Sendable {
     let resolver: RelayDNS.Resolver
     let group: EventLoopGroup
     let tlsContext: TLSClientContext
-    let settings: Settings
+    private let liveSettings: NIOLockedValueBox<Settings>
+    /// The settings in force (replaced by `update` on reload).
+    var settings: Settings { liveSettings.withLockedValue { $0 } }
     let logger: Logger
     let onAlert: @Sendable (PolicyAlert, QueueID, _ enforced: Bool) -> Void
     let sts: STSPolicyService?
@@ -66,7 +69,7 @@ public final class DeliveryAgent: Sendable {
         self.resolver = resolver
         self.group = group
         self.tlsContext = tlsContext
-        self.settings = settings
+        self.liveSettings = NIOLockedValueBox(settings)
         self.logger = logger
         self.onAlert = onAlert
     }
@@ -362,6 +365,11 @@ public final class DeliveryAgent: Sendable {
             }
             return .connect(addresses: addresses, policy: policy)
         }
+    }
+
+    /// Replaces the settings for deliveries that start from now on (SIGHUP reload).
+    public func update(_ change: (inout Settings) -> Void) {
+        liveSettings.withLockedValue { change(&$0) }
     }
 
     /// Address and TLSA lookups for one MX host and the resulting plan (RFC 7672 §2.2).

@@ -9,7 +9,11 @@ import Darwin
 /// administrators grep: `tlsrelayd[PID]: LEVEL: message key=value ...`. No timestamp is added
 /// when running under journald (`JOURNAL_STREAM` set), which stamps lines itself.
 public struct StandardErrorLogHandler: LogHandler {
-    public var logLevel: Logger.Level
+    /// The process-wide level (`LogLevelControl`), so a reload changes every logger at once.
+    public var logLevel: Logger.Level {
+        get { LogLevelControl.shared.level }
+        set { LogLevelControl.shared.level = newValue }
+    }
     public var metadata: Logger.Metadata = [:]
     private let label: String
     private let withTimestamp: Bool
@@ -19,7 +23,7 @@ public struct StandardErrorLogHandler: LogHandler {
     ///   - level: the lowest level written.
     public init(label: String, level: Logger.Level) {
         self.label = label
-        self.logLevel = level
+        LogLevelControl.shared.level = level
         self.withTimestamp = getenv("JOURNAL_STREAM") == nil
     }
 

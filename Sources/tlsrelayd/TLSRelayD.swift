@@ -34,10 +34,16 @@ struct TLSRelayD: AsyncParsableCommand {
             return
         }
         let level = Logger.Level(rawValue: settings.logLevel) ?? .info
-        LoggingSystem.bootstrap { label in StandardErrorLogHandler(label: label, level: level) }
+        LogLevelControl.shared.level = level
+        if JournalStream.isStandardError {
+            // Under systemd: native journald entries with structured fields (QUEUE_ID, ...).
+            LoggingSystem.bootstrap { _ in JournalLogHandler(identifier: "tlsrelayd") }
+        } else {
+            LoggingSystem.bootstrap { label in StandardErrorLogHandler(label: label, level: level) }
+        }
         let logger = Logger(label: "tlsrelayd")
         do {
-            try await Daemon(configuration: settings, logger: logger).run()
+            try await Daemon(configuration: settings, logger: logger, configurationPath: config).run()
         } catch {
             logger.critical("fatal: \(error)")
             throw ExitCode(DaemonExitCode.osError)

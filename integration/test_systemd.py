@@ -1,0 +1,99 @@
+"""tlsrelayd as a systemd service: sd_notify (READY, STATUS, WATCHDOG), SIGHUP reload, native
+journald logging, and the unit file itself (systemd-analyze verify and security score)."""
+import os
+import re
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from relay import BINARY, ROOT, Relay
+from test_delivery_behaviour import attempts, send, wait_for
+
+
+def test_sd_notify_ready_status_and_watchdog(tmp_path):
+    path = str(tmp_path / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(path)
+    listener.settimeout(15)
+    relay = Relay(tmp_path / "notify")
+    env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000"}
+    relay.start(env=env)
+    try:
+        messages = []
+        deadline = time.time() + 15
+        while time.time() < deadline and not (any("WATCHDOG=1" in m for m in messages) and any("READY=1" in m for m in messages)):
+            messages.append(listener.recv(4096).decode())
+        ready = [m for m in messages if "READY=1" in m]
+        assert ready, messages
+        assert "STATUS=accepting mail" in ready[0]
+        assert any(re.search(r"STATUS=accepting mail; queue: \d+ active, \d+ deferred, \d+ held", m) for m in messages)
+        assert any("WATCHDOG=1" in m for m in messages)
+        relay.process.send_signal(signal.SIGTERM)
+        assert any("STOPPING=1" in m for m in (listener.recv(4096).decode() for _ in range(5))), "no STOPPING=1"
+    finally:
+        relay.stop()
+        listener.close()
+
+
+def test_sighup_reloads_policy_and_keeps_running(world, tmp_path, world_relay_toml):
+    relay = Relay(tmp_path / "reload", extra_toml=world_relay_toml).start()
+    try:
+        send(relay, "sender@plain-mx.test", ["user@dane-tlsa-mismatch.test"], b"Subject: reload\r\n\r\nreload-token\r\n")
+        first = wait_for(lambda: attempts(relay, "user@dane-tlsa-mismatch.test"))
+        assert first[0][1:3] == ("4.7.5", "deferred")
+        # A broken file changes nothing and the daemon keeps running.
+        good = relay.config.read_text()
+        relay.config.write_text(good + "\n[policy]\ndowngrade_memory = \"sometimes\"\n")
+        relay.process.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: "reload: configuration not changed" in relay.log_text(), timeout=10)
+        assert relay.process.poll() is None
+        # Add a local level and reload: the deferred message goes out on the next attempt.
+        relay.config.write_text(good + '\n[[policy.domain]]\nname = "dane-tlsa-mismatch.test"\nlevel = "encrypt"\nreason = "reload test"\n')
+        relay.process.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: "reload: configuration re-read" in relay.log_text(), timeout=10)
+        subprocess.run([str(ROOT / ".build/debug/tlsrelayctl"), "queue", "flush", "--config", str(relay.config)], check=True,
+                       capture_output=True)
+        assert wait_for(lambda: [a for a in attempts(relay, "user@dane-tlsa-mismatch.test") if a[2] == "sent"], timeout=20), relay.log_text()[-2000:]
+        assert "local policy level encrypt for dane-tlsa-mismatch.test overrides discovered policy: reload test" in relay.log_text()
+    finally:
+        relay.stop()
+
+
+def test_native_journald_logging(tmp_path):
+    relay = Relay(tmp_path / "journal", journal=True)
+    relay.start(env={"TLSRELAY_JOURNAL_STREAM_FROM_STDERR": "1"})
+    try:
+        send(relay, "a@example.org", ["b@example.net"], b"Subject: logged\r\n\r\nx\r\n")
+        entries = wait_for(lambda: [e for e in relay.journal_entries(SYSLOG_IDENTIFIER="tlsrelayd") if "QUEUE_ID" in e], timeout=10)
+        assert entries, relay.journal_entries()
+        queued = [e for e in entries if "(queued)" in e["MESSAGE"]]
+        assert queued and queued[0]["PRIORITY"] == "6"
+        assert re.fullmatch(r"[0-9A-Z]{16}", queued[0]["QUEUE_ID"])
+        assert queued[0]["MESSAGE"].startswith(queued[0]["QUEUE_ID"] + ": client=")
+        # Nothing went to stderr as plain text.
+        assert "(queued)" not in relay.log_text()
+    finally:
+        relay.stop()
+
+
+def test_unit_file_verifies_and_scores_2_or_better(tmp_path):
+    unit = tmp_path / "tlsrelay.service"
+    unit.write_text((ROOT / "systemd" / "tlsrelay.service").read_text().replace("/usr/local/bin/tlsrelayd", str(BINARY)))
+    script = (f"mount -n -t tmpfs tmpfs /run/systemd && systemd-analyze verify {unit} && "
+              f"systemd-analyze security --offline=yes --no-pager {unit}")
+    result = subprocess.run(["unshare", "-m", "--propagation", "private", "bash", "-c", script],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not re.search(r"Unknown key|ignoring", result.stderr), result.stderr
+    score = re.search(r"Overall exposure level for tlsrelay\.service: ([0-9.]+)", result.stdout)
+    assert score, result.stdout[-1000:]
+    assert float(score.group(1)) <= 2.0, score.group(0)
+    catalog = (ROOT / "systemd" / "tlsrelay.catalog").read_text()
+    for message_id in ("2b7c1d6e9a1f4c0e8f3d5a6b7c8d9e01", "2b7c1d6e9a1f4c0e8f3d5a6b7c8d9e02", "2b7c1d6e9a1f4c0e8f3d5a6b7c8d9e03",
+                       "2b7c1d6e9a1f4c0e8f3d5a6b7c8d9e04", "2b7c1d6e9a1f4c0e8f3d5a6b7c8d9e05"):
+        assert f"-- {message_id}" in catalog
