@@ -9,7 +9,7 @@ RUN_PACKAGES := libssl-dev libsystemd-dev libunbound-dev pkg-config dns-root-dat
 # Real third-party servers and tools the tests drive.
 TEST_PACKAGES := postfix swaks util-linux procps $(shell cat testworld/apt-packages.txt 2>/dev/null)
 
-.PHONY: all build release run demo install deps test-deps test unit-test integration-test world-test world-up world-down check-config clean
+.PHONY: all build release run demo bench install deps test-deps test unit-test integration-test world-test world-up world-down check-config clean
 
 all: build
 
@@ -45,6 +45,10 @@ run: release
 # STARTTLS-stripping attack deferred with a crit alert read back from journald.
 demo: release test-deps
 	$(PYTHON) scripts/demo.py
+
+# Benchmarks side by side with Postfix (smtp-source), printed as a table. Not part of make test.
+bench: release test-deps
+	$(PYTHON) bench/bench.py
 
 check-config: release
 	.build/release/tlsrelayd --check-config --config $(CONFIG)

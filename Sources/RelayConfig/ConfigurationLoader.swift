@@ -238,7 +238,7 @@ public enum ConfigurationLoader {
         func readDelivery(_ table: TOMLTable, into delivery: inout RelayConfiguration.Delivery) throws {
             let section = "delivery"
             try checkKeys(table, section: section, allowed: [
-                "port", "tls_ca_file", "concurrency", "min_backoff", "max_backoff", "queue_lifetime", "connect_timeout", "command_timeout",
+                "port", "tls_ca_file", "concurrency", "min_backoff", "max_backoff", "queue_lifetime", "connect_timeout", "command_timeout", "hold",
             ])
             if let value = try integer(table, section, "concurrency", range: 1...1000) { delivery.concurrency = value }
             if let value = try integer(table, section, "min_backoff", range: 1...86400) { delivery.minBackoff = value }
@@ -246,6 +246,10 @@ public enum ConfigurationLoader {
             if let value = try integer(table, section, "queue_lifetime", range: 0...(100 * 86400)) { delivery.queueLifetime = value }
             if let value = try integer(table, section, "connect_timeout", range: 1...600) { delivery.connectTimeout = value }
             if let value = try integer(table, section, "command_timeout", range: 1...3600) { delivery.commandTimeout = value }
+            if let value = table["hold"] {
+                guard let flag = value.bool else { throw error(section, "hold", "'delivery.hold' must be true or false, not \(value.type)") }
+                delivery.hold = flag
+            }
             if delivery.maxBackoff < delivery.minBackoff {
                 throw error(section, "max_backoff", "'delivery.max_backoff' (\(delivery.maxBackoff)) must not be less than 'delivery.min_backoff' (\(delivery.minBackoff))")
             }

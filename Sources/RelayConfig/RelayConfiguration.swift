@@ -82,6 +82,8 @@ public struct RelayConfiguration: Sendable, Equatable {
         public var connectTimeout = 30
         /// Seconds to wait for each reply (greeting, EHLO, MAIL, RCPT, ...). Default 300.
         public var commandTimeout = 300
+        /// Accept and queue but deliver nothing: every message is held. Default false.
+        public var hold = false
     }
 
     static func systemHostname() -> String {
@@ -139,6 +141,7 @@ public struct RelayConfiguration: Sendable, Equatable {
         lines.append("queue_lifetime = \(delivery.queueLifetime)")
         lines.append("connect_timeout = \(delivery.connectTimeout)")
         lines.append("command_timeout = \(delivery.commandTimeout)")
+        lines.append("hold = \(delivery.hold)")
         lines.append("")
         lines.append("[policy]")
         lines.append("downgrade_memory = \(quote(policy.downgradeMemory.rawValue))")

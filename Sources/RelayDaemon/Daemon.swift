@@ -145,6 +145,8 @@ public final class Daemon: Sendable {
         defer { alertFlusher.cancel() }
         var schedulerSettings = Scheduler.Settings(hostname: configuration.server.hostname)
         schedulerSettings.concurrency = configuration.delivery.concurrency
+        schedulerSettings.holdAll = configuration.delivery.hold
+        if configuration.delivery.hold { logger.warning("delivery.hold is set: mail is accepted and queued, nothing is delivered") }
         schedulerSettings.retry = RetrySchedule(
             minimumBackoff: Double(configuration.delivery.minBackoff), maximumBackoff: Double(configuration.delivery.maxBackoff),
             queueLifetime: Double(configuration.delivery.queueLifetime))

@@ -16,6 +16,9 @@ public actor Scheduler {
         public var concurrency = 20
         /// This relay's host name (Reporting-MTA of DSNs).
         public var hostname: String
+        /// Accept and queue, deliver nothing (`delivery.hold`): every message stays held until
+        /// released (maintenance, benchmarks of the inbound side).
+        public var holdAll = false
 
         public init(hostname: String) { self.hostname = hostname }
     }
@@ -118,6 +121,7 @@ public actor Scheduler {
     /// - Throws: `OperationError`.
     public func release(_ id: QueueID) throws {
         guard held.contains(id) else { throw OperationError.notQueued(id) }
+        if settings.holdAll { throw OperationError.failed("delivery.hold is set: nothing is delivered until it is turned off") }
         try updateRecord(id) { $0.held = false; $0.nextAttempt = 0 }
         held.remove(id)
         due[id] = 0
@@ -151,6 +155,10 @@ public actor Scheduler {
 
     /// Schedules a message that was just queued (called by the inbound server after the 250).
     public func enqueue(_ id: QueueID) {
+        if settings.holdAll {
+            held.insert(id)
+            return
+        }
         due[id] = 0
         wakeup?.yield()
     }
@@ -159,7 +167,7 @@ public actor Scheduler {
     public func load(_ ids: [QueueID]) {
         for id in ids {
             let record = try? spool.deliveryRecord(of: id)
-            if record?.held == true {
+            if record?.held == true || settings.holdAll {
                 held.insert(id)
                 continue
             }

@@ -1,0 +1,339 @@
+#!/usr/bin/env python3
+"""`make bench`: tlsrelayd side by side with Postfix, on this machine, in one run.
+
+Inbound side (accept and queue, delivery held), measured for both with the same parameters:
+Postfix's own smtp-source drives N sessions sending M messages of S bytes; every figure is
+taken for tlsrelayd and for a private Postfix instance configured the same way (loopback
+listener, delivery deferred), in alternating rounds (A B A B) after a warm-up of each.
+
+Figures: accepted messages per second (wall clock), CPU milliseconds per message (busy CPU
+of the whole machine during the run minus the load generator's own CPU), latency of the reply
+to the end of DATA (p50/p99, measured by a separate client), peak memory (PSS of all server
+processes).
+
+Only loopback addresses are used. Not measured yet: relay (delivery) rates, STARTTLS relay
+rates, recovery time and enqueue cost with a large queue.
+"""
+import argparse
+import asyncio
+import os
+import platform
+import pwd
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TLSRELAYD = ROOT / ".build" / "release" / "tlsrelayd"
+
+POSTFIX_MASTER = """\
+127.0.0.1:{port} inet n - n - - smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+"""
+
+POSTFIX_MAIN = """\
+compatibility_level = 3.6
+config_directory = {conf}
+queue_directory = {queue}
+data_directory = {data}
+maillog_file = {base}/maillog
+maillog_file_prefixes = {base}
+mail_owner = postfix
+setgid_group = postdrop
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+myhostname = postfix-bench.example.org
+mydestination =
+local_recipient_maps =
+alias_maps =
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject
+smtpd_peername_lookup = no
+smtpd_client_connection_count_limit = 0
+smtpd_client_connection_rate_limit = 0
+smtpd_client_message_rate_limit = 0
+default_process_limit = 200
+relayhost = [127.0.0.1]:9
+defer_transports = smtp relay
+message_size_limit = 52428800
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.recv(100)
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def descendants(pid):
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def pss_kib(pids):
+    total = 0
+    for pid in pids:
+        try:
+            for line in open(f"/proc/{pid}/smaps_rollup"):
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def busy_jiffies():
+    fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields[:8]) - idle
+
+
+class Server:
+    name = "?"
+    port = 0
+
+    def pids(self):
+        return descendants(self.pid())
+
+    def reset(self):
+        pass
+
+
+class TLSRelay(Server):
+    name = "tlsrelay"
+
+    def __init__(self, base):
+        self.base = base / "tlsrelay"
+        self.base.mkdir()
+        self.port = free_port()
+        self.config = self.base / "tlsrelay.toml"
+        self.config.write_text(
+            f'state_directory = "{self.base}/state"\nlog_level = "warning"\n[server]\nlisten = ["127.0.0.1:{self.port}"]\n'
+            f'hostname = "tlsrelay-bench.example.org"\nmax_connections = 1000\n[dns]\nstub_zones = []\n[delivery]\nhold = true\n')
+        self.process = None
+
+    def start(self):
+        self.process = subprocess.Popen([str(TLSRELAYD), "--config", str(self.config)], stdout=subprocess.DEVNULL,
+                                        stderr=open(self.base / "log", "ab"))
+        wait_port(self.port)
+
+    def stop(self):
+        if self.process:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=60)
+            self.process = None
+
+    def reset(self):
+        self.stop()
+        shutil.rmtree(self.base / "state", ignore_errors=True)
+        self.start()
+
+    def pid(self):
+        return self.process.pid
+
+
+class Postfix(Server):
+    name = "postfix"
+
+    def __init__(self, base):
+        self.base = base / "postfix"
+        self.conf, self.queue, self.data = self.base / "conf", self.base / "queue", self.base / "data"
+        for d in (self.conf, self.queue, self.data):
+            d.mkdir(parents=True)
+        entry = pwd.getpwnam("postfix")
+        os.chown(self.data, entry.pw_uid, entry.pw_gid)
+        self.port = free_port()
+        (self.conf / "master.cf").write_text(POSTFIX_MASTER.format(port=self.port))
+        (self.conf / "main.cf").write_text(POSTFIX_MAIN.format(conf=self.conf, queue=self.queue, data=self.data, base=self.base))
+
+    def postfix(self, *args):
+        return subprocess.run(["postfix", "-c", str(self.conf), *args], capture_output=True, text=True, timeout=120)
+
+    def start(self):
+        result = self.postfix("start")
+        if result.returncode != 0:
+            raise SystemExit("postfix start failed: " + result.stdout + result.stderr)
+        wait_port(self.port)
+
+    def stop(self):
+        self.postfix("stop")
+        deadline = time.time() + 30
+        while time.time() < deadline and (self.queue / "pid" / "master.pid").exists():
+            try:
+                os.kill(int((self.queue / "pid" / "master.pid").read_text().split()[0]), 0)
+            except (OSError, ValueError):
+                break
+            time.sleep(0.1)
+
+    def reset(self):
+        subprocess.run(["postsuper", "-c", str(self.conf), "-d", "ALL"], capture_output=True)
+
+    def pid(self):
+        return int((self.queue / "pid" / "master.pid").read_text().split()[0])
+
+
+def accept_round(server, sessions, messages, size):
+    """smtp-source against one server; returns (msg/s, CPU ms/msg, peak PSS MiB)."""
+    server.reset()
+    peak = pss_kib(server.pids())
+    busy0 = busy_jiffies()
+    usage0 = os.times()
+    t0 = time.monotonic()
+    source = subprocess.Popen(["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(size),
+                               "-f", "bench@example.org", "-t", "sink@example.net", "-M", "bench.example.org",
+                               f"127.0.0.1:{server.port}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    while source.poll() is None:
+        peak = max(peak, pss_kib(server.pids()))
+        time.sleep(0.1)
+    wall = time.monotonic() - t0
+    if source.returncode != 0:
+        raise SystemExit(f"smtp-source against {server.name} failed: {source.stderr.read().decode()}")
+    usage1 = os.times()
+    busy = (busy_jiffies() - busy0) / os.sysconf("SC_CLK_TCK")
+    generator = (usage1.children_user - usage0.children_user) + (usage1.children_system - usage0.children_system)
+    return messages / wall, max(0.0, busy - generator) * 1000 / messages, peak / 1024
+
+
+async def latency_client(port, count, size, results):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+    async def reply():
+        while True:
+            line = await reader.readline()
+            if not line:
+                raise ConnectionError("closed")
+            if line[3:4] == b" ":
+                return line
+
+    await reply()
+    writer.write(b"EHLO latency.example.org\r\n")
+    await reply()
+    body = b"Subject: latency\r\n\r\n" + b"x" * (size - 22) + b"\r\n"
+    for _ in range(count):
+        writer.write(b"MAIL FROM:<bench@example.org>\r\nRCPT TO:<sink@example.net>\r\nDATA\r\n")
+        await reply(), await reply(), await reply()
+        writer.write(body)
+        await writer.drain()
+        t0 = time.perf_counter()
+        writer.write(b".\r\n")
+        line = await reply()
+        results.append(time.perf_counter() - t0)
+        assert line.startswith(b"250"), line
+    writer.write(b"QUIT\r\n")
+    await reply()
+    writer.close()
+
+
+def latency_round(server, sessions, per_session, size):
+    server.reset()
+    results = []
+
+    async def main():
+        await asyncio.gather(*(latency_client(server.port, per_session, size, results) for _ in range(sessions)))
+
+    asyncio.run(main())
+    results.sort()
+    return results[len(results) // 2] * 1000, results[int(len(results) * 0.99)] * 1000
+
+
+def main():
+    global TLSRELAYD
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--sessions", default="10,50")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--binary", default=str(TLSRELAYD), help="tlsrelayd to measure (default: the release build)")
+    args = parser.parse_args()
+    TLSRELAYD = Path(args.binary)
+    if not TLSRELAYD.exists():
+        raise SystemExit(f"{TLSRELAYD} missing: run make release first")
+    base = Path(tempfile.mkdtemp(prefix="tlsrelay-bench-"))
+    os.chmod(base, 0o755)
+    servers = [TLSRelay(base), Postfix(base)]
+    rows = []
+    try:
+        for s in servers:
+            s.start()
+        print(f"# tlsrelay vs Postfix on {platform.node()} ({os.cpu_count()} CPUs), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+        postfix_version = subprocess.run(["postconf", "-d", "-h", "mail_version"], capture_output=True, text=True).stdout.strip()
+        print(f"# Postfix {postfix_version}; {args.messages} messages x {args.size} bytes; median of {args.rounds} alternating rounds after a warm-up")
+        for sessions in [int(x) for x in args.sessions.split(",")]:
+            for s in servers:   # warm-up
+                accept_round(s, sessions, max(500, args.messages // 10), args.size)
+            figures = {s.name: [] for s in servers}
+            for _ in range(args.rounds):
+                for s in servers:
+                    figures[s.name].append(accept_round(s, sessions, args.messages, args.size))
+            med = {name: [statistics.median(v[i] for v in values) for i in range(3)] for name, values in figures.items()}
+            rows.append((f"accept+queue, {sessions} sessions: msg/s", med["tlsrelay"][0], med["postfix"][0], "higher is better"))
+            rows.append((f"accept+queue, {sessions} sessions: CPU ms/msg", med["tlsrelay"][1], med["postfix"][1], "lower is better"))
+            rows.append((f"accept+queue, {sessions} sessions: peak PSS MiB", med["tlsrelay"][2], med["postfix"][2], "lower is better"))
+        lat = {s.name: latency_round(s, 10, max(50, args.messages // 20), args.size) for s in servers}
+        rows.append(("end of DATA -> 250, 10 sessions: p50 ms", lat["tlsrelay"][0], lat["postfix"][0], "lower is better"))
+        rows.append(("end of DATA -> 250, 10 sessions: p99 ms", lat["tlsrelay"][1], lat["postfix"][1], "lower is better"))
+    finally:
+        for s in servers:
+            try:
+                s.stop()
+            except Exception as e:   # keep stopping the others
+                print(f"stopping {s.name}: {e}", file=sys.stderr)
+        shutil.rmtree(base, ignore_errors=True)
+    print()
+    print(f"| figure | tlsrelay | Postfix | tlsrelay / Postfix | |")
+    print(f"|---|---:|---:|---:|---|")
+    for name, ours, theirs, note in rows:
+        ratio = ours / theirs if theirs else float("nan")
+        print(f"| {name} | {ours:.2f} | {theirs:.2f} | {ratio:.2f} | {note} |")
+
+
+if __name__ == "__main__":
+    main()
