@@ -9,7 +9,7 @@ RUN_PACKAGES := libssl-dev libsystemd-dev libunbound-dev pkg-config dns-root-dat
 # Real third-party servers and tools the tests drive.
 TEST_PACKAGES := postfix swaks util-linux procps $(shell cat testworld/apt-packages.txt 2>/dev/null)
 
-.PHONY: all build release run demo bench install deps test-deps test unit-test integration-test world-test world-up world-down check-config clean
+.PHONY: all build release run demo bench faults install deps test-deps test unit-test integration-test world-test world-up world-down check-config clean
 
 all: build
 
@@ -49,6 +49,13 @@ demo: release test-deps
 # Benchmarks side by side with Postfix (smtp-source), printed as a table. Not part of make test.
 bench: release test-deps
 	$(PYTHON) bench/bench.py
+
+# The fault suite: kill -9 under load, full disk, DNS gone, corrupt spool file, MX dropping the
+# connection, kill -9 during delivery. (It also runs within make test.)
+faults: test-deps
+	$(SWIFT) build
+	$(PYTHON) -m pytest -q -p no:cacheprovider integration/test_crash_safety.py integration/test_faults.py \
+		integration/test_delivery_behaviour.py -k "kill or disk or dns or corrupt or dropped"
 
 check-config: release
 	.build/release/tlsrelayd --check-config --config $(CONFIG)

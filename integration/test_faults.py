@@ -1,0 +1,59 @@
+"""Fault suite: what breaks around the relay never loses or bounces mail wrongly.
+(kill -9 under load and a full disk are in test_crash_safety.py; an MX dropping the
+connection after the message in test_delivery_behaviour.py.)"""
+import time
+
+from relay import Relay
+from test_delivery_behaviour import attempts, send, wait_for
+
+
+def test_dns_server_gone_defers_never_bounces(tmp_path):
+    extra = ('[dns]\ntrust_anchor_file = "/usr/share/dns/root.key"\n'
+             'stub_zones = [{ name = "test.", addresses = ["127.0.9.53@53"] }]\ntimeout = 1\n'
+             '[delivery]\nmin_backoff = 3600\n')
+    relay = Relay(tmp_path / "nodns", extra_toml=extra).start()
+    try:
+        send(relay, "sender@plain-mx.test", ["user@plain-mx.test", "other@nowhere.test"], b"Subject: dns\r\n\r\nno dns\r\n")
+        for recipient in ("user@plain-mx.test", "other@nowhere.test"):
+            outcome = wait_for(lambda: attempts(relay, recipient), timeout=30)
+            assert outcome and outcome[0][1:3] == ("4.4.3", "deferred"), outcome
+            assert "failed temporarily" in outcome[0][3]
+        assert len(relay.queued()) == 1
+    finally:
+        relay.stop()
+
+
+def test_corrupt_spool_file_is_moved_aside_and_reported(tmp_path):
+    relay = Relay(tmp_path / "corrupt", extra_toml="[delivery]\nhold = true\n").start()
+    send(relay, "a@example.org", ["b@example.net"], b"Subject: keep me\r\n\r\nintact\r\n")
+    good = set(relay.queued())
+    relay.stop()
+    bucket = relay.state / "spool" / "queue" / "Z"
+    (bucket / "0123456789ABCDEZ").write_bytes(b"garbage that is not a queue file")
+    relay.start()
+    assert set(relay.queued()) == good
+    assert (relay.state / "spool" / "corrupt" / "0123456789ABCDEZ").exists()
+    log = relay.log_text()
+    assert "1 corrupt file(s) moved aside" in log
+    assert "corrupt queue file 0123456789ABCDEZ moved to" in log
+
+
+def test_kill_9_during_delivery_delivers_at_least_once(world, tmp_path, world_relay_toml):
+    toml = world_relay_toml.replace("min_backoff = 3600\nmax_backoff = 3600", "min_backoff = 1\nmax_backoff = 2")
+    relay = Relay(tmp_path / "inflight", extra_toml=toml).start()
+    try:
+        # kill -9 right after the 250s, while the first deliveries are under way: after the
+        # restart every message is delivered (at least once: one whose record was not yet written
+        # when the kill came is delivered again).
+        tokens = [f"inflight-{i}" for i in range(5)]
+        for token in tokens:
+            send(relay, "sender@plain-mx.test", [f"{token}@plain-mx2.test"], f"Subject: {token}\r\n\r\n{token}\r\n".encode())
+        time.sleep(0.05)
+        relay.kill9()
+        relay.start()
+        for token in tokens:
+            got = wait_for(lambda: [m for m in world.messages("plain-mx2") if token.encode() in m["data_bytes"]], timeout=30)
+            assert got, f"{token} was lost"
+        assert wait_for(lambda: relay.queued() == {}, timeout=30) is not None
+    finally:
+        relay.stop()
