@@ -9,7 +9,7 @@ RUN_PACKAGES := libssl-dev libsystemd-dev libunbound-dev pkg-config dns-root-dat
 # Real third-party servers and tools the tests drive.
 TEST_PACKAGES := postfix swaks util-linux procps $(shell cat testworld/apt-packages.txt 2>/dev/null)
 
-.PHONY: all build release run demo bench faults install deps test-deps test unit-test integration-test world-test world-up world-down check-config clean
+.PHONY: all build release run demo bench faults fuzz install deps test-deps test unit-test integration-test world-test world-up world-down check-config clean
 
 all: build
 
@@ -56,6 +56,10 @@ faults: test-deps
 	$(SWIFT) build
 	$(PYTHON) -m pytest -q -p no:cacheprovider integration/test_crash_safety.py integration/test_faults.py \
 		integration/test_delivery_behaviour.py -k "kill or disk or dns or corrupt or dropped"
+
+# Longer runs of the parser fuzzer (make test runs 3000 mutants per parser).
+fuzz: deps
+	TLSRELAY_FUZZ_ITERATIONS=$${ITERATIONS:-200000} $(SWIFT) test --filter ParserFuzzTests
 
 check-config: release
 	.build/release/tlsrelayd --check-config --config $(CONFIG)

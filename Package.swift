@@ -93,6 +93,7 @@ let package = Package(
         .testTarget(name: "RelayQueueTests", dependencies: ["RelayQueue", "SMTPCore"]),
         .testTarget(name: "RelayConfigTests", dependencies: ["RelayConfig"]),
         .testTarget(name: "RelayPolicyTests", dependencies: ["RelayPolicy"]),
+        .testTarget(name: "FuzzTests", dependencies: ["SMTPCore", "RelayPolicy", "RelayConfig"]),
         .testTarget(name: "RelayDeliveryTests", dependencies: ["RelayDelivery", "RelayDNS", "RelayQueue", "SMTPCore"]),
         .testTarget(name: "RelayTLSTests", dependencies: ["RelayTLS", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]),
         .testTarget(name: "RelayDNSTests", dependencies: ["RelayDNS"]),

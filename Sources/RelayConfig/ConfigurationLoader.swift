@@ -41,6 +41,7 @@ public enum ConfigurationLoader {
     /// Parses configuration text; `file` names it in errors.
     /// - Throws: `ConfigurationError`.
     public static func parse(text: String, file: String) throws -> RelayConfiguration {
+        try precheck(text: text, file: file)
         let table: TOMLTable
         do {
             table = try TOMLTable(string: text)
@@ -51,12 +52,31 @@ public enum ConfigurationLoader {
         return try reader.read(table)
     }
 
+    /// Rejects table headers that toml++ (inside TOMLKit) does not report as errors but stops
+    /// on with an assertion, e.g. `[>[x]]`: after `[` or `[[` and blanks, a key must begin with
+    /// a bare-key character or a quote (TOML 1.0 "Table", "Keys"). Found by the parser fuzzer.
+    static func precheck(text: String, file: String) throws {
+        for (index, line) in text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" }).enumerated() {
+            var rest = line.drop { $0 == " " || $0 == "\t" }
+            guard rest.first == "[" else { continue }
+            rest = rest.dropFirst()
+            if rest.first == "[" { rest = rest.dropFirst() }
+            rest = rest.drop { $0 == " " || $0 == "\t" }
+            guard let first = rest.first,
+                  first == "\"" || first == "'" || (first.isASCII && (first.isLetter || first.isNumber || first == "_" || first == "-"))
+            else {
+                throw ConfigurationError(file: file, line: index + 1, reason: "TOML syntax: a table header needs a key, as in [server] or [[policy.domain]]")
+            }
+        }
+    }
+
     /// Parses `YYYY-MM-DD` (the end of that day, UTC) or `YYYY-MM-DDTHH:MM:SSZ` into seconds
     /// since the epoch; nil when malformed.
     static func parseExpiry(_ text: String) -> Double? {
         let trimmed = text.trimmingCharacters(in: .whitespaces)
-        let parts = trimmed.split(separator: "T", maxSplits: 1).map(String.init)
-        let date = parts[0].split(separator: "-", omittingEmptySubsequences: false)
+        let parts = trimmed.split(separator: "T", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+        guard let day0 = parts.first, !day0.isEmpty else { return nil }
+        let date = day0.split(separator: "-", omittingEmptySubsequences: false)
         guard date.count == 3, date[0].count == 4, date[1].count == 2, date[2].count == 2,
               let year = Int(date[0]), let month = Int(date[1]), let day = Int(date[2]),
               (1...12).contains(month), (1...31).contains(day) else { return nil }

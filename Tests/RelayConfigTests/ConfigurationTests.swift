@@ -119,6 +119,9 @@ struct ConfigurationTests {
         Bad(text: "log_level = \"loud\"\n", line: 1, fragment: "must be one of"),
         Bad(text: "[delivery]\nmin_backoff = 100\nmax_backoff = 10\n", line: 3, fragment: "must not be less than"),
         Bad(text: "[policy]\ndowngrade_memory = \"strict\"\n", line: 2, fragment: "report, enforce or off"),
+        // Found by the fuzzer: toml++ asserted on these instead of reporting them.
+        Bad(text: "state_directory = \"/x\"\n[>[policy.domain]]\nname = \"a.example\"\n", line: 2, fragment: "table header needs a key"),
+        Bad(text: "[[policy.domain]]\nname = \"a.example\"\nlevel = \"may\"\nexpires = \"\"\n", line: 4, fragment: "must be a date"),
         Bad(text: "[[policy.domain]]\nname = \"a.example\"\nlevel = \"secure\"\n", line: 3, fragment: "must be none, may"),
         Bad(text: "[[policy.domain]]\nname = \"a.example\"\nlevel = \"may\"\nexpires = \"next week\"\n", line: 4, fragment: "must be a date"),
         Bad(text: "[[policy.domain]]\nlevel = \"may\"\n", line: 1, fragment: "needs name"),

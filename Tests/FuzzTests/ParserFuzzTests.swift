@@ -1,0 +1,180 @@
+import Foundation
+import Testing
+import RelayConfig
+import RelayPolicy
+import SMTPCore
+
+/// A deterministic mutation fuzzer over every parser that reads untrusted input: seed inputs
+/// from `fuzz/corpus/<target>/` are mutated (bit flips, byte insertions and deletions,
+/// splices, protocol tokens) and fed to the parser. Any crash or trap fails the run; each
+/// target also checks an invariant. The seed is fixed, so a failure reproduces exactly; set
+/// `TLSRELAY_FUZZ_ITERATIONS` for longer runs (default 3000 per target).
+@Suite("Parser fuzzing")
+struct ParserFuzzTests {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    static let iterations = Int(ProcessInfo.processInfo.environment["TLSRELAY_FUZZ_ITERATIONS"] ?? "") ?? 3000
+
+    /// xorshift64*: fast and reproducible.
+    struct Random {
+        var state: UInt64
+        mutating func next() -> UInt64 {
+            state ^= state >> 12
+            state ^= state << 25
+            state ^= state >> 27
+            return state &* 2685821657736338717
+        }
+        mutating func below(_ bound: Int) -> Int { bound <= 1 ? 0 : Int(next() % UInt64(bound)) }
+    }
+
+    static let tokens: [[UInt8]] = ["\r\n", "\n", "\r", ".", "\r\n.\r\n", ":", "=", ";", "<", ">", "@", "*.", "\"", "\\", " ",
+                                    "mx: ", "version: STSv1", "v=STSv1", "id=", "[", "]", "[[", "]]", "=\"", "\u{00FC}", "\u{0000}",
+                                    "+", "9999999999999999999999", "-1", "SIZE=", "NOTIFY=", "ORCPT=", "250-", "250 "].map { Array($0.utf8) }
+
+    static func seeds(_ target: String) throws -> [[UInt8]] {
+        let directory = root.appendingPathComponent("fuzz/corpus/\(target)")
+        let names = try FileManager.default.contentsOfDirectory(atPath: directory.path).sorted()
+        #expect(!names.isEmpty, "no seeds for \(target)")
+        return try names.map { Array(try Data(contentsOf: directory.appendingPathComponent($0))) }
+    }
+
+    static func mutate(_ input: [UInt8], _ random: inout Random, corpus: [[UInt8]]) -> [UInt8] {
+        var bytes = input
+        for _ in 0...random.below(4) {
+            switch random.below(6) {
+            case 0 where !bytes.isEmpty:
+                bytes[random.below(bytes.count)] ^= UInt8(1 << random.below(8))
+            case 1:
+                bytes.insert(UInt8(truncatingIfNeeded: random.next()), at: random.below(bytes.count + 1))
+            case 2 where !bytes.isEmpty:
+                let start = random.below(bytes.count)
+                bytes.removeSubrange(start..<min(bytes.count, start + 1 + random.below(16)))
+            case 3:
+                bytes.insert(contentsOf: tokens[random.below(tokens.count)], at: random.below(bytes.count + 1))
+            case 4:
+                let other = corpus[random.below(corpus.count)]
+                if !other.isEmpty {
+                    let start = random.below(other.count)
+                    bytes.insert(contentsOf: other[start..<min(other.count, start + 1 + random.below(64))], at: random.below(bytes.count + 1))
+                }
+            default:
+                if !bytes.isEmpty {
+                    let start = random.below(bytes.count)
+                    let chunk = Array(bytes[start..<min(bytes.count, start + 1 + random.below(32))])
+                    bytes.insert(contentsOf: chunk, at: random.below(bytes.count + 1))
+                }
+            }
+        }
+        return bytes
+    }
+
+    /// Runs `body` on every seed and `iterations` mutants.
+    static func fuzz(_ target: String, seed: UInt64, _ body: ([UInt8]) throws -> Void) throws {
+        let corpus = try seeds(target)
+        var random = Random(state: seed)
+        for input in corpus { try body(input) }
+        var current = corpus[0]
+        for iteration in 0..<iterations {
+            let base = iteration % 7 == 0 ? corpus[random.below(corpus.count)] : current
+            current = mutate(base, &random, corpus: corpus)
+            if current.count > 8192 { current = Array(current.prefix(8192)) }
+            if let path = ProcessInfo.processInfo.environment["TLSRELAY_FUZZ_LAST_INPUT"] {
+                // Debugging aid: the input being tried, to reproduce a crash.
+                FileManager.default.createFile(atPath: path + "." + target, contents: Data(current))
+            }
+            try body(current)
+        }
+    }
+
+    @Test("SMTP command lines through the server session")
+    func commands() throws {
+        try Self.fuzz("smtp-commands", seed: 1) { input in
+            var limits = ServerLimits()
+            limits.maxErrors = 1_000_000
+            var session = ServerSession(hostname: "relay.example.org", limits: limits)
+            _ = session.start(clientAllowed: true)
+            var framer = LineFramer(maxLineLength: 2048)
+            framer.append(input)
+            while let event = framer.nextEvent() {
+                let actions: [ServerSession.Action]
+                switch event {
+                case .line(let bytes):
+                    guard let line = String(validating: bytes, as: UTF8.self) else { continue }
+                    actions = session.receiveLine(line)
+                case .malformed(let problem):
+                    actions = session.receiveMalformedLine(problem)
+                }
+                for action in actions {
+                    if case .reply(let reply) = action {
+                        // Every reply is well-formed on the wire: code, text, CRLF, no bare CR/LF inside.
+                        let wire = reply.wireBytes
+                        #expect(wire.suffix(2) == [13, 10])
+                        #expect((200...599).contains(reply.code))
+                    }
+                    if case .receiveData = action { _ = session.dataEnded(.complete(size: 1)); _ = session.messageStored(queueID: "X") }
+                }
+            }
+        }
+    }
+
+    @Test("DATA framing: consumed bytes never exceed the input; content never holds a bare CR/LF")
+    func data() throws {
+        try Self.fuzz("smtp-data", seed: 2) { input in
+            var receiver = DataReceiver(maxMessageSize: 4096, maxLineLength: 200)
+            var output: [UInt8] = []
+            let (consumed, outcome) = input.withUnsafeBytes { receiver.consume($0, into: &output) }
+            #expect(consumed <= input.count)
+            if case .complete = outcome {
+                for (index, byte) in output.enumerated() {
+                    if byte == 10 { #expect(index > 0 && output[index - 1] == 13) }
+                    if byte == 13 { #expect(index + 1 < output.count && output[index + 1] == 10) }
+                }
+            }
+        }
+    }
+
+    @Test("server replies (the client side's parser)")
+    func replies() throws {
+        try Self.fuzz("replies", seed: 3) { input in
+            var parser = ReplyParser()
+            parser.append(input)
+            while let reply = try? parser.next() {
+                #expect((200...599).contains(reply.code))
+            }
+        }
+    }
+
+    @Test("MTA-STS policy bodies: a parsed policy renders its own invariants")
+    func stsPolicy() throws {
+        try Self.fuzz("sts-policy", seed: 4) { input in
+            guard let text = String(validating: input, as: UTF8.self) else { return }
+            if let policy = try? STSPolicy.parse(text) {
+                #expect(policy.maxAge >= 0 && policy.maxAge <= STSPolicy.maxAllowedAge)
+                #expect(policy.mode == .none || !policy.mx.isEmpty)
+                _ = policy.matches(mxHost: "mail.example.com")
+            }
+        }
+    }
+
+    @Test("MTA-STS TXT records")
+    func stsRecord() throws {
+        try Self.fuzz("sts-record", seed: 5) { input in
+            guard let text = String(validating: input, as: UTF8.self) else { return }
+            if let record = try? STSRecord.parse(txtRecords: [text]) {
+                #expect((1...32).contains(record.id.count))
+            }
+        }
+    }
+
+    @Test("configuration files: accepted ones render and read back the same")
+    func configuration() throws {
+        try Self.fuzz("config", seed: 6) { input in
+            guard let text = String(validating: input, as: UTF8.self) else { return }
+            do {
+                let config = try ConfigurationLoader.parse(text: text, file: "fuzz.toml")
+                #expect(try ConfigurationLoader.parse(text: config.renderTOML(), file: "rendered.toml") == config)
+            } catch let error as ConfigurationError {
+                #expect(error.line >= 0 && !error.reason.isEmpty)
+            }
+        }
+    }
+}
