@@ -52,10 +52,17 @@ def test_sighup_reloads_policy_and_keeps_running(world, tmp_path, world_relay_to
         relay.process.send_signal(signal.SIGHUP)
         assert wait_for(lambda: "reload: configuration not changed" in relay.log_text(), timeout=10)
         assert relay.process.poll() is None
-        # Add a local level and reload: the deferred message goes out on the next attempt.
+        # Add a local level and reload while an SMTP session is open: the session goes on, and the
+        # deferred message goes out on the next attempt.
+        from smtpclient import RawSMTP
+        session = RawSMTP(relay.port)
+        session.code()
+        assert session.command("EHLO open.example.org").startswith("250")
         relay.config.write_text(good + '\n[[policy.domain]]\nname = "dane-tlsa-mismatch.test"\nlevel = "encrypt"\nreason = "reload test"\n')
         relay.process.send_signal(signal.SIGHUP)
         assert wait_for(lambda: "reload: configuration re-read" in relay.log_text(), timeout=10)
+        assert session.command("MAIL FROM:<a@plain-mx.test>").startswith("250 2.1.0")
+        assert session.command("QUIT").startswith("221")
         subprocess.run([str(ROOT / ".build/debug/tlsrelayctl"), "queue", "flush", "--config", str(relay.config)], check=True,
                        capture_output=True)
         assert wait_for(lambda: [a for a in attempts(relay, "user@dane-tlsa-mismatch.test") if a[2] == "sent"], timeout=20), relay.log_text()[-2000:]

@@ -70,6 +70,24 @@ def test_daemon_not_running(tmp_path, world_relay_toml):
     assert "tlsrelayd is not running" in result.stderr
 
 
+def all_scenarios():
+    import scenarios as world_scenarios
+    return [s.name for s in world_scenarios.SCENARIOS]
+
+
+@pytest.mark.parametrize("scenario", all_scenarios())
+def test_check_agrees_with_delivery_for_every_scenario(world, tmp_path, world_relay_toml, scenario):
+    """check exits 0 exactly for the scenarios a delivery completes, 1 for those it defers or bounces."""
+    relay = Relay(tmp_path / "check-all", extra_toml=world_relay_toml)
+    expected = world.scenario(scenario)["expected"]
+    result = ctl(relay, "check", world.scenario(scenario)["domain"], "--json")
+    report = json.loads(result.stdout)
+    assert result.returncode == (0 if expected["action"] == "deliver" else 1), result.stdout
+    if expected["action"] != "deliver":
+        assert report["verdict"]["action"] == {"defer": "deferred", "bounce": "bounced"}[expected["action"]]
+        assert report["verdict"]["status"].split(".")[0:2] == expected["status"].split(".")[0:2], report["verdict"]
+
+
 @pytest.mark.parametrize("scenario,code,text", [
     ("dane-ee", 0, "DANE TLSA 3 1 1 matched at depth 0"),
     ("sts-enforce", 0, "policy: mta-sts; required, WebPKI for mx.sts-enforce.test"),
