@@ -3,6 +3,8 @@
 connection after the message in test_delivery_behaviour.py.)"""
 import time
 
+import pytest
+
 from relay import Relay
 from test_delivery_behaviour import attempts, send, wait_for
 
@@ -55,5 +57,23 @@ def test_kill_9_during_delivery_delivers_at_least_once(world, tmp_path, world_re
             got = wait_for(lambda: [m for m in world.messages("plain-mx2") if token.encode() in m["data_bytes"]], timeout=30)
             assert got, f"{token} was lost"
         assert wait_for(lambda: relay.queued() == {}, timeout=30) is not None
+    finally:
+        relay.stop()
+
+
+@pytest.mark.parametrize("secure,bogus,alerted", [
+    ("dane-ee.test", "dane-bogus-mx.test", False),
+    ("insecure.test", "dane-bogus-mx.test", True),      # validation "off" would look like this
+    ("dane-ee.test", "dane-ee.test", True),            # a broken name that validates
+])
+def test_dnssec_self_test_at_start_up(world, tmp_path, world_relay_toml, secure, bogus, alerted):
+    toml = world_relay_toml.replace("timeout = 3\n", f'timeout = 3\ncheck_secure_name = "{secure}"\ncheck_bogus_name = "{bogus}"\n')
+    relay = Relay(tmp_path / "selftest", extra_toml=toml).start()
+    try:
+        if alerted:
+            assert wait_for(lambda: "ALERT configuration: tlsrelay configuration alert: DNSSEC self-test" in relay.log_text(), timeout=15), relay.log_text()
+        else:
+            assert wait_for(lambda: relay.log_text().count("DNSSEC self-test:") == 2, timeout=15), relay.log_text()
+            assert "ALERT" not in relay.log_text()
     finally:
         relay.stop()

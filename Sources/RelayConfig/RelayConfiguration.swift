@@ -54,6 +54,10 @@ public struct RelayConfiguration: Sendable, Equatable {
         public var stubZones: [StubZone] = []
         /// Seconds to wait for one lookup before treating it as a temporary failure. Default 10.
         public var timeout = 10
+        /// A name whose MX lookup must validate as secure (start-up self-test); empty = no check.
+        public var checkSecureName = ""
+        /// A name whose MX lookup must be bogus (start-up self-test); empty = no check.
+        public var checkBogusName = ""
     }
 
     /// One `dns.stub_zones` entry.
@@ -131,6 +135,8 @@ public struct RelayConfiguration: Sendable, Equatable {
         let zones = dns.stubZones.map { "{ name = \(quote($0.name)), addresses = \(list($0.addresses.map(\.unboundNotation))) }" }
         lines.append("stub_zones = [" + zones.joined(separator: ", ") + "]")
         lines.append("timeout = \(dns.timeout)")
+        lines.append("check_secure_name = \(quote(dns.checkSecureName))")
+        lines.append("check_bogus_name = \(quote(dns.checkBogusName))")
         lines.append("")
         lines.append("[delivery]")
         lines.append("port = \(delivery.port)")

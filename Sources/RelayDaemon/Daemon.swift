@@ -71,6 +71,30 @@ public final class Daemon: Sendable {
         logger.notice("reload: configuration re-read from \(path): log_level \(fresh.logLevel), \(fresh.policy.domains.count) local level(s), downgrade_memory \(fresh.policy.downgradeMemory.rawValue)")
     }
 
+    /// Start-up self-test of DNSSEC validation: `dns.check_secure_name` must validate as secure
+    /// and `dns.check_bogus_name` as bogus. Otherwise a configuration alert says so at once,
+    /// instead of every delivery silently deferring (validation broken) or silently losing DANE
+    /// (validation off). Names not configured are not checked.
+    static func dnssecSelfTest(resolver: RelayDNS.Resolver, dns: RelayConfiguration.DNS, alerts: AlertJournal, logger: Logger) async {
+        for (name, expected) in [(dns.checkSecureName, DNSSECStatus.secure), (dns.checkBogusName, DNSSECStatus.bogus)] where !name.isEmpty {
+            let observed: String
+            do {
+                let answer = try await resolver.mx(name)
+                if answer.status == expected {
+                    logger.info("DNSSEC self-test: \(name) is \(expected.rawValue), as expected")
+                    continue
+                }
+                observed = answer.status.rawValue
+            } catch {
+                observed = "a failed lookup (\(error))"
+            }
+            alerts.report(SecurityAlert(
+                kind: .configuration, queueID: nil, domain: name, mxHost: nil, address: nil, policySource: "dns",
+                resultType: "dnssec-invalid",
+                reason: "DNSSEC self-test: \(name) should be \(expected.rawValue) but is \(observed); check dns.trust_anchor_file, dns.forwarders, dns.stub_zones and this host's clock"))
+        }
+    }
+
     /// The resolver settings from the `[dns]` section.
     public static func resolverConfiguration(_ dns: RelayConfiguration.DNS) -> ResolverConfiguration {
         ResolverConfiguration(
@@ -96,7 +120,9 @@ public final class Daemon: Sendable {
         }
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, System.coreCount))
-        let threadPool = NIOThreadPool(numberOfThreads: 4)
+        // Spool commits block in fsync; many in flight at once let the file system merge them into
+        // one journal commit (group commit), so the pool is large and mostly sleeping.
+        let threadPool = NIOThreadPool(numberOfThreads: 32)
         threadPool.start()
         let resolver: RelayDNS.Resolver
         let tlsContext: TLSClientContext
@@ -161,6 +187,8 @@ public final class Daemon: Sendable {
         let server = InboundServer(settings: settings, group: group)
         let signals = SignalWaiter(signals: [SIGTERM, SIGINT, SIGHUP])
         let delivery = Task { await scheduler.run() }
+        let selfTest = Task { await Daemon.dnssecSelfTest(resolver: resolver, dns: configuration.dns, alerts: alerts, logger: logger) }
+        defer { selfTest.cancel() }
         let commands = ControlCommands(configuration: NIOLockedValueBox(configuration), spool: spool, scheduler: scheduler, stsCache: stsCache,
                                        memory: memoryStore, alerts: alerts, startTime: Date().timeIntervalSince1970)
         let control = ControlServer(path: configuration.stateDirectory + "/control.sock", group: group,

@@ -19,6 +19,8 @@ public struct SecurityAlert: Sendable, Equatable {
         case downgradeRefused = "downgrade-refused"
         /// A delivery was weaker than remembered for the domain (downgrade_memory = "report").
         case downgradeReported = "downgrade-reported"
+        /// The relay's own set-up is broken (the DNSSEC self-test failed).
+        case configuration = "configuration"
 
         /// The journald MESSAGE_ID (128-bit, hex).
         public var messageID: String {
@@ -28,6 +30,7 @@ public struct SecurityAlert: Sendable, Equatable {
             case .testingPolicyFailure: return "2b7c1d6e9a1f4c0e8f3d5a6b7c8d9e03"
             case .downgradeRefused: return "2b7c1d6e9a1f4c0e8f3d5a6b7c8d9e04"
             case .downgradeReported: return "2b7c1d6e9a1f4c0e8f3d5a6b7c8d9e05"
+            case .configuration: return "2b7c1d6e9a1f4c0e8f3d5a6b7c8d9e06"
             }
         }
 
@@ -67,6 +70,7 @@ public struct SecurityAlert: Sendable, Equatable {
         if let mxHost { text += " MX \(mxHost)" }
         if let address { text += "[\(address)]" }
         text += ": \(reason)"
+        if kind == .configuration { return "tlsrelay configuration alert: \(reason)" }
         switch kind {
         case .testingPolicyFailure: text += "; delivered anyway (policy in testing mode)"
         case .downgradeReported: text += "; delivered anyway (policy.downgrade_memory = report)"
