@@ -6,30 +6,14 @@ listener at all (mail enters through `sendmail`, i.e. pickup), and sends everyth
 """
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
-MASTER_CF = """\
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-"""
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "testworld"))
+from postfix import UNIX_SERVICES  # noqa: E402
+
+MASTER_CF = UNIX_SERVICES
 
 MAIN_CF = """\
 compatibility_level = 3.6

@@ -132,3 +132,14 @@ class Relay:
                              capture_output=True, text=True, timeout=30).stdout
         entries = [json.loads(line) for line in out.splitlines() if line.strip()]
         return [e for e in entries if all(e.get(k) == v for k, v in match.items())]
+
+
+def wait_for(predicate, timeout=30, interval=0.1):
+    """Polls `predicate` until it returns something truthy (returned) or `timeout` seconds pass (None)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return None

@@ -12,18 +12,10 @@ import time
 import pytest
 
 from postfix_client import PostfixClient
-from relay import Relay
+from relay import Relay, wait_for
 from smtpclient import RawSMTP
 
 
-def wait_for(predicate, timeout=30, interval=0.1):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return None
 
 
 def attempts(relay, recipient):

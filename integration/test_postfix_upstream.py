@@ -8,6 +8,7 @@ import time
 import pytest
 
 from postfix_client import PostfixClient
+from relay import wait_for
 
 
 @pytest.fixture
@@ -21,14 +22,6 @@ def postfix(relay):
     shutil.rmtree(base, ignore_errors=True)
 
 
-def wait_for(predicate, timeout=30, interval=0.1):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return None
 
 
 def strip_trace(content: bytes) -> bytes:

@@ -19,8 +19,9 @@ import os
 import pwd
 import subprocess
 
-MASTER_CF = """\
-{addr}:25 inet n       -       n       -       -       smtpd
+# The unchrooted internal services of a private Postfix instance (master.cf, no listener).
+# Shared by the world's Postfix MX, the integration tests' upstream Postfix and make bench.
+UNIX_SERVICES = """\
 pickup    unix  n       -       n       60      1       pickup
 cleanup   unix  n       -       n       -       0       cleanup
 qmgr      unix  n       -       n       300     1       qmgr
@@ -42,6 +43,8 @@ anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
 """
+
+MASTER_CF = "{addr}:25 inet n       -       n       -       -       smtpd\n" + UNIX_SERVICES
 
 MAIN_CF = """\
 compatibility_level = 3.6
