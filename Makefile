@@ -49,6 +49,7 @@ demo: release test-deps
 # Benchmarks side by side with Postfix (smtp-source), printed as a table. Not part of make test.
 bench: release test-deps
 	$(PYTHON) bench/bench.py
+	$(PYTHON) bench/recovery.py
 
 # The fault suite: kill -9 under load, full disk, DNS gone, corrupt spool file, MX dropping the
 # connection, kill -9 during delivery. (It also runs within make test.)

@@ -165,8 +165,9 @@ public actor Scheduler {
 
     /// Loads every queued message with its retry time. Call once before `run`.
     public func load(_ ids: [QueueID]) {
+        let withRecords = spool.messagesWithDeliveryRecords()
         for id in ids {
-            let record = try? spool.deliveryRecord(of: id)
+            let record = withRecords.contains(id.rawValue) ? try? spool.deliveryRecord(of: id) : nil
             if record?.held == true || settings.holdAll {
                 held.insert(id)
                 continue

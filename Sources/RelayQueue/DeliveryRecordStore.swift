@@ -38,6 +38,18 @@ extension Spool {
         }
     }
 
+    /// Names of the messages that have a delivery record (one directory listing per bucket), so
+    /// start-up reads records only where they exist.
+    public func messagesWithDeliveryRecords() -> Set<String> {
+        var names: Set<String> = []
+        for bucket in (try? FileIO.listDirectory(stateDirectory)) ?? [] {
+            for name in (try? FileIO.listDirectory(stateDirectory + "/" + bucket)) ?? [] where !name.hasSuffix(".new") {
+                names.insert(name)
+            }
+        }
+        return names
+    }
+
     /// Replaces the delivery record atomically and durably. Blocking.
     /// - Throws: `SpoolError` (ENOSPC → `.insufficientStorage`).
     public func saveDeliveryRecord(_ record: DeliveryRecord) throws {

@@ -58,21 +58,40 @@ public final class Spool: Sendable {
             if unlink(temporaryDirectory + "/" + name) == 0 { report.removedPartials += 1 }
         }
         try FileIO.fsyncDirectory(temporaryDirectory)
-        for bucket in try FileIO.listDirectory(queueDirectory) {
+        // Buckets are validated in parallel (100,000 files: a few seconds on 2 cores).
+        let buckets = try FileIO.listDirectory(queueDirectory)
+        let results = BucketResults(count: buckets.count)
+        DispatchQueue.concurrentPerform(iterations: buckets.count) { index in
+            let bucket = buckets[index]
             let bucketPath = queueDirectory + "/" + bucket
-            for name in try FileIO.listDirectory(bucketPath) {
+            var queued: [QueueID] = []
+            var bad: [(path: String, name: String, reason: String)] = []
+            let names: [String]
+            do { names = try FileIO.listDirectory(bucketPath) } catch {
+                results.set(index, ([], [], error))
+                return
+            }
+            for name in names {
                 let path = bucketPath + "/" + name
                 guard let id = QueueID(name), id.bucket == bucket else {
-                    moveAside(path, name: "\(bucket)-\(name)", reason: "file name is not a queue id of this bucket", into: &report)
+                    bad.append((path, "\(bucket)-\(name)", "file name is not a queue id of this bucket"))
                     continue
                 }
                 do {
-                    _ = try readEnvelope(path: path, expected: id)
-                    report.queued.append(id)
+                    try validate(path: path, expected: id)
+                    queued.append(id)
                 } catch let SpoolError.corrupt(_, reason) {
-                    moveAside(path, name: name, reason: reason, into: &report)
+                    bad.append((path, name, reason))
+                } catch {
+                    bad.append((path, name, "unreadable: \(error)"))
                 }
             }
+            results.set(index, (queued, bad, nil))
+        }
+        for (queued, bad, error) in results.all() {
+            if let error { throw error }
+            report.queued += queued
+            for entry in bad { moveAside(entry.path, name: entry.name, reason: entry.reason, into: &report) }
         }
         report.queued.sort()
         // Delivery records without a queue file (finished just before a crash) and
@@ -140,6 +159,22 @@ public final class Spool: Sendable {
         try FileIO.fsyncDirectory(queueDirectory + "/" + id.bucket)
     }
 
+    /// Recovery's check of one queue file: footer lengths add up and the envelope is a JSON
+    /// object naming this queue id with the right size (cheaper than decoding it whole).
+    func validate(path: String, expected id: QueueID) throws {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw SpoolError.corrupt(path: path, reason: "cannot open: \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        let (contentLength, envelopeLength) = try layout(fd: fd, path: path)
+        let bytes = try FileIO.readExactly(fd, count: envelopeLength, at: contentLength, path: path)
+        guard let object = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any],
+              object["queueID"] as? String == id.rawValue,
+              object["size"] as? Int == contentLength,
+              let transaction = object["transaction"] as? [String: Any],
+              let recipients = transaction["recipients"] as? [Any], !recipients.isEmpty
+        else { throw SpoolError.corrupt(path: path, reason: "envelope does not decode or names another queue id or size") }
+    }
+
     func readEnvelope(path: String, expected id: QueueID) throws -> QueuedEnvelope {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw errno == ENOENT ? SpoolError.notFound(id) : SpoolError.fromErrno("open", path) }
@@ -169,5 +204,19 @@ public final class Spool: Sendable {
             throw SpoolError.corrupt(path: path, reason: "lengths in the footer do not match the file size")
         }
         return (contentLength, envelopeLength)
+    }
+}
+
+/// Results of the parallel bucket scan at recovery.
+final class BucketResults: @unchecked Sendable {
+    private let lock = NSLock()
+    private var values: [([QueueID], [(path: String, name: String, reason: String)], Error?)]
+
+    init(count: Int) { values = Array(repeating: ([], [], nil), count: count) }
+    func set(_ index: Int, _ value: ([QueueID], [(path: String, name: String, reason: String)], Error?)) {
+        lock.lock(); values[index] = value; lock.unlock()
+    }
+    func all() -> [([QueueID], [(path: String, name: String, reason: String)], Error?)] {
+        lock.lock(); defer { lock.unlock() }; return values
     }
 }
