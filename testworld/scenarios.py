@@ -105,6 +105,8 @@ SCENARIOS: list[Scenario] = [
     # --- DANE (RFC 7672) -------------------------------------------------
     S("dane-ee", "DANE-EE 3 1 1 matches the MX leaf", "RFC 7672 §3.1.1",
       [H("mx", tlsa=[LEAF])], _deliver("dane")),
+    S("dane-mixed", "one mismatching and one matching TLSA record: any usable match authenticates",
+      "RFC 6698 §4.1, RFC 7672 §3", [H("mx", tlsa=[NOMATCH, LEAF])], _deliver("dane")),
     S("dane-ta", "DANE-TA 2 1 1 of the test CA; leaf names the MX host", "RFC 7672 §3.1.2",
       [H("mx", tlsa=[CA_TA])], _deliver("dane")),
     S("dane-ta-badname", "DANE-TA 2 1 1 matches, but the leaf does not name the MX host",

@@ -264,9 +264,10 @@ public enum ConfigurationLoader {
         func readDelivery(_ table: TOMLTable, into delivery: inout RelayConfiguration.Delivery) throws {
             let section = "delivery"
             try checkKeys(table, section: section, allowed: [
-                "port", "tls_ca_file", "concurrency", "min_backoff", "max_backoff", "queue_lifetime", "connect_timeout", "command_timeout", "hold",
+                "port", "tls_ca_file", "concurrency", "destination_concurrency", "min_backoff", "max_backoff", "queue_lifetime", "connect_timeout", "command_timeout", "hold",
             ])
             if let value = try integer(table, section, "concurrency", range: 1...1000) { delivery.concurrency = value }
+            if let value = try integer(table, section, "destination_concurrency", range: 1...1000) { delivery.destinationConcurrency = value }
             if let value = try integer(table, section, "min_backoff", range: 1...86400) { delivery.minBackoff = value }
             if let value = try integer(table, section, "max_backoff", range: 1...604_800) { delivery.maxBackoff = value }
             if let value = try integer(table, section, "queue_lifetime", range: 0...(100 * 86400)) { delivery.queueLifetime = value }

@@ -75,6 +75,8 @@ public struct RelayConfiguration: Sendable, Equatable {
         public var tlsCAFile = ""
         /// Messages delivered at the same time. Default 20.
         public var concurrency = 20
+        /// Deliveries at the same time to one destination domain. Default 20.
+        public var destinationConcurrency = 20
         /// Seconds before the first retry of a deferred message; doubles per attempt. Default 300.
         public var minBackoff = 300
         /// Longest seconds between retries. Default 4000.
@@ -142,6 +144,7 @@ public struct RelayConfiguration: Sendable, Equatable {
         lines.append("port = \(delivery.port)")
         lines.append("tls_ca_file = \(quote(delivery.tlsCAFile))")
         lines.append("concurrency = \(delivery.concurrency)")
+        lines.append("destination_concurrency = \(delivery.destinationConcurrency)")
         lines.append("min_backoff = \(delivery.minBackoff)")
         lines.append("max_backoff = \(delivery.maxBackoff)")
         lines.append("queue_lifetime = \(delivery.queueLifetime)")

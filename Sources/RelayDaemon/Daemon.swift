@@ -171,6 +171,7 @@ public final class Daemon: Sendable {
         defer { alertFlusher.cancel() }
         var schedulerSettings = Scheduler.Settings(hostname: configuration.server.hostname)
         schedulerSettings.concurrency = configuration.delivery.concurrency
+        schedulerSettings.destinationConcurrency = configuration.delivery.destinationConcurrency
         schedulerSettings.holdAll = configuration.delivery.hold
         if configuration.delivery.hold { logger.warning("delivery.hold is set: mail is accepted and queued, nothing is delivered") }
         schedulerSettings.retry = RetrySchedule(

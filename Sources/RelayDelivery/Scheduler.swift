@@ -14,6 +14,8 @@ public actor Scheduler {
         public var retry = RetrySchedule()
         /// Messages delivered at the same time. Default 20.
         public var concurrency = 20
+        /// Deliveries at the same time to one destination domain. Default 20.
+        public var destinationConcurrency = 20
         /// This relay's host name (Reporting-MTA of DSNs).
         public var hostname: String
         /// Accept and queue, deliver nothing (`delivery.hold`): every message stays held until
@@ -50,6 +52,7 @@ public actor Scheduler {
     }
 
     private var held: Set<QueueID> = []
+    private lazy var limiter = DestinationLimiter(limit: settings.destinationConcurrency)
 
     public func counts() -> Counts {
         let now = Date().timeIntervalSince1970
@@ -236,9 +239,15 @@ public actor Scheduler {
             groups[envelope.transaction.recipients[index].mailbox.domain.lowercased(), default: []].append(index)
         }
         let agent = self.agent
+        let limiter = self.limiter
         let outcomes = await withTaskGroup(of: [Int: RecipientOutcome].self) { group in
             for (domain, indexes) in groups {
-                group.addTask { await agent.deliver(envelope: envelope, content: content, domain: domain, recipientIndexes: indexes) }
+                group.addTask {
+                    await limiter.acquire(domain)
+                    let result = await agent.deliver(envelope: envelope, content: content, domain: domain, recipientIndexes: indexes)
+                    await limiter.release(domain)
+                    return result
+                }
             }
             var all: [Int: RecipientOutcome] = [:]
             for await part in group { all.merge(part) { $1 } }

@@ -96,3 +96,25 @@ struct DeliveryPlanningTests {
         #expect(try spool.deliveryRecord(of: writer.queueID) == nil)
     }
 }
+
+@Suite("Destination concurrency")
+struct DestinationLimiterTests {
+    @Test("at most `limit` at once per destination; others wait in order; other destinations unaffected")
+    func limits() async {
+        let limiter = DestinationLimiter(limit: 2)
+        await limiter.acquire("a.example")
+        await limiter.acquire("a.example")
+        #expect(await limiter.running("a.example") == 2)
+        await limiter.acquire("b.example")
+        #expect(await limiter.running("b.example") == 1)
+        let third = Task { await limiter.acquire("a.example"); return true }
+        try? await Task.sleep(for: .milliseconds(50))
+        #expect(await limiter.running("a.example") == 2)
+        await limiter.release("a.example")
+        #expect(await third.value)
+        #expect(await limiter.running("a.example") == 2)
+        await limiter.release("a.example")
+        await limiter.release("a.example")
+        #expect(await limiter.running("a.example") == 0)
+    }
+}
