@@ -131,15 +131,29 @@ class Server:
 class TLSRelay(Server):
     name = "tlsrelay"
 
-    def __init__(self, base):
-        self.base = base / "tlsrelay"
+    def __init__(self, base, relay_world=None):
+        """Delivery held, or (relay_world) delivering through the test world's DNS."""
+        self.base = base / ("tlsrelay-relay" if relay_world else "tlsrelay")
         self.base.mkdir()
         self.port = free_port()
         self.config = self.base / "tlsrelay.toml"
+        if relay_world:
+            dns = relay_world.data["dns"]
+            delivery = (f'[dns]\ntrust_anchor_file = "{dns["trust_anchor_file"]}"\n'
+                        f'stub_zones = [{{ name = "test.", addresses = ["{dns["address"]}@{dns["port"]}"] }}]\n'
+                        f'[delivery]\nconcurrency = 20\ndestination_concurrency = 20\n')
+        else:
+            delivery = '[dns]\nstub_zones = []\n[delivery]\nhold = true\n'
         self.config.write_text(
             f'state_directory = "{self.base}/state"\nlog_level = "warning"\n[server]\nlisten = ["127.0.0.1:{self.port}"]\n'
-            f'hostname = "tlsrelay-bench.example.org"\nmax_connections = 1000\n[dns]\nstub_zones = []\n[delivery]\nhold = true\n')
+            f'hostname = "tlsrelay-bench.example.org"\nmax_connections = 1000\n' + delivery)
         self.process = None
+
+    def queued(self):
+        total = 0
+        for bucket in (self.base / "state" / "spool" / "queue").glob("*"):
+            total += sum(1 for _ in bucket.iterdir())
+        return total
 
     def start(self):
         self.process = subprocess.Popen([str(TLSRELAYD), "--config", str(self.config)], stdout=subprocess.DEVNULL,
@@ -164,8 +178,9 @@ class TLSRelay(Server):
 class Postfix(Server):
     name = "postfix"
 
-    def __init__(self, base):
-        self.base = base / "postfix"
+    def __init__(self, base, relay_to=None):
+        """Delivery deferred, or (relay_to = "IP") relaying everything to IP:25."""
+        self.base = base / ("postfix-relay" if relay_to else "postfix")
         self.conf, self.queue, self.data = self.base / "conf", self.base / "queue", self.base / "data"
         for d in (self.conf, self.queue, self.data):
             d.mkdir(parents=True)
@@ -173,7 +188,15 @@ class Postfix(Server):
         os.chown(self.data, entry.pw_uid, entry.pw_gid)
         self.port = free_port()
         (self.conf / "master.cf").write_text(POSTFIX_MASTER.format(port=self.port))
-        (self.conf / "main.cf").write_text(POSTFIX_MAIN.format(conf=self.conf, queue=self.queue, data=self.data, base=self.base))
+        main = POSTFIX_MAIN.format(conf=self.conf, queue=self.queue, data=self.data, base=self.base)
+        if relay_to:
+            main = main.replace("relayhost = [127.0.0.1]:9\ndefer_transports = smtp relay\n",
+                                f"relayhost = [{relay_to}]:25\ndefault_destination_concurrency_limit = 20\n"
+                                "smtp_tls_security_level = may\n")
+        (self.conf / "main.cf").write_text(main)
+
+    def queued(self):
+        return sum(1 for d in ("incoming", "active", "deferred", "maildrop") for _ in (self.queue / d).rglob("*") if _.is_file())
 
     def postfix(self, *args):
         return subprocess.run(["postfix", "-c", str(self.conf), *args], capture_output=True, text=True, timeout=120)
@@ -221,6 +244,22 @@ def accept_round(server, sessions, messages, size):
     busy = (busy_jiffies() - busy0) / os.sysconf("SC_CLK_TCK")
     generator = (usage1.children_user - usage0.children_user) + (usage1.children_system - usage0.children_system)
     return messages / wall, max(0.0, busy - generator) * 1000 / messages, peak / 1024
+
+
+def relay_round(server, sessions, messages, size, domain):
+    """smtp-source submits; the clock stops when the server's queue is empty again (every
+    message handed to the sink). Returns msg/s end to end."""
+    server.reset()
+    t0 = time.monotonic()
+    subprocess.run(["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(size),
+                    "-f", "bench@example.org", "-t", f"sink@{domain}", "-M", "bench.example.org",
+                    f"127.0.0.1:{server.port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    deadline = time.monotonic() + 600
+    while server.queued() > 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if server.queued() > 0:
+        raise SystemExit(f"{server.name} did not relay everything within 10 minutes")
+    return messages / (time.monotonic() - t0)
 
 
 async def latency_client(port, count, size, results):
@@ -273,6 +312,7 @@ def main():
     parser.add_argument("--sessions", default="10,50")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--binary", default=str(TLSRELAYD), help="tlsrelayd to measure (default: the release build)")
+    parser.add_argument("--no-relay", action="store_true", help="skip the end-to-end relay rate (needs the test world)")
     args = parser.parse_args()
     TLSRELAYD = Path(args.binary)
     if not TLSRELAYD.exists():
@@ -308,6 +348,44 @@ def main():
             except Exception as e:   # keep stopping the others
                 print(f"stopping {s.name}: {e}", file=sys.stderr)
         shutil.rmtree(base, ignore_errors=True)
+    # Relay end to end: both deliver to the same smtp-sink, on the address of the test world's
+    # MX host mx1.two-mx-first-down.test (where nothing else listens). tlsrelayd finds it through
+    # DNS (MX, A, TLSA lookups, validated); Postfix is pointed at it with relayhost.
+    if not args.no_relay:
+        base = Path(tempfile.mkdtemp(prefix="tlsrelay-bench-"))
+        os.chmod(base, 0o755)
+        sys.path.insert(0, str(ROOT / "testworld"))
+        from worldlib import World
+        world = World.up(None, slot=None)
+        sink = None
+        relays = []
+        try:
+            scenario = world.scenario("two-mx-first-down")
+            address = next(h["address"] for h in scenario["mx"] if h["preference"] == 10)
+            sink = subprocess.Popen(["smtp-sink", "-u", "postfix", f"{address}:25", "256"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.3)
+            relays = [TLSRelay(base, relay_world=world), Postfix(base, relay_to=address)]
+            for r in relays:
+                r.start()
+            for r in relays:
+                relay_round(r, 10, max(300, args.messages // 10), args.size, scenario["domain"])   # warm-up
+            figures = {r.name: [] for r in relays}
+            for _ in range(args.rounds):
+                for r in relays:
+                    figures[r.name].append(relay_round(r, 10, args.messages, args.size, scenario["domain"]))
+            rows.append(("relay end to end to smtp-sink, 10 sessions: msg/s", statistics.median(figures["tlsrelay"]),
+                         statistics.median(figures["postfix"]), "higher is better"))
+        finally:
+            for r in relays:
+                try:
+                    r.stop()
+                except Exception as e:
+                    print(f"stopping {r.name}: {e}", file=sys.stderr)
+            if sink:
+                sink.terminate()
+                sink.wait()
+            world.down()
+            shutil.rmtree(base, ignore_errors=True)
     print()
     print(f"| figure | tlsrelay | Postfix | tlsrelay / Postfix | |")
     print(f"|---|---:|---:|---:|---|")

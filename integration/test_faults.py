@@ -5,7 +5,10 @@ import time
 
 import pytest
 
-from relay import Relay
+import subprocess
+
+from relay import BINARY, Relay
+from smtpclient import RawSMTP
 from test_delivery_behaviour import attempts, send, wait_for
 
 
@@ -27,17 +30,48 @@ def test_dns_server_gone_defers_never_bounces(tmp_path):
 
 def test_corrupt_spool_file_is_moved_aside_and_reported(tmp_path):
     relay = Relay(tmp_path / "corrupt", extra_toml="[delivery]\nhold = true\n").start()
-    send(relay, "a@example.org", ["b@example.net"], b"Subject: keep me\r\n\r\nintact\r\n")
-    good = set(relay.queued())
-    relay.stop()
-    bucket = relay.state / "spool" / "queue" / "Z"
-    (bucket / "0123456789ABCDEZ").write_bytes(b"garbage that is not a queue file")
-    relay.start()
-    assert set(relay.queued()) == good
-    assert (relay.state / "spool" / "corrupt" / "0123456789ABCDEZ").exists()
-    log = relay.log_text()
-    assert "1 corrupt file(s) moved aside" in log
-    assert "corrupt queue file 0123456789ABCDEZ moved to" in log
+    try:
+        send(relay, "a@example.org", ["b@example.net"], b"Subject: keep me\r\n\r\nintact\r\n")
+        good = set(relay.queued())
+        relay.stop()
+        bucket = relay.state / "spool" / "queue" / "Z"
+        (bucket / "0123456789ABCDEZ").write_bytes(b"garbage that is not a queue file")
+        (relay.state / "spool" / "queue" / "garbage").write_bytes(b"a stray file where buckets live")
+        relay.start()
+        assert set(relay.queued()) == good
+        assert (relay.state / "spool" / "corrupt" / "0123456789ABCDEZ").exists()
+        assert (relay.state / "spool" / "corrupt" / "queue-garbage").exists()
+        log = relay.log_text()
+        assert "2 corrupt file(s) moved aside" in log
+        assert "corrupt queue file 0123456789ABCDEZ moved to" in log
+        assert "corrupt queue file queue-garbage moved to" in log
+    finally:
+        relay.stop()
+
+
+def test_a_second_daemon_on_the_same_state_directory_refuses_to_start(tmp_path):
+    first = Relay(tmp_path / "first", extra_toml="[delivery]\nhold = true\n").start()
+    second = Relay(tmp_path / "first", extra_toml="[delivery]\nhold = true\n")
+    second.config = tmp_path / "second.toml"
+    second.write_config = lambda: None
+    second.config.write_text(first.config.read_text().replace(str(first.port), str(first.port + 1)))
+    try:
+        c = RawSMTP(first.port)
+        c.code()
+        c.command("EHLO a.example")
+        c.command("MAIL FROM:<a@example.org>")
+        c.command("RCPT TO:<b@example.net>")
+        assert c.command("DATA").startswith("354")
+        c.send(b"Subject: in flight\r\n\r\n")
+        process = subprocess.run([str(BINARY), "--config", str(second.config)], capture_output=True, text=True, timeout=30)
+        assert process.returncode == 71
+        assert "another tlsrelayd (pid" in process.stderr and "refusing to start a second one" in process.stderr
+        # The first daemon's transaction and control socket are untouched.
+        c.send(b"body\r\n.\r\n")
+        assert c.code().startswith("250 2.0.0")
+        assert (first.state / "control.sock").exists()
+    finally:
+        first.stop()
 
 
 def test_kill_9_during_delivery_delivers_at_least_once(world, tmp_path, world_relay_toml):

@@ -264,3 +264,21 @@ def test_sigterm_finishes_open_transaction(relay):
     assert c.command("NOOP").startswith("421 4.3.2")
     assert relay.process.wait(timeout=20) == 0
     assert len(relay.queued()) == 1
+
+
+def test_client_that_never_reads_replies_cannot_grow_memory(relay):
+    """Replies to a client that does not read pile up; the server stops reading from it instead."""
+    c = RawSMTP(relay.port)
+    c.code()
+    c.sock.sendall(b"EHLO client.example.org\r\n")
+    c.sock.setblocking(False)
+    chunk = b"NOOP\r\n" * 100000
+    sent, deadline = 0, time.time() + 5
+    while time.time() < deadline and sent < 60_000_000:
+        try:
+            sent += c.sock.send(chunk)
+        except BlockingIOError:
+            time.sleep(0.01)
+    rss_kib = int([l for l in open(f"/proc/{relay.process.pid}/status") if l.startswith("VmRSS")][0].split()[1])
+    assert sent < 30_000_000, f"the server kept reading: {sent} bytes accepted"
+    assert rss_kib < 300 * 1024, f"RSS grew to {rss_kib} KiB"

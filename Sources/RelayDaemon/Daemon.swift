@@ -112,6 +112,8 @@ public final class Daemon: Sendable {
     /// - Throws: spool errors (state directory not writable) and bind errors (address in use,
     ///   permission denied); the caller exits non-zero.
     public func run() async throws {
+        let lock = try StateDirectoryLock(stateDirectory: configuration.stateDirectory)
+        defer { withExtendedLifetime(lock) {} }
         let spool = try Spool(stateDirectory: configuration.stateDirectory)
         let report = try spool.recover()
         logger.info("spool recovered: \(report.queued.count) queued message(s), \(report.removedPartials) partial file(s) removed, \(report.corrupt.count) corrupt file(s) moved aside")

@@ -59,10 +59,19 @@ public final class Spool: Sendable {
         }
         try FileIO.fsyncDirectory(temporaryDirectory)
         // Buckets are validated in parallel (100,000 files: a few seconds on 2 cores).
-        let buckets = try FileIO.listDirectory(queueDirectory)
+        var buckets: [String] = []
+        for entry in try FileIO.listDirectory(queueDirectory) {
+            // Anything but the 32 bucket directories is moved aside, never fatal.
+            if entry.utf8.count == 1, QueueID.alphabet.contains(entry.utf8.first!), isDirectory(queueDirectory + "/" + entry) {
+                buckets.append(entry)
+            } else {
+                moveAside(queueDirectory + "/" + entry, name: "queue-" + entry, reason: "not a spool bucket directory", into: &report)
+            }
+        }
         let results = BucketResults(count: buckets.count)
-        DispatchQueue.concurrentPerform(iterations: buckets.count) { index in
-            let bucket = buckets[index]
+        let bucketNames = buckets
+        DispatchQueue.concurrentPerform(iterations: bucketNames.count) { index in
+            let bucket = bucketNames[index]
             let bucketPath = queueDirectory + "/" + bucket
             var queued: [QueueID] = []
             var bad: [(path: String, name: String, reason: String)] = []
@@ -123,10 +132,15 @@ public final class Spool: Sendable {
     /// Path of a queued message's file.
     public func path(of id: QueueID) -> String { queueDirectory + "/" + id.bucket + "/" + id.rawValue }
 
-    /// Ids of all queued messages, oldest first.
+    func isDirectory(_ path: String) -> Bool {
+        var info = stat()
+        return lstat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR
+    }
+
+    /// Ids of all queued messages, oldest first. Entries that are not buckets are skipped.
     public func list() throws -> [QueueID] {
         var ids: [QueueID] = []
-        for bucket in try FileIO.listDirectory(queueDirectory) {
+        for bucket in try FileIO.listDirectory(queueDirectory) where isDirectory(queueDirectory + "/" + bucket) {
             for name in try FileIO.listDirectory(queueDirectory + "/" + bucket) {
                 if let id = QueueID(name), id.bucket == bucket { ids.append(id) }
             }

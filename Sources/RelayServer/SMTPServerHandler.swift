@@ -79,6 +79,27 @@ final class SMTPServerHandler: ChannelInboundHandler {
         let bytes = buffer.readBytes(length: buffer.readableBytes) ?? []
         process(bytes, context: context)
         context.flush()
+        applyBackpressure(context: context)
+    }
+
+    /// A client that sends commands but does not read the replies would make the replies pile
+    /// up in memory: stop reading from it until its side of the connection drains.
+    private func applyBackpressure(context: ChannelHandlerContext) {
+        if !context.channel.isWritable && readingPaused == false {
+            readingPaused = true
+            context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
+        }
+    }
+
+    private var readingPaused = false
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable && readingPaused {
+            readingPaused = false
+            context.channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
+            context.read()
+        }
+        context.fireChannelWritabilityChanged()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
