@@ -92,6 +92,13 @@ final class SMTPServerHandler: ChannelInboundHandler {
     }
 
     private var readingPaused = false
+    /// The command being answered, for refusal log lines (nil outside command handling).
+    private var lastCommand: String?
+
+    /// The verb and its argument, cut to 200 characters, without control characters.
+    static func loggable(_ line: String) -> String {
+        String(line.prefix(200).map { $0.isASCII && ($0.asciiValue! < 32 || $0.asciiValue! == 127) ? "?" : $0 })
+    }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         if context.channel.isWritable && readingPaused {
@@ -167,10 +174,12 @@ final class SMTPServerHandler: ChannelInboundHandler {
                 switch event {
                 case .line(let bytes):
                     guard let line = String(validating: bytes, as: UTF8.self) else {
-                        perform(session.receiveMalformedLine(.bareLineEnding), context: context)
+                        perform(session.receiveMalformedLine(.invalidUTF8), context: context)
                         continue
                     }
+                    lastCommand = Self.loggable(line)
                     perform(session.receiveLine(line), context: context)
+                    lastCommand = nil
                 case .malformed(let problem):
                     perform(session.receiveMalformedLine(problem), context: context)
                 }
@@ -206,8 +215,9 @@ final class SMTPServerHandler: ChannelInboundHandler {
         for action in actions {
             switch action {
             case .reply(let reply):
-                if reply.code >= 500 || reply.code == 421 || reply.code == 452 {
-                    logger.debug("reply to [\(clientAddress)]: \(reply)")
+                if reply.code >= 400, let command = lastCommand {
+                    // Postfix-style refusal line for MAIL, RCPT, DATA and everything else refused.
+                    logger.info("NOQUEUE: reject: \(command) from \(session.heloName ?? "unknown")[\(clientAddress)]: \(reply)")
                 }
                 var buffer = context.channel.allocator.buffer(capacity: 64)
                 buffer.writeBytes(reply.wireBytes)

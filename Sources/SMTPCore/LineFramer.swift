@@ -4,6 +4,8 @@ public enum LineProblem: Sendable, Equatable {
     case bareLineEnding
     /// Longer than the command line limit.
     case tooLong
+    /// Not valid UTF-8 (commands are ASCII, or UTF-8 with SMTPUTF8, RFC 6531 §3.3).
+    case invalidUTF8
 }
 
 /// Splits the command-mode byte stream into lines ended by CRLF (RFC 5321 §2.3.8).

@@ -109,6 +109,8 @@ public struct ServerSession: Sendable {
             return fail(Reply(500, .syntaxError, "Bare CR or LF in command is not allowed (RFC 5321 section 2.3.8)"))
         case .tooLong:
             return fail(Reply(500, .syntaxError, "Line too long (limit \(limits.maxCommandLineLength) octets)"))
+        case .invalidUTF8:
+            return fail(Reply(500, .syntaxError, "Command contains bytes that are not UTF-8"))
         }
     }
 
@@ -203,6 +205,11 @@ public struct ServerSession: Sendable {
             } catch {
                 return fail(Reply(501, .badDestinationSyntax, "Bad recipient address syntax"))
             }
+            if !mailbox.domain.utf8.allSatisfy({ $0 < 0x80 }) {
+                // Delivery needs the A-label form (RFC 5890), which this relay cannot compute yet:
+                // refuse now rather than queue mail that can only bounce days later.
+                return fail(Reply(553, .nonASCIINotPermitted, "Internationalized recipient domains are not supported by this relay yet"))
+            }
             if mailbox.hasAddressLiteral {
                 // An address literal bypasses MX, DANE and MTA-STS: this relay refuses it.
                 return fail(Reply(550, .deliveryNotAuthorized, "Recipient address literals are not relayed (no DNS-based TLS policy can apply)"))
@@ -229,7 +236,9 @@ public struct ServerSession: Sendable {
                 }
             }
             if transaction.recipients.count >= limits.maxRecipients {
-                return fail(Reply(452, .tooManyRecipientsTemporary, "Error: too many recipients"))
+                // Not an error of the client's (RFC 5321 §4.5.3.1.10: it sends the rest later),
+                // so it does not count toward the error limit.
+                return [.reply(Reply(452, .tooManyRecipientsTemporary, "Error: too many recipients"))]
             }
             transaction.recipients.append(recipient)
             state = .mail(transaction)
