@@ -14,6 +14,9 @@ public enum ConfigurationLoader {
     /// The log levels swift-log knows.
     public static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
 
+    /// Largest configuration file read, bytes.
+    public static let maxFileSize = 1 << 20
+
     /// Reads and validates `path`.
     /// - Throws: `ConfigurationError` when the file cannot be read, is not TOML, or holds an
     ///   unknown key, a wrong type or a bad value.
@@ -28,6 +31,9 @@ public enum ConfigurationLoader {
             let count = fread(&chunk, 1, chunk.count, file)
             if count <= 0 { break }
             bytes += chunk[0..<count]
+            if bytes.count > maxFileSize {
+                throw ConfigurationError(file: path, line: 0, reason: "larger than \(maxFileSize) bytes: not a configuration file")
+            }
         }
         if ferror(file) != 0 {
             throw ConfigurationError(file: path, line: 0, reason: "cannot read: \(String(cString: strerror(errno)))")
@@ -41,6 +47,11 @@ public enum ConfigurationLoader {
     /// Parses configuration text; `file` names it in errors.
     /// - Throws: `ConfigurationError`.
     public static func parse(text: String, file: String) throws -> RelayConfiguration {
+        if let index = text.utf8.firstIndex(of: 0) {
+            // toml++ reads a C string: everything after a NUL would be ignored silently.
+            let line = text.utf8[..<index].filter { $0 == 10 }.count + 1
+            throw ConfigurationError(file: file, line: line, reason: "contains a NUL byte")
+        }
         try precheck(text: text, file: file)
         let table: TOMLTable
         do {
@@ -80,6 +91,9 @@ public enum ConfigurationLoader {
         guard date.count == 3, date[0].count == 4, date[1].count == 2, date[2].count == 2,
               let year = Int(date[0]), let month = Int(date[1]), let day = Int(date[2]),
               (1...12).contains(month), (1...31).contains(day) else { return nil }
+        let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
+        let daysInMonth = [31, leap ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][month - 1]
+        guard day <= daysInMonth else { return nil }
         var hour = 23, minute = 59, second = 59
         if parts.count == 2 {
             var time = parts[1]
@@ -105,8 +119,11 @@ public enum ConfigurationLoader {
         let file: String
         let locator: KeyLocator
 
+        /// Which `[[policy.domain]]` entry is being read, for line numbers.
+        var occurrence = 0
+
         func error(_ section: String?, _ key: String?, _ reason: String) -> ConfigurationError {
-            ConfigurationError(file: file, line: locator.line(section: section, key: key), reason: reason)
+            ConfigurationError(file: file, line: locator.line(section: section, key: key, occurrence: section == "policy.domain" ? occurrence : 0), reason: reason)
         }
 
         func name(_ section: String?, _ key: String) -> String { section.map { "\($0).\(key)" } ?? key }
@@ -189,6 +206,9 @@ public enum ConfigurationLoader {
                         throw error(section, "listen", "'server.listen' entry \"\(text)\" is not IP:port or [IPv6]:port")
                     }
                     return address
+                }
+                if Set(server.listen).count != server.listen.count {
+                    throw error(section, "listen", "'server.listen' names the same address twice")
                 }
             }
             if let name = try string(table, section, "hostname") {
@@ -310,7 +330,18 @@ public enum ConfigurationLoader {
                     throw error("policy.domain", nil, "'policy.domain' must be an array of tables ([[policy.domain]])")
                 }
                 var seen: Set<String> = []
-                policy.domains = try array.map { element in
+                var entries: [PolicySettings.DomainLevel] = []
+                for (index, element) in array.enumerated() {
+                    var reader = self
+                    reader.occurrence = index
+                    entries.append(try reader.readDomainLevel(element, seen: &seen))
+                }
+                policy.domains = entries
+            }
+        }
+
+        func readDomainLevel(_ element: TOMLValueConvertible, seen: inout Set<String>) throws -> PolicySettings.DomainLevel {
+                do {
                     guard let entry = element.table else {
                         throw error("policy.domain", nil, "'policy.domain' entries must be tables ([[policy.domain]])")
                     }
@@ -340,7 +371,6 @@ public enum ConfigurationLoader {
                     }
                     return PolicySettings.DomainLevel(domain: name, level: level, reason: reason, expires: expires, expiresText: expiresText)
                 }
-            }
         }
 
         /// Letters, digits, hyphens and dots; labels of 1 to 63 characters (RFC 1123 §2.1).

@@ -9,19 +9,24 @@ struct KeyLocator {
 
     /// 1-based line of `key` inside `[section]` (nil section = top level); falls back to the
     /// section header's line, then to line 1.
-    func line(section: String?, key: String?) -> Int {
+    func line(section: String?, key: String?, occurrence: Int = 0) -> Int {
         var current: String? = nil
         var headerLine: Int? = nil
+        var seen = -1
         for (index, raw) in lines.enumerated() {
             let line = raw.drop(while: { $0 == " " || $0 == "\t" })
             if line.hasPrefix("[") {
                 let name = line.drop(while: { $0 == "[" }).prefix(while: { $0 != "]" })
                     .filter { $0 != " " && $0 != "\t" && $0 != "\"" }
                 current = String(name)
-                if current == section && headerLine == nil { headerLine = index + 1 }
+                if current == section {
+                    seen += 1
+                    if seen == occurrence { headerLine = index + 1 }
+                }
                 continue
             }
-            guard current == section, let key else { continue }
+            // Inside the occurrence-th table of that name ([[array]] entries count separately).
+            guard current == section, section == nil || seen == occurrence, let key else { continue }
             let keyText = line.prefix(while: { $0 != "=" }).trimmingCharacters()
             if keyText == key || keyText == "\"\(key)\"" || keyText == "'\(key)'" || keyText.hasSuffix(".\(key)") {
                 return index + 1

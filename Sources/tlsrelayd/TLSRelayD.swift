@@ -28,6 +28,12 @@ struct TLSRelayD: AsyncParsableCommand {
             writeStandardError("tlsrelayd: configuration error: \(error)\n")
             throw ExitCode(DaemonExitCode.config)
         }
+        let problems = ConfigurationCheck.problems(settings)
+        if !problems.isEmpty {
+            for problem in problems { writeStandardError("tlsrelayd: configuration error: \(config): \(problem)\n") }
+            throw ExitCode(DaemonExitCode.config)
+        }
+        for warning in ConfigurationCheck.warnings(settings) { writeStandardError("tlsrelayd: warning: \(config): \(warning)\n") }
         if checkConfig {
             print("# \(config): configuration is valid; effective settings:")
             print(settings.renderTOML(), terminator: "")

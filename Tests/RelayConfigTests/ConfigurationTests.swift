@@ -119,6 +119,12 @@ struct ConfigurationTests {
         Bad(text: "log_level = \"loud\"\n", line: 1, fragment: "must be one of"),
         Bad(text: "[delivery]\nmin_backoff = 100\nmax_backoff = 10\n", line: 3, fragment: "must not be less than"),
         Bad(text: "[policy]\ndowngrade_memory = \"strict\"\n", line: 2, fragment: "report, enforce or off"),
+        // From a new user's attack run.
+        Bad(text: "log_level = \"info\"\n\u{0000}\n[server]\nbogus_key = 1\n", line: 2, fragment: "NUL byte"),
+        Bad(text: "[[policy.domain]]\nname = \"a.example\"\nlevel = \"may\"\nexpires = \"2026-02-31\"\n", line: 4, fragment: "must be a date"),
+        Bad(text: "[server]\nlisten = [\"127.0.0.1:25\", \"127.0.0.1:25\"]\n", line: 2, fragment: "same address twice"),
+        Bad(text: "[[policy.domain]]\nname = \"a.example\"\nlevel = \"may\"\n\n[[policy.domain]]\nname = \"b.example\"\nlevel = \"bogus\"\n", line: 7, fragment: "must be none, may"),
+        Bad(text: "[[policy.domain]]\nname = \"a.example\"\nlevel = \"may\"\n[[policy.domain]]\nname = \"a.example\"\nlevel = \"may\"\n", line: 5, fragment: "two [[policy.domain]] entries"),
         // Found by the fuzzer: toml++ asserted on these instead of reporting them.
         Bad(text: "state_directory = \"/x\"\n[>[policy.domain]]\nname = \"a.example\"\n", line: 2, fragment: "table header needs a key"),
         Bad(text: "[[policy.domain]]\nname = \"a.example\"\nlevel = \"may\"\nexpires = \"\"\n", line: 4, fragment: "must be a date"),
