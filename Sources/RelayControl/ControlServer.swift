@@ -32,8 +32,11 @@ public final class ControlServer: Sendable {
     public func start() async throws {
         let dispatch = self.dispatch
         let channel = try await ServerBootstrap(group: group)
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    // A client that sends nothing (or never ends its line) is dropped after 10 s.
+                    try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: .seconds(10)))
                     try channel.pipeline.syncOperations.addHandler(ControlConnectionHandler(dispatch: dispatch))
                 }
             }
@@ -77,7 +80,23 @@ final class ControlConnectionHandler: ChannelInboundHandler {
             return
         }
         guard let newline = buffer.firstIndex(of: 10) else { return }
-        let request = Data(buffer[..<newline])
+        handle(Data(buffer[..<newline]), context: context)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, event == .inputClosed, !answered {
+            // The client half-closed after its request without a newline: that is the request.
+            handle(Data(buffer), context: context)
+            return
+        }
+        if event is IdleStateHandler.IdleStateEvent, !answered {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    private func handle(_ request: Data, context: ChannelHandlerContext) {
         answered = true
         let dispatch = self.dispatch
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)

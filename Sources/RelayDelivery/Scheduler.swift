@@ -123,7 +123,10 @@ public actor Scheduler {
     /// Releases a held message (`postsuper -H`) and makes it due now.
     /// - Throws: `OperationError`.
     public func release(_ id: QueueID) throws {
-        guard held.contains(id) else { throw OperationError.notQueued(id) }
+        guard held.contains(id) else {
+            if due[id] != nil || inFlight.contains(id) { throw OperationError.failed("message \(id) is not on hold") }
+            throw OperationError.notQueued(id)
+        }
         if settings.holdAll { throw OperationError.failed("delivery.hold is set: nothing is delivered until it is turned off") }
         try updateRecord(id) { $0.held = false; $0.nextAttempt = 0 }
         held.remove(id)
