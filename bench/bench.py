@@ -387,8 +387,8 @@ def main():
             world.down()
             shutil.rmtree(base, ignore_errors=True)
     print()
-    print(f"| figure | tlsrelay | Postfix | tlsrelay / Postfix | |")
-    print(f"|---|---:|---:|---:|---|")
+    print("| figure | tlsrelay | Postfix | tlsrelay / Postfix | |")
+    print("|---|---:|---:|---:|---|")
     for name, ours, theirs, note in rows:
         ratio = ours / theirs if theirs else float("nan")
         print(f"| {name} | {ours:.2f} | {theirs:.2f} | {ratio:.2f} | {note} |")

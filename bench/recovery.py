@@ -5,12 +5,10 @@ delivery.hold = true, and measures the time from exec to the first SMTP greeting
 recovered — every file validated — before the listener is bound)."""
 import argparse
 import json
-import os
 import random
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path

@@ -4,7 +4,10 @@ It has its own config, queue and data directories in a temp dir, runs unchrooted
 listener at all (mail enters through `sendmail`, i.e. pickup), and sends everything to
 `relayhost = [127.0.0.1]:PORT`, exactly as an administrator would configure it.
 """
+import contextlib
 import os
+import shutil
+import tempfile
 import subprocess
 import sys
 import time
@@ -97,3 +100,18 @@ def _ids(user):
     import pwd
     entry = pwd.getpwnam(user)
     return entry.pw_uid, entry.pw_gid
+
+
+@contextlib.contextmanager
+def running_postfix(relay_port):
+    """A started PostfixClient relaying to 127.0.0.1:relay_port, in its own temporary directory
+    (not under pytest's 0700 tmp_path: Postfix's daemons run as the postfix user); stopped and
+    removed afterwards."""
+    base = tempfile.mkdtemp(prefix="tlsrelay-postfix-")
+    os.chmod(base, 0o755)
+    client = PostfixClient(base, relay_port).start()
+    try:
+        yield client
+    finally:
+        client.stop()
+        shutil.rmtree(base, ignore_errors=True)

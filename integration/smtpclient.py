@@ -1,6 +1,5 @@
 """A raw SMTP client for tests that must control every byte (pipelining, bare LF, smuggling)."""
 import socket
-import time
 
 
 class RawSMTP:

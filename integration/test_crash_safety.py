@@ -8,7 +8,6 @@ nothing is corrupt.
 """
 import os
 import random
-import socket
 import subprocess
 import threading
 import time

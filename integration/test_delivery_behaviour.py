@@ -3,15 +3,11 @@ RFC 3464): temporary failures are retried, permanent ones bounce with a DSN to t
 own MX, a dropped connection is retried, the queue lifetime ends in 5.4.7, large messages and
 many recipients across several domains arrive intact, and real Postfix → tlsrelayd → MX works.
 """
-import os
 import re
-import shutil
-import tempfile
-import time
 
 import pytest
 
-from postfix_client import PostfixClient
+from postfix_client import running_postfix
 from relay import Relay, wait_for
 from smtpclient import RawSMTP
 
@@ -136,12 +132,8 @@ def test_large_message_to_many_recipients_in_several_domains(world, fast_relay):
 
 @pytest.fixture
 def postfix_upstream(fast_relay):
-    base = tempfile.mkdtemp(prefix="tlsrelay-postfix-")
-    os.chmod(base, 0o755)
-    client = PostfixClient(base, fast_relay.port).start()
-    yield client
-    client.stop()
-    shutil.rmtree(base, ignore_errors=True)
+    with running_postfix(fast_relay.port) as client:
+        yield client
 
 
 def test_postfix_to_tlsrelay_to_mx_over_starttls(world, fast_relay, postfix_upstream):

@@ -1,25 +1,16 @@
 """Real Postfix, configured with relayhost = [127.0.0.1]:PORT, hands mail to tlsrelayd."""
-import os
 import re
-import shutil
-import tempfile
-import time
 
 import pytest
 
-from postfix_client import PostfixClient
+from postfix_client import running_postfix
 from relay import wait_for
 
 
 @pytest.fixture
 def postfix(relay):
-    # Postfix's daemons drop to the postfix user, which cannot enter pytest's 0700 tmp_path.
-    base = tempfile.mkdtemp(prefix="tlsrelay-postfix-")
-    os.chmod(base, 0o755)
-    client = PostfixClient(base, relay.port).start()
-    yield client
-    client.stop()
-    shutil.rmtree(base, ignore_errors=True)
+    with running_postfix(relay.port) as client:
+        yield client
 
 
 

@@ -1,15 +1,11 @@
 """tlsrelayd as a systemd service: sd_notify (READY, STATUS, WATCHDOG), SIGHUP reload, native
 journald logging, and the unit file itself (systemd-analyze verify and security score)."""
-import os
 import re
 import signal
 import socket
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
-import pytest
 
 from relay import BINARY, ROOT, Relay
 from test_delivery_behaviour import attempts, send, wait_for
