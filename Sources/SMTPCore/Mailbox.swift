@@ -74,6 +74,14 @@ public enum PathParser {
     /// - Throws: `PathSyntaxError`.
     public static func parseMailbox(_ text: Substring, allowUTF8: Bool) throws -> Mailbox {
         if !allowUTF8, text.utf8.contains(where: { $0 >= 0x80 }) { throw PathSyntaxError.nonASCIIWithoutSMTPUTF8 }
+        // Control and formatting characters (C1 controls, line/paragraph separators, bidi
+        // overrides) would end up in logs and trace headers: never part of an address.
+        if text.unicodeScalars.contains(where: { scalar in
+            switch scalar.properties.generalCategory {
+            case .control, .format, .lineSeparator, .paragraphSeparator, .surrogate, .unassigned, .privateUse: return true
+            default: return false
+            }
+        }) { throw PathSyntaxError.badLocalPart }
         let bytes = Array(text.utf8)
         var index = 0
         // Local part: quoted string or dot-string.
@@ -116,6 +124,11 @@ public enum PathParser {
         let domain = String(decoding: bytes[(index + 1)...], as: UTF8.self)
         let domainText = Substring(domain)
         guard DomainSyntax.isValidDomain(domainText, allowUTF8: allowUTF8) || DomainSyntax.isAddressLiteral(domainText) else {
+            throw PathSyntaxError.badDomain
+        }
+        // An IP address must be written as an address literal, [192.0.2.1] (RFC 5321 §4.1.3):
+        // a domain whose last label is all digits is not a domain name.
+        if !domainText.hasPrefix("["), let last = domainText.split(separator: ".").last, last.allSatisfy({ $0.isASCII && $0.isNumber }) {
             throw PathSyntaxError.badDomain
         }
         return Mailbox(localPart: localPart, domain: domain)

@@ -69,6 +69,9 @@ struct ServerSessionTests {
         Case(lines: ["MAIL FROM:<a@example.org>", "RCPT TO:<postmaster>"], expected: ["250 2.1.0", "501 5.1.3"]),
         Case(lines: ["MAIL FROM:<a@example.org>", "RCPT TO:<b@-bad.example>"], expected: ["250 2.1.0", "501 5.1.3"]),
         Case(lines: ["MAIL FROM:<a@example.org>", "RCPT TO:<b@[192.0.2.1]>"], expected: ["250 2.1.0", "550 5.7.1"]),
+        Case(lines: ["MAIL FROM:<a@example.org>", "RCPT TO:<b@192.0.2.1>"], expected: ["250 2.1.0", "501 5.1.3"]),
+        Case(lines: ["MAIL FROM:<a@example.org> SMTPUTF8", "RCPT TO:<evil\u{202E}moc@example.net>"], expected: ["250 2.1.0", "501 5.1.3"]),
+        Case(lines: ["MAIL FROM:<a@example.org> SMTPUTF8", "RCPT TO:<b\u{2028}x@example.net>"], expected: ["250 2.1.0", "501 5.1.3"]),
         Case(lines: ["MAIL FROM:<a@example.org>", "RCPT TO:b@example.net"], expected: ["250 2.1.0", "501 5.5.2"]),
         // SMTPUTF8 (RFC 6531)
         Case(lines: ["MAIL FROM:<jöran@example.org>"], expected: ["553 5.6.7"]),
