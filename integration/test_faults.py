@@ -1,6 +1,7 @@
 """Fault suite: what breaks around the relay never loses or bounces mail wrongly.
 (kill -9 under load and a full disk are in test_crash_safety.py; an MX dropping the
 connection after the message in test_delivery_behaviour.py.)"""
+import json
 import time
 
 import pytest
@@ -111,3 +112,27 @@ def test_dnssec_self_test_at_start_up(world, tmp_path, world_relay_toml, secure,
             assert "ALERT" not in relay.log_text()
     finally:
         relay.stop()
+
+
+def test_clock_set_back_does_not_stall_retries(world, tmp_path, world_relay_toml):
+    """A retry time written before the clock was set back lies far in the future: the relay
+    waits at most max_backoff from now, not until then."""
+    toml = world_relay_toml.replace("min_backoff = 3600\nmax_backoff = 3600", "min_backoff = 1\nmax_backoff = 2")
+    relay = Relay(tmp_path / "clock", extra_toml=toml + "\n[policy]\ndowngrade_memory = \"off\"\n").start()
+    try:
+        world.set_mx_behaviour("plain-mx", rcpt={"clock": "450 4.2.0 later"})
+        send(relay, "sender@plain-mx2.test", ["clock@plain-mx.test"], b"Subject: clock\r\n\r\nclock-token\r\n")
+        assert wait_for(lambda: attempts(relay, "clock@plain-mx.test"))
+        relay.stop()
+        world.clear_mx_behaviour("plain-mx")
+        # As if the clock had been set back by a week since the retry time was written.
+        records = list((relay.state / "spool" / "state").glob("*/*"))
+        assert len(records) == 1
+        record = json.loads(records[0].read_text())
+        record["nextAttempt"] = time.time() + 7 * 86400
+        records[0].write_text(json.dumps(record))
+        relay.start()
+        assert wait_for(lambda: [a for a in attempts(relay, "clock@plain-mx.test") if a[2] == "sent"], timeout=20), relay.log_text()[-1500:]
+    finally:
+        relay.stop()
+        world.clear_mx_behaviour()

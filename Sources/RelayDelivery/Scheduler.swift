@@ -178,7 +178,9 @@ public actor Scheduler {
                 held.insert(id)
                 continue
             }
-            due[id] = record?.nextAttempt ?? 0
+            // A retry time further away than max_backoff means the clock was set back since it
+            // was written: never wait longer than max_backoff from now.
+            due[id] = min(record?.nextAttempt ?? 0, Date().timeIntervalSince1970 + settings.retry.maximumBackoff)
         }
     }
 
@@ -198,6 +200,10 @@ public actor Scheduler {
             defer { ticker.cancel() }
             while !Task.isCancelled {
                 let now = Date().timeIntervalSince1970
+                // The wall clock may jump back: no retry waits more than max_backoff from now.
+                for (id, time) in due where time > now + settings.retry.maximumBackoff {
+                    due[id] = now + settings.retry.maximumBackoff
+                }
                 let ready = due.filter { $0.value <= now }.keys.sorted()
                 for id in ready where inFlight.count < settings.concurrency {
                     due[id] = nil
