@@ -107,3 +107,21 @@ def test_check_without_daemon(world, tmp_path, world_relay_toml, scenario, code,
     # Nothing was sent: no MX recorded a message from the check.
     for host in world.scenario(scenario)["mx"]:
         assert not any(m["mail_from"] == "" and not m["rcpt_tos"] for m in world.messages(host["name"]))
+
+
+def test_control_socket_request_ended_by_half_close(relay):
+    import socket
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(str(relay.state / "control.sock"))
+    s.sendall(b'{"command": "status"}')
+    s.shutdown(socket.SHUT_WR)
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    answer = json.loads(data)
+    assert answer["ok"] is True and "queue" in answer["result"]
+    s2 = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s2.connect(str(relay.state / "control.sock"))
+    s2.sendall(b'{"command": "frobnicate"}\n')
+    assert json.loads(s2.recv(65536)) == {"ok": False, "error": "unknown command 'frobnicate'"}
