@@ -80,7 +80,13 @@ public final class DowngradeMemoryStore: Sendable {
     /// Records a delivery that achieved `security`: raises the remembered level, or — when
     /// `acceptDowngrade` — sets it to the weaker level (the grace window has passed).
     public func record(domain: String, security: AchievedSecurity, now: Double, acceptDowngrade: Bool) {
-        var memory = self.memory(of: domain) ?? DomainMemory(domain: domain, strongest: security, achievedAt: now)
+        let existing = self.memory(of: domain)
+        // Nothing new to remember (same level, recorded within the hour): no write on the
+        // delivery path.
+        if let existing, existing.strongest == security, existing.downgradeFirstSeen == nil, now - existing.achievedAt < 3600 {
+            return
+        }
+        var memory = existing ?? DomainMemory(domain: domain, strongest: security, achievedAt: now)
         if security >= memory.strongest || acceptDowngrade {
             memory.strongest = security
             memory.achievedAt = now
