@@ -303,32 +303,43 @@ final class UnboundEngine: @unchecked Sendable {
     /// Finishes a query with `outcome` if nobody else has; resumes its continuation.
     func finish(_ query: PendingQuery, _ outcome: Result<UnboundResult, any Error>, fromCallback: Bool) {
         lock.lock()
-        guard !query.finished else {
+        guard case .claimed(let continuation) = claimLocked(query, outcome) else {
             lock.unlock()
             return
         }
+        lock.unlock()
+        continuation?.resume(with: outcome)
+    }
+
+    /// What `claimLocked` found.
+    private enum Claim {
+        /// Someone else finished the query first.
+        case alreadyFinished
+        /// The caller finishes it; resume this continuation (nil: not installed yet, the outcome
+        /// was recorded for `submit`).
+        case claimed(CheckedContinuation<UnboundResult, any Error>?)
+    }
+
+    /// With `lock` held: marks `query` finished and takes its continuation (or records the
+    /// outcome for a continuation not yet installed).
+    private func claimLocked(_ query: PendingQuery, _ outcome: Result<UnboundResult, any Error>) -> Claim {
+        guard !query.finished else { return .alreadyFinished }
         query.finished = true
         pending[query.serial] = nil
         let continuation = query.continuation
         query.continuation = nil
         if continuation == nil { query.earlyOutcome = outcome }
-        lock.unlock()
-        continuation?.resume(with: outcome)
+        return .claimed(continuation)
     }
 
     /// Ends a query without waiting for libunbound (deadline, task cancellation): resumes it
     /// with `error` and cancels it in libunbound.
     private func abandon(_ query: PendingQuery, with error: any Error) {
         lock.lock()
-        guard !query.finished else {
+        guard case .claimed(let continuation) = claimLocked(query, .failure(error)) else {
             lock.unlock()
             return
         }
-        query.finished = true
-        pending[query.serial] = nil
-        let continuation = query.continuation
-        query.continuation = nil
-        if continuation == nil { query.earlyOutcome = .failure(error) }
         let id = query.asyncID
         if id == nil { query.cancelWhenSubmitted = true }
         let contextAlive = state != .stopped
