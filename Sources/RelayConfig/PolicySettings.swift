@@ -41,6 +41,11 @@ public struct PolicySettings: Sendable, Equatable {
         /// The expiry as written in the file (YYYY-MM-DD or an RFC 3339 date-time).
         public var expiresText: String?
 
+        /// True once `expires` has passed at `now` (seconds since the epoch): the entry no longer applies.
+        public func isExpired(at now: Double) -> Bool {
+            expires.map { now >= $0 } ?? false
+        }
+
         public init(domain: String, level: Level, reason: String? = nil, expires: Double? = nil, expiresText: String? = nil) {
             self.domain = domain
             self.level = level

@@ -110,7 +110,7 @@ struct ControlCommands: Sendable {
                 var entry: [String: Any] = ["level": level.level.rawValue]
                 if let reason = level.reason { entry["reason"] = reason }
                 if let expires = level.expiresText { entry["expires"] = expires }
-                if let seconds = level.expires { entry["expired"] = Date().timeIntervalSince1970 >= seconds }
+                if level.expires != nil { entry["expired"] = level.isExpired(at: Date().timeIntervalSince1970) }
                 result["local_level"] = entry
             }
             result["downgrade_memory_mode"] = configuration.policy.downgradeMemory.rawValue

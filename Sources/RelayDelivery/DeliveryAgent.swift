@@ -32,6 +32,11 @@ public final class DeliveryAgent: Sendable {
         public var localLevels: [PolicySettings.DomainLevel]
         /// Downgrade memory mode and grace window (seconds).
         public var downgradeMemory: PolicySettings.DowngradeMemory = .report
+
+        /// The local level entry for `domain` (expired or not).
+        func localLevel(for domain: String) -> PolicySettings.DomainLevel? {
+            localLevels.first { $0.domain == domain }
+        }
         public var downgradeGrace: Double = 86400
 
         public init(heloName: String, port: Int, timeouts: ClientTimeouts = ClientTimeouts(), daneForInsecureMX: Bool = true,
@@ -111,8 +116,8 @@ public final class DeliveryAgent: Sendable {
         }
         // A local level wins over everything discovered, and says so on every delivery.
         var localLevel: PolicySettings.DomainLevel.Level?
-        if let entry = settings.localLevels.first(where: { $0.domain == domain }) {
-            if let expires = entry.expires, Date().timeIntervalSince1970 >= expires {
+        if let entry = settings.localLevel(for: domain) {
+            if entry.isExpired(at: Date().timeIntervalSince1970) {
                 logger.warning("\(envelope.queueID): local policy level \(entry.level.rawValue) for \(domain) expired on \(entry.expiresText ?? "?") and no longer applies\(entry.reason.map { " (it was: \($0))" } ?? "")")
             } else {
                 localLevel = entry.level

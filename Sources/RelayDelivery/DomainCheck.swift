@@ -48,8 +48,8 @@ extension DeliveryAgent {
         let domain = (rawDomain.hasSuffix(".") ? String(rawDomain.dropLast()) : rawDomain).lowercased()
         var report = DomainCheckReport(domain: domain, mxStatus: "-", mxRecords: [], mtaSTS: "none", localLevel: nil, hosts: [], wouldFail: nil)
         var localLevel: PolicySettings.DomainLevel.Level?
-        if let entry = settings.localLevels.first(where: { $0.domain == domain }) {
-            if let expires = entry.expires, Date().timeIntervalSince1970 >= expires {
+        if let entry = settings.localLevel(for: domain) {
+            if entry.isExpired(at: Date().timeIntervalSince1970) {
                 report.localLevel = "\(entry.level.rawValue) (expired \(entry.expiresText ?? ""), not applied)"
             } else {
                 localLevel = entry.level
