@@ -138,10 +138,7 @@ class TLSRelay(Server):
         self.port = free_port()
         self.config = self.base / "tlsrelay.toml"
         if relay_world:
-            dns = relay_world.data["dns"]
-            delivery = (f'[dns]\ntrust_anchor_file = "{dns["trust_anchor_file"]}"\n'
-                        f'stub_zones = [{{ name = "test.", addresses = ["{dns["address"]}@{dns["port"]}"] }}]\n'
-                        f'[delivery]\nconcurrency = 20\ndestination_concurrency = 20\n')
+            delivery = relay_world.relay_sections(delivery_extra="concurrency = 20\ndestination_concurrency = 20\n")
         else:
             delivery = '[dns]\nstub_zones = []\n[delivery]\nhold = true\n'
         self.config.write_text(

@@ -29,15 +29,9 @@ def world(tmp_path_factory):
 def world_relay_toml(world):
     """[dns] and [delivery] sections pointing tlsrelayd at the world (its zone, trust anchor
     and test CA), with retries far enough apart that a deferred message stays deferred."""
-    dns = world.data["dns"]
-    return (
-        "[dns]\n"
-        f'trust_anchor_file = "{dns["trust_anchor_file"]}"\n'
-        f'stub_zones = [{{ name = "test.", addresses = ["{dns["address"]}@{dns["port"]}"] }}]\n'
-        "timeout = 3\n"
-        "[delivery]\n"
-        f'tls_ca_file = "{world.data["pki"]["ca_file"]}"\n'
-        "min_backoff = 3600\nmax_backoff = 3600\nconnect_timeout = 5\ncommand_timeout = 10\n")
+    return world.relay_sections(
+        dns_extra="timeout = 3\n",
+        delivery_extra="min_backoff = 3600\nmax_backoff = 3600\nconnect_timeout = 5\ncommand_timeout = 10\n")
 
 
 @pytest.fixture

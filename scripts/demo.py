@@ -60,13 +60,10 @@ def main():
         world = World.up(str(work / "world"))
         print(f"world up in {world.data.get('startup_seconds', 0):.2f} s; DNS at {world.data['dns']['address']}")
         port = free_port()
-        dns = world.data["dns"]
         config = work / "tlsrelay.toml"
         config.write_text(
             f'state_directory = "{work}/state"\n[server]\nlisten = ["127.0.0.1:{port}"]\nhostname = "relay.example.org"\n'
-            f'[dns]\ntrust_anchor_file = "{dns["trust_anchor_file"]}"\n'
-            f'stub_zones = [{{ name = "test.", addresses = ["{dns["address"]}@{dns["port"]}"] }}]\n'
-            f'[delivery]\ntls_ca_file = "{world.data["pki"]["ca_file"]}"\nmin_backoff = 3600\n')
+            + world.relay_sections(delivery_extra="min_backoff = 3600\n"))
         say(f"Starting tlsrelayd on 127.0.0.1:{port} beside a private journald")
         log = work / "tlsrelayd.log"
         relay = subprocess.Popen([str(ROOT / "scripts" / "journal_namespace.sh"), str(work / "journald"),

@@ -65,6 +65,18 @@ class World:
     def toml_file(self) -> str:
         return self.data["relay"]["toml_file"]
 
+    def relay_sections(self, dns_extra: str = "", delivery_extra: str = "") -> str:
+        """tlsrelayd's [dns] and [delivery] sections for this world (its zone, trust anchor and
+        test CA), with extra lines for each section."""
+        dns = self.data["dns"]
+        return ("[dns]\n"
+                f'trust_anchor_file = "{dns["trust_anchor_file"]}"\n'
+                f'stub_zones = [{{ name = "test.", addresses = ["{dns["address"]}@{dns["port"]}"] }}]\n'
+                + dns_extra
+                + "[delivery]\n"
+                f'tls_ca_file = "{self.data["pki"]["ca_file"]}"\n'
+                + delivery_extra)
+
     @property
     def scenarios(self) -> dict:
         return self.data["scenarios"]
