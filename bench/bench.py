@@ -11,8 +11,11 @@ of the whole machine during the run minus the load generator's own CPU), latency
 to the end of DATA (p50/p99, measured by a separate client), peak memory (PSS of all server
 processes).
 
-Only loopback addresses are used. Not measured yet: relay (delivery) rates, STARTTLS relay
-rates, recovery time and enqueue cost with a large queue.
+Relay side: end-to-end relay rate (submission to the last message handed to the sink), in
+clear to smtp-sink and over STARTTLS to a TLS sink (see relay_part).
+
+Only loopback addresses are used. Recovery time and enqueue cost with a large queue:
+bench/recovery.py.
 """
 import argparse
 import asyncio
@@ -33,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "testworld"))
 from postfix import UNIX_SERVICES  # noqa: E402
 TLSRELAYD = ROOT / ".build" / "release" / "tlsrelayd"
+WRAPPER = []   # --wrap: a command tlsrelayd runs under (a profiler)
 
 POSTFIX_MASTER = "127.0.0.1:{port} inet n - n - - smtpd\n" + UNIX_SERVICES.replace("{", "{{").replace("}", "}}")
 
@@ -70,11 +74,11 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_port(port, timeout=30):
+def wait_port(port, timeout=30, host="127.0.0.1"):
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            with socket.create_connection((host, port), timeout=1) as s:
                 s.recv(100)
                 return
         except OSError:
@@ -131,9 +135,9 @@ class Server:
 class TLSRelay(Server):
     name = "tlsrelay"
 
-    def __init__(self, base, relay_world=None):
+    def __init__(self, base, relay_world=None, tag="relay"):
         """Delivery held, or (relay_world) delivering through the test world's DNS."""
-        self.base = base / ("tlsrelay-relay" if relay_world else "tlsrelay")
+        self.base = base / (f"tlsrelay-{tag}" if relay_world else "tlsrelay")
         self.base.mkdir()
         self.port = free_port()
         self.config = self.base / "tlsrelay.toml"
@@ -153,7 +157,7 @@ class TLSRelay(Server):
         return total
 
     def start(self):
-        self.process = subprocess.Popen([str(TLSRELAYD), "--config", str(self.config)], stdout=subprocess.DEVNULL,
+        self.process = subprocess.Popen(WRAPPER + [str(TLSRELAYD), "--config", str(self.config)], stdout=subprocess.DEVNULL,
                                         stderr=open(self.base / "log", "ab"))
         wait_port(self.port)
 
@@ -175,9 +179,10 @@ class TLSRelay(Server):
 class Postfix(Server):
     name = "postfix"
 
-    def __init__(self, base, relay_to=None):
-        """Delivery deferred, or (relay_to = "IP") relaying everything to IP:25."""
-        self.base = base / ("postfix-relay" if relay_to else "postfix")
+    def __init__(self, base, relay_to=None, tls_level="may"):
+        """Delivery deferred, or (relay_to = "IP") relaying everything to IP:25 with
+        smtp_tls_security_level = tls_level."""
+        self.base = base / (f"postfix-relay-{tls_level}" if relay_to else "postfix")
         self.conf, self.queue, self.data = self.base / "conf", self.base / "queue", self.base / "data"
         for d in (self.conf, self.queue, self.data):
             d.mkdir(parents=True)
@@ -189,7 +194,7 @@ class Postfix(Server):
         if relay_to:
             main = main.replace("relayhost = [127.0.0.1]:9\ndefer_transports = smtp relay\n",
                                 f"relayhost = [{relay_to}]:25\ndefault_destination_concurrency_limit = 20\n"
-                                "smtp_tls_security_level = may\n")
+                                f"smtp_tls_security_level = {tls_level}\n")
         (self.conf / "main.cf").write_text(main)
 
     def queued(self):
@@ -301,6 +306,89 @@ def latency_round(server, sessions, per_session, size):
     return results[len(results) // 2] * 1000, results[int(len(results) * 0.99)] * 1000
 
 
+class PlainSink:
+    """smtp-sink on ADDRESS:25: accepts and discards, no STARTTLS."""
+
+    def __init__(self, address):
+        self.address = address
+        self.process = None
+
+    def start(self):
+        self.process = subprocess.Popen(["smtp-sink", "-u", "postfix", f"{self.address}:25", "256"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(25, host=self.address)
+
+    def stop(self):
+        if self.process:
+            self.process.terminate()
+            self.process.wait()
+
+
+class TLSSink(PlainSink):
+    """A Postfix smtpd on the MX host's address offering STARTTLS with the host's certificate;
+    each transaction goes through smtpd_proxy_filter to an smtp-sink on 127.0.0.1 (nothing is
+    queued)."""
+
+    def __init__(self, base, host):
+        super().__init__(host["address"])
+        self.base = base / "tls-sink"
+        self.conf, self.queue, self.data = self.base / "conf", self.base / "queue", self.base / "data"
+        for d in (self.conf, self.queue, self.data):
+            d.mkdir(parents=True)
+        entry = pwd.getpwnam("postfix")
+        os.chown(self.data, entry.pw_uid, entry.pw_gid)
+        self.sink_port = free_port()
+        master = POSTFIX_MASTER.replace("127.0.0.1:{port}", "{address}:25").format(address=self.address)
+        (self.conf / "master.cf").write_text(master)
+        main = POSTFIX_MAIN.format(conf=self.conf, queue=self.queue, data=self.data, base=self.base)
+        main = main.replace("myhostname = postfix-bench.example.org", f"myhostname = {host['name']}")
+        main += (f"smtpd_tls_security_level = may\n"
+                 f"smtpd_tls_chain_files = {host['certificate']['key_file']}, {host['certificate']['chain_file']}\n"
+                 f"smtpd_proxy_filter = 127.0.0.1:{self.sink_port}\n")
+        (self.conf / "main.cf").write_text(main)
+
+    def start(self):
+        self.process = subprocess.Popen(["smtp-sink", "-u", "postfix", f"127.0.0.1:{self.sink_port}", "256"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.sink_port)
+        result = subprocess.run(["postfix", "-c", str(self.conf), "start"], capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            raise SystemExit("TLS sink: postfix start failed: " + result.stdout + result.stderr)
+        wait_port(25, host=self.address)
+
+    def stop(self):
+        subprocess.run(["postfix", "-c", str(self.conf), "stop"], capture_output=True, timeout=120)
+        super().stop()
+
+
+def relay_part(base, world, domain, sink, tls, args):
+    """Relay rate of tlsrelayd and Postfix to one sink: a warm-up, then alternating rounds.
+    Returns a table row."""
+    relays = []
+    try:
+        sink.start()
+        relays = [TLSRelay(base, relay_world=world, tag="tls" if tls else "plain"),
+                  Postfix(base, relay_to=sink.address, tls_level="encrypt" if tls else "may")]
+        for r in relays:
+            r.start()
+        for r in relays:
+            relay_round(r, 10, max(300, args.messages // 10), args.size, domain)   # warm-up
+        figures = {r.name: [] for r in relays}
+        for _ in range(args.rounds):
+            for r in relays:
+                figures[r.name].append(relay_round(r, 10, args.messages, args.size, domain))
+        what = "over STARTTLS (DANE-EE / encrypt) to a TLS sink" if tls else "to smtp-sink (no STARTTLS offered)"
+        return (f"relay end to end {what}, 10 sessions: msg/s", statistics.median(figures["tlsrelay"]),
+                statistics.median(figures["postfix"]), "higher is better")
+    finally:
+        for r in relays:
+            try:
+                r.stop()
+            except Exception as e:   # keep stopping the others
+                print(f"stopping {r.name}: {e}", file=sys.stderr)
+        sink.stop()
+
+
 def main():
     global TLSRELAYD
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -309,22 +397,25 @@ def main():
     parser.add_argument("--sessions", default="10,50")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--binary", default=str(TLSRELAYD), help="tlsrelayd to measure (default: the release build)")
-    parser.add_argument("--no-relay", action="store_true", help="skip the end-to-end relay rate (needs the test world)")
+    parser.add_argument("--no-relay", action="store_true", help="skip the end-to-end relay rates (they need the test world)")
+    parser.add_argument("--only", choices=["accept", "relay"], help="run one part: the inbound side or the relay rates")
+    parser.add_argument("--wrap", default="", help='run tlsrelayd under this command, e.g. "perf record -g -o /tmp/relay.perf --"')
     args = parser.parse_args()
+    WRAPPER[:] = args.wrap.split()
     TLSRELAYD = Path(args.binary)
     if not TLSRELAYD.exists():
         raise SystemExit(f"{TLSRELAYD} missing: run make release first")
     base = Path(tempfile.mkdtemp(prefix="tlsrelay-bench-"))
     os.chmod(base, 0o755)
-    servers = [TLSRelay(base), Postfix(base)]
+    servers = [] if args.only == "relay" else [TLSRelay(base), Postfix(base)]
     rows = []
+    print(f"# tlsrelay vs Postfix on {platform.node()} ({os.cpu_count()} CPUs), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    postfix_version = subprocess.run(["postconf", "-d", "-h", "mail_version"], capture_output=True, text=True).stdout.strip()
+    print(f"# Postfix {postfix_version}; {args.messages} messages x {args.size} bytes; median of {args.rounds} alternating rounds after a warm-up")
     try:
         for s in servers:
             s.start()
-        print(f"# tlsrelay vs Postfix on {platform.node()} ({os.cpu_count()} CPUs), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-        postfix_version = subprocess.run(["postconf", "-d", "-h", "mail_version"], capture_output=True, text=True).stdout.strip()
-        print(f"# Postfix {postfix_version}; {args.messages} messages x {args.size} bytes; median of {args.rounds} alternating rounds after a warm-up")
-        for sessions in [int(x) for x in args.sessions.split(",")]:
+        for sessions in [int(x) for x in args.sessions.split(",") if servers]:
             for s in servers:   # warm-up
                 accept_round(s, sessions, max(500, args.messages // 10), args.size)
             figures = {s.name: [] for s in servers}
@@ -335,9 +426,10 @@ def main():
             rows.append((f"accept+queue, {sessions} sessions: msg/s", med["tlsrelay"][0], med["postfix"][0], "higher is better"))
             rows.append((f"accept+queue, {sessions} sessions: CPU ms/msg", med["tlsrelay"][1], med["postfix"][1], "lower is better"))
             rows.append((f"accept+queue, {sessions} sessions: peak PSS MiB", med["tlsrelay"][2], med["postfix"][2], "lower is better"))
-        lat = {s.name: latency_round(s, 10, max(50, args.messages // 20), args.size) for s in servers}
-        rows.append(("end of DATA -> 250, 10 sessions: p50 ms", lat["tlsrelay"][0], lat["postfix"][0], "lower is better"))
-        rows.append(("end of DATA -> 250, 10 sessions: p99 ms", lat["tlsrelay"][1], lat["postfix"][1], "lower is better"))
+        lat = {} if not servers else {s.name: latency_round(s, 10, max(50, args.messages // 20), args.size) for s in servers}
+        if lat:
+            rows.append(("end of DATA -> 250, 10 sessions: p50 ms", lat["tlsrelay"][0], lat["postfix"][0], "lower is better"))
+            rows.append(("end of DATA -> 250, 10 sessions: p99 ms", lat["tlsrelay"][1], lat["postfix"][1], "lower is better"))
     finally:
         for s in servers:
             try:
@@ -345,42 +437,27 @@ def main():
             except Exception as e:   # keep stopping the others
                 print(f"stopping {s.name}: {e}", file=sys.stderr)
         shutil.rmtree(base, ignore_errors=True)
-    # Relay end to end: both deliver to the same smtp-sink, on the address of the test world's
-    # MX host mx1.two-mx-first-down.test (where nothing else listens). tlsrelayd finds it through
-    # DNS (MX, A, TLSA lookups, validated); Postfix is pointed at it with relayhost.
-    if not args.no_relay:
+    # Relay end to end: both relays deliver to the same sink, on the address of a test-world MX
+    # host where nothing else listens. tlsrelayd finds it through DNS (MX, A, TLSA lookups,
+    # validated); Postfix is pointed at it with relayhost.
+    #   plain: smtp-sink on mx1.two-mx-first-down.test (no STARTTLS offered, so both send in clear);
+    #   STARTTLS: a Postfix smtpd offering STARTTLS with the certificate of mx.dane-ee-down.test,
+    #   passing each transaction to an smtp-sink (smtpd_proxy_filter, nothing queued). tlsrelayd
+    #   authenticates it by its DNSSEC-signed TLSA record (DANE-EE); Postfix uses
+    #   smtp_tls_security_level = encrypt (its DANE needs a validating system resolver).
+    if not args.no_relay and args.only != "accept":
         base = Path(tempfile.mkdtemp(prefix="tlsrelay-bench-"))
         os.chmod(base, 0o755)
         sys.path.insert(0, str(ROOT / "testworld"))
         from worldlib import World
         world = World.up(None, slot=None)
-        sink = None
-        relays = []
         try:
-            scenario = world.scenario("two-mx-first-down")
-            address = next(h["address"] for h in scenario["mx"] if h["preference"] == 10)
-            sink = subprocess.Popen(["smtp-sink", "-u", "postfix", f"{address}:25", "256"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(0.3)
-            relays = [TLSRelay(base, relay_world=world), Postfix(base, relay_to=address)]
-            for r in relays:
-                r.start()
-            for r in relays:
-                relay_round(r, 10, max(300, args.messages // 10), args.size, scenario["domain"])   # warm-up
-            figures = {r.name: [] for r in relays}
-            for _ in range(args.rounds):
-                for r in relays:
-                    figures[r.name].append(relay_round(r, 10, args.messages, args.size, scenario["domain"]))
-            rows.append(("relay end to end to smtp-sink, 10 sessions: msg/s", statistics.median(figures["tlsrelay"]),
-                         statistics.median(figures["postfix"]), "higher is better"))
+            plain = world.scenario("two-mx-first-down")
+            address = next(h["address"] for h in plain["mx"] if h["preference"] == 10)
+            rows.append(relay_part(base, world, plain["domain"], PlainSink(address), tls=False, args=args))
+            dane = world.scenario("dane-ee-down")
+            rows.append(relay_part(base, world, dane["domain"], TLSSink(base, dane["mx"][0]), tls=True, args=args))
         finally:
-            for r in relays:
-                try:
-                    r.stop()
-                except Exception as e:
-                    print(f"stopping {r.name}: {e}", file=sys.stderr)
-            if sink:
-                sink.terminate()
-                sink.wait()
             world.down()
             shutil.rmtree(base, ignore_errors=True)
     print()

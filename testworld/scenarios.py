@@ -197,6 +197,9 @@ SCENARIOS: list[Scenario] = [
       "RFC 5321, RFC 3207", [H("mx")], _deliver("opportunistic")),
     S("plain-mx2", "a second plain STARTTLS MX domain (multi-domain tests)",
       "RFC 5321, RFC 3207", [H("mx")], _deliver("opportunistic")),
+    S("dane-ee-down", "DANE-EE 3 1 1 host where nothing listens: defer (make bench starts its own "
+      "STARTTLS sink on this address to measure relay rates over DANE-authenticated TLS)",
+      "RFC 7672 §2.2, RFC 5321 §4.5.4.1", [H("mx", kind=DOWN, tlsa=[LEAF])], _defer("4.4.1")),
 ]
 
 
