@@ -7,7 +7,7 @@ CONFIG ?= etc/tlsrelay.toml
 # Native libraries the daemon links, and data it reads at run time.
 RUN_PACKAGES := libssl-dev libsystemd-dev libunbound-dev pkg-config dns-root-data ca-certificates
 # Real third-party servers and tools the tests drive.
-TEST_PACKAGES := postfix swaks util-linux procps $(shell cat testworld/apt-packages.txt 2>/dev/null)
+TEST_PACKAGES := postfix swaks util-linux procps faketime $(shell cat testworld/apt-packages.txt 2>/dev/null)
 
 .PHONY: all build release run demo bench faults fuzz install deps test-deps test unit-test integration-test world-test world-up world-down check-config clean
 
@@ -49,7 +49,7 @@ demo: release test-deps
 # Benchmarks side by side with Postfix (smtp-source), printed as a table. Not part of make test.
 bench: release test-deps
 	$(PYTHON) bench/bench.py
-	$(PYTHON) bench/recovery.py
+	$(PYTHON) bench/large_queue.py
 
 # The fault suite: kill -9 under load, full disk, DNS gone, corrupt spool file, clock set back, MX dropping the
 # connection, kill -9 during delivery. (It also runs within make test.)

@@ -2,6 +2,7 @@
 (kill -9 under load and a full disk are in test_crash_safety.py; an MX dropping the
 connection after the message in test_delivery_behaviour.py.)"""
 import json
+import re
 import time
 
 import pytest
@@ -112,6 +113,41 @@ def test_dnssec_self_test_at_start_up(world, tmp_path, world_relay_toml, secure,
             assert "ALERT" not in relay.log_text()
     finally:
         relay.stop()
+
+
+FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
+
+
+def test_clock_jumping_forward_while_running_makes_deferred_mail_due_at_once(world, tmp_path, world_relay_toml):
+    """The wall clock of the running daemon jumps forward two hours (libfaketime; the monotonic
+    clock is left alone, as an NTP step leaves it): a message deferred with its retry an hour
+    away is retried at the next scheduler tick and delivered, nothing bounces (two hours is far
+    inside the queue lifetime), and the delay logged is the wall-clock one."""
+    offset = tmp_path / "faketime"
+    offset.write_text("+0\n")
+    env = {"LD_PRELOAD": FAKETIME, "FAKETIME_TIMESTAMP_FILE": str(offset), "FAKETIME_NO_CACHE": "1",
+           "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    relay = Relay(tmp_path / "jump", extra_toml=world_relay_toml + "\n[policy]\ndowngrade_memory = \"off\"\n")
+    relay.start(env=env)
+    try:
+        world.set_mx_behaviour("plain-mx", rcpt={"jump": "450 4.2.0 later"})
+        send(relay, "sender@plain-mx2.test", ["jump@plain-mx.test"], b"Subject: jump\r\n\r\njump-token\r\n")
+        first = wait_for(lambda: attempts(relay, "jump@plain-mx.test"))
+        assert first[0][2] == "deferred", first
+        world.clear_mx_behaviour("plain-mx")
+        time.sleep(2)
+        assert len(attempts(relay, "jump@plain-mx.test")) == 1, "retried before its time (min_backoff is an hour)"
+        offset.write_text("+2h\n")
+        sent = wait_for(lambda: [a for a in attempts(relay, "jump@plain-mx.test") if a[2] == "sent"], timeout=15)
+        assert sent, relay.log_text()[-1500:]
+        assert [a[2] for a in attempts(relay, "jump@plain-mx.test")] == ["deferred", "sent"]
+        delay = re.search(r"to=<jump@plain-mx\.test>, relay=[^,]*, delay=([0-9.]+), [^\n]*status=sent", relay.log_text())
+        assert delay and 7200 <= float(delay.group(1)) < 7300, delay
+        assert [m for m in world.messages("plain-mx") if b"jump-token" in m["data_bytes"]]
+        assert wait_for(lambda: relay.queued() == {}, timeout=10) is not None
+    finally:
+        relay.stop()
+        world.clear_mx_behaviour()
 
 
 def test_clock_set_back_does_not_stall_retries(world, tmp_path, world_relay_toml):

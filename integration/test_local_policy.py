@@ -46,7 +46,9 @@ expires = "2020-01-01"
 
 @pytest.mark.parametrize("mode", ["report", "enforce"])
 def test_downgrade_memory_starttls_stripped(world, tmp_path, world_relay_toml, mode):
-    toml = world_relay_toml.replace("min_backoff = 3600\nmax_backoff = 3600", "min_backoff = 3600\nmax_backoff = 3600")
+    # No connection reuse: the second message must meet the MX on a new connection, the one the
+    # stripping attacker gets to touch (an open TLS connection would carry it safely).
+    toml = world_relay_toml + "connection_cache_time_limit = 0\n"
     relay = relay_with(tmp_path, toml, f"memory-{mode}", f'\n[policy]\ndowngrade_memory = "{mode}"\n')
     recipient = f"memory-{mode}@plain-mx.test"
     try:

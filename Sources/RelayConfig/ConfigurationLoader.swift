@@ -285,6 +285,7 @@ public enum ConfigurationLoader {
             let section = "delivery"
             try checkKeys(table, section: section, allowed: [
                 "port", "tls_ca_file", "concurrency", "destination_concurrency", "min_backoff", "max_backoff", "queue_lifetime", "connect_timeout", "command_timeout", "hold",
+                "connection_cache_time_limit", "connection_reuse_time_limit",
             ])
             if let value = try integer(table, section, "concurrency", range: 1...1000) { delivery.concurrency = value }
             if let value = try integer(table, section, "destination_concurrency", range: 1...1000) { delivery.destinationConcurrency = value }
@@ -293,6 +294,8 @@ public enum ConfigurationLoader {
             if let value = try integer(table, section, "queue_lifetime", range: 0...(100 * 86400)) { delivery.queueLifetime = value }
             if let value = try integer(table, section, "connect_timeout", range: 1...600) { delivery.connectTimeout = value }
             if let value = try integer(table, section, "command_timeout", range: 1...3600) { delivery.commandTimeout = value }
+            if let value = try integer(table, section, "connection_cache_time_limit", range: 0...300) { delivery.connectionCacheTimeLimit = value }
+            if let value = try integer(table, section, "connection_reuse_time_limit", range: 1...86400) { delivery.connectionReuseTimeLimit = value }
             if let value = table["hold"] {
                 guard let flag = value.bool else { throw error(section, "hold", "'delivery.hold' must be true or false, not \(value.type)") }
                 delivery.hold = flag

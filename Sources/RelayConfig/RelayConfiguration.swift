@@ -88,6 +88,13 @@ public struct RelayConfiguration: Sendable, Equatable {
         public var connectTimeout = 30
         /// Seconds to wait for each reply (greeting, EHLO, MAIL, RCPT, ...). Default 300.
         public var commandTimeout = 300
+        /// Seconds a connection to an MX stays open and idle after a message, ready for the next
+        /// message to the same address under the same TLS policy; 0 = no connection reuse.
+        /// Default 2 (Postfix's `smtp_connection_cache_time_limit`).
+        public var connectionCacheTimeLimit = 2
+        /// Seconds after which a connection is given no further message. Default 300 (Postfix's
+        /// `smtp_connection_reuse_time_limit`).
+        public var connectionReuseTimeLimit = 300
         /// Accept and queue but deliver nothing: every message is held. Default false.
         public var hold = false
     }
@@ -150,6 +157,8 @@ public struct RelayConfiguration: Sendable, Equatable {
         lines.append("queue_lifetime = \(delivery.queueLifetime)")
         lines.append("connect_timeout = \(delivery.connectTimeout)")
         lines.append("command_timeout = \(delivery.commandTimeout)")
+        lines.append("connection_cache_time_limit = \(delivery.connectionCacheTimeLimit)")
+        lines.append("connection_reuse_time_limit = \(delivery.connectionReuseTimeLimit)")
         lines.append("hold = \(delivery.hold)")
         lines.append("")
         lines.append("[policy]")

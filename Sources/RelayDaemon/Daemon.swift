@@ -150,7 +150,9 @@ public final class Daemon: Sendable {
             resolver: resolver, group: group, tlsContext: tlsContext,
             settings: .init(heloName: configuration.server.hostname, port: configuration.delivery.port, timeouts: timeouts,
                             daneForInsecureMX: configuration.policy.daneForInsecureMX, localLevels: configuration.policy.domains,
-                            downgradeMemory: configuration.policy.downgradeMemory, downgradeGrace: Double(configuration.policy.downgradeGrace)),
+                            downgradeMemory: configuration.policy.downgradeMemory, downgradeGrace: Double(configuration.policy.downgradeGrace),
+                            connectionCacheTime: Double(configuration.delivery.connectionCacheTimeLimit),
+                            connectionReuseTimeLimit: Double(configuration.delivery.connectionReuseTimeLimit)),
             logger: logger,
             sts: sts, memory: memoryStore,
             onAlert: { alert, queueID, enforced in
@@ -234,6 +236,8 @@ public final class Daemon: Sendable {
         }
         delivery.cancel()
         await delivery.value
+        agent.closeIdleConnections()
+        try? await Task.sleep(for: .milliseconds(100))   // let the QUITs go out
         resolver.shutdown()
         try? await threadPool.shutdownGracefully()
         try? await group.shutdownGracefully()

@@ -38,10 +38,19 @@ public final class DeliveryAgent: Sendable {
             localLevels.first { $0.domain == domain }
         }
         public var downgradeGrace: Double = 86400
+        /// Seconds an SMTP connection stays open and idle after a message, for the next message
+        /// to the same MX address under the same TLS policy (Postfix's
+        /// `smtp_connection_cache_time_limit`); 0 closes every connection after its message.
+        public var connectionCacheTime: Double = 2
+        /// Seconds after which a connection is given no further message (Postfix's
+        /// `smtp_connection_reuse_time_limit`).
+        public var connectionReuseTimeLimit: Double = 300
 
         public init(heloName: String, port: Int, timeouts: ClientTimeouts = ClientTimeouts(), daneForInsecureMX: Bool = true,
                     localLevels: [PolicySettings.DomainLevel] = [], downgradeMemory: PolicySettings.DowngradeMemory = .report,
-                    downgradeGrace: Double = 86400) {
+                    downgradeGrace: Double = 86400, connectionCacheTime: Double = 2, connectionReuseTimeLimit: Double = 300) {
+            self.connectionCacheTime = connectionCacheTime
+            self.connectionReuseTimeLimit = connectionReuseTimeLimit
             self.downgradeMemory = downgradeMemory
             self.downgradeGrace = downgradeGrace
             self.heloName = heloName
@@ -62,6 +71,7 @@ public final class DeliveryAgent: Sendable {
     let onAlert: @Sendable (PolicyAlert, QueueID, _ enforced: Bool) -> Void
     let sts: STSPolicyService?
     let memory: DowngradeMemoryStore?
+    let connections = ConnectionCache()
 
     /// - Parameter onAlert: called for every policy failure (RFC 8460 result type inside), with
     ///   the queue id and whether the policy was enforced (mail deferred) or not.
@@ -208,7 +218,9 @@ public final class DeliveryAgent: Sendable {
                         logger.info("\(envelope.queueID): connect to \(relay): \(describe(error))")
                         break
                     }
-                    if let tls = report.tls {
+                    if report.connectionUse > 1 {
+                        logger.info("\(envelope.queueID): reusing the connection to \(relay) (conn_use=\(report.connectionUse)\(report.tls.map { ", \($0.verified ? "Verified" : "Untrusted") TLS \($0.protocolVersion)" } ?? ", no TLS"))")
+                    } else if let tls = report.tls {
                         var line = "\(envelope.queueID): \(tls.verified ? "Verified" : "Untrusted") TLS connection established to \(relay): \(tls.protocolVersion) with cipher \(tls.cipher)"
                         if let match = tls.daneMatch {
                             line += "; DANE TLSA \(match.usage) \(match.selector) \(match.matchingType) \(match.dataHex) matched at depth \(match.depth)"
@@ -270,10 +282,12 @@ public final class DeliveryAgent: Sendable {
         let recipients = indexes.map { transaction.recipients[$0] }
         let needsUTF8 = transaction.parameters.smtputf8
             && (!(transaction.sender?.isASCII ?? true) || recipients.contains { !$0.mailbox.isASCII })
-        return ClientSession.Job(
+        var job = ClientSession.Job(
             heloName: settings.heloName, sender: transaction.sender, recipients: recipients, size: envelope.size,
             body: transaction.parameters.body, needsSMTPUTF8: needsUTF8, ret: transaction.parameters.ret,
             envelopeID: transaction.parameters.envelopeID, tls: tls)
+        job.keepOpen = settings.connectionCacheTime > 0
+        return job
     }
 
     /// Updates the downgrade memory after a delivery and reports one that was weaker than remembered.
@@ -410,30 +424,62 @@ public final class DeliveryAgent: Sendable {
             })
     }
 
+    /// Sends one message to one MX address: on an idle cached connection opened for the same
+    /// address and TLS policy when there is one, else on a new connection. A cached connection
+    /// that turns out dead before the content was sent (closed, 421) is dropped and the message
+    /// goes on a new connection.
+    /// - Throws: the connect error (refused, unreachable, timeout) of a new connection.
     func connect(address: String, host: String, job: ClientSession.Job, content: [UInt8],
                  authentication: TLSPeerAuthentication) async throws -> ConnectionReport {
+        let key = ConnectionKey(address: address, port: settings.port, serverName: host, tls: job.tls, authentication: authentication)
+        if job.keepOpen {
+            while let entry = connections.take(key) {
+                guard let report = try? await entry.run(job: job, content: content) else { continue }
+                if report.result.recipients.isEmpty, report.result.failure != nil, !report.result.contentSent {
+                    logger.debug("cached connection to \(address) failed before the message was sent: \(String(describing: report.result.failure)); opening a new one")
+                    continue
+                }
+                if report.result.reusable { connections.put(key, entry) }
+                return report
+            }
+        }
         let socketAddress = try SocketAddress(ipAddress: address, port: settings.port)
         let eventLoop = group.next()
         let promise = eventLoop.makePromise(of: ConnectionReport.self)
+        let handlerPromise = eventLoop.makePromise(of: NIOLoopBound<SMTPClientHandler>.self)
         let tlsContext = self.tlsContext
-        let timeouts = settings.timeouts
+        let settings = self.settings
         let bootstrap = ClientBootstrap(group: eventLoop)
-            .connectTimeout(.milliseconds(Int64(timeouts.connect * 1000)))
+            .connectTimeout(.milliseconds(Int64(settings.timeouts.connect * 1000)))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(SMTPClientHandler(
+                    let handler = SMTPClientHandler(
                         job: job, content: content, tlsContext: tlsContext, authentication: authentication,
-                        serverName: host, timeouts: timeouts, completion: promise))
+                        serverName: host, timeouts: settings.timeouts, idleLimit: settings.connectionCacheTime,
+                        reuseLimit: settings.connectionReuseTimeLimit, completion: promise)
+                    try channel.pipeline.syncOperations.addHandler(handler)
+                    handlerPromise.succeed(NIOLoopBound(handler, eventLoop: channel.eventLoop))
                 }
             }
+        let channel: Channel
         do {
-            _ = try await bootstrap.connect(to: socketAddress).get()
+            channel = try await bootstrap.connect(to: socketAddress).get()
         } catch {
             promise.fail(error)
+            handlerPromise.fail(error)
             throw error
         }
-        return try await promise.futureResult.get()
+        let report = try await promise.futureResult.get()
+        if report.result.reusable, let handler = try? await handlerPromise.futureResult.get() {
+            connections.put(key, ConnectionCache.Entry(channel: channel, handler: handler))
+        }
+        return report
+    }
+
+    /// Closes the idle cached connections with QUIT (at shutdown).
+    public func closeIdleConnections() {
+        connections.closeAll()
     }
 
     func outcome(for result: ClientSession.RecipientResult, relay: String) -> RecipientOutcome {

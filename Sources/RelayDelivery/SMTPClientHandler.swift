@@ -2,55 +2,111 @@ import NIOCore
 import RelayTLS
 import SMTPCore
 
-/// What one connection to one MX address produced.
+/// What one transaction on a connection to one MX address produced.
 public struct ConnectionReport: Sendable {
     public var result: ClientSession.Result
-    /// The TLS session, when STARTTLS succeeded.
+    /// The TLS session, when STARTTLS succeeded (on a reused connection: the handshake that
+    /// opened it).
     public var tls: TLSSessionInfo?
     /// The reason TLS failed, when it did.
     public var tlsError: TLSHandshakeError?
+    /// Which transaction of its connection this was: 1 on a new connection, 2 and up on a
+    /// reused one (Postfix's `conn_use`).
+    public var connectionUse = 1
 }
 
 /// Drives a `ClientSession` over one TCP connection: frames replies, writes commands and
 /// content, installs `OpenSSLClientHandler` after the 220 to STARTTLS, runs per-stage timers.
+/// With `Job.keepOpen` the connection stays open and idle after a completed transaction for
+/// at most `idleLimit` seconds, and `run(job:content:completion:)` sends the next message on
+/// it; a connection older than `reuseLimit` seconds is closed with QUIT instead.
+/// Every method runs on the channel's event loop.
 final class SMTPClientHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
+    /// Why an idle connection could not take a job.
+    struct NotIdle: Error {}
+
     private var session: ClientSession
     private var parser = ReplyParser()
-    private let content: [UInt8]
+    private var content: [UInt8]
     private let tlsContext: TLSClientContext
     private let authentication: TLSPeerAuthentication
     private let serverName: String
     private let timeouts: ClientTimeouts
-    private let completion: EventLoopPromise<ConnectionReport>
+    private let idleLimit: Double
+    private let reuseLimit: Double
+    private var completion: EventLoopPromise<ConnectionReport>?
     private var timer: Scheduled<Void>?
     private var tlsInfo: TLSSessionInfo?
     private var tlsError: TLSHandshakeError?
-    private var finished = false
+    /// Set when the connection is being closed: nothing more is read or sent.
+    private var closing = false
+    private var uses = 1
+    private var openedAt = NIODeadline.now()
+    private var context: ChannelHandlerContext?
 
+    /// - Parameters:
+    ///   - idleLimit: seconds an idle connection waits for its next job (Postfix's
+    ///     `smtp_connection_cache_time_limit`).
+    ///   - reuseLimit: seconds after which a connection is not given another job (Postfix's
+    ///     `smtp_connection_reuse_time_limit`).
     init(job: ClientSession.Job, content: [UInt8], tlsContext: TLSClientContext, authentication: TLSPeerAuthentication,
-         serverName: String, timeouts: ClientTimeouts, completion: EventLoopPromise<ConnectionReport>) {
+         serverName: String, timeouts: ClientTimeouts, idleLimit: Double = 2, reuseLimit: Double = 300,
+         completion: EventLoopPromise<ConnectionReport>) {
         self.session = ClientSession(job: job)
         self.content = content
         self.tlsContext = tlsContext
         self.authentication = authentication
         self.serverName = serverName
         self.timeouts = timeouts
+        self.idleLimit = idleLimit
+        self.reuseLimit = reuseLimit
         self.completion = completion
     }
 
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    /// Sends the next message on this idle connection; `completion` gets its report. Fails
+    /// `completion` with `NotIdle` (nothing sent) when the connection is no longer idle (it was
+    /// closed, or its idle time ran out).
+    func run(job: ClientSession.Job, content: [UInt8], completion: EventLoopPromise<ConnectionReport>) {
+        guard let context, !closing, session.isIdle, context.channel.isActive else {
+            completion.fail(NotIdle())
+            return
+        }
+        self.content = content
+        self.completion = completion
+        uses += 1
+        perform(session.begin(job), context: context)
+        context.flush()
+    }
+
+    /// Closes an idle connection with QUIT (shutdown); does nothing to a busy one.
+    func closeIfIdle() {
+        guard let context, session.isIdle else { return }
+        perform(session.closeIdle(), context: context)
+        context.flush()
+    }
+
     func channelActive(context: ChannelHandlerContext) {
+        openedAt = .now()
         armTimer(context: context)
         context.fireChannelActive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var buffer = unwrapInboundIn(data)
-        guard !finished else { return }
+        guard !closing else { return }
         parser.append(buffer.readBytes(length: buffer.readableBytes) ?? [])
-        while !finished {
+        while !closing {
             let reply: Reply?
             do {
                 reply = try parser.next()
@@ -65,8 +121,11 @@ final class SMTPClientHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        if !finished { perform(session.connectionClosed(), context: context) }
+        if !closing { perform(session.connectionClosed(), context: context) }
         timer?.cancel()
+        // A connection that dies without a verdict must not leave its caller waiting.
+        completion?.fail(ChannelError.ioOnClosedChannel)
+        completion = nil
         context.fireChannelInactive()
     }
 
@@ -77,11 +136,12 @@ final class SMTPClientHandler: ChannelInboundHandler {
 
     private func armTimer(context: ChannelHandlerContext) {
         timer?.cancel()
-        let seconds = timeouts.seconds(for: session.stage)
+        let seconds = session.stage == .idle ? idleLimit : timeouts.seconds(for: session.stage)
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         timer = context.eventLoop.scheduleTask(in: .milliseconds(Int64(seconds * 1000))) {
             let (handler, context) = loopBound.value
             handler.perform(handler.session.timedOut(), context: context)
+            context.flush()
         }
     }
 
@@ -91,23 +151,36 @@ final class SMTPClientHandler: ChannelInboundHandler {
             case .send(let bytes):
                 var buffer = context.channel.allocator.buffer(capacity: bytes.count)
                 buffer.writeBytes(bytes)
-                context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+                context.write(wrapOutboundOut(buffer), promise: nil)
             case .sendContent:
                 let stuffed = DotStuffing.encode(content)
                 var buffer = context.channel.allocator.buffer(capacity: stuffed.count)
                 buffer.writeBytes(stuffed)
-                context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+                context.write(wrapOutboundOut(buffer), promise: nil)
             case .startTLS:
+                context.flush()
                 startTLS(context: context)
-            case .finish(let result):
-                finished = true
+            case .finish(var result):
                 timer?.cancel()
-                completion.succeed(ConnectionReport(result: result, tls: tlsInfo, tlsError: tlsError))
-                context.close(promise: nil)
+                let age = Double((NIODeadline.now() - openedAt).nanoseconds) / 1e9
+                let keep = result.reusable && session.isIdle && age < reuseLimit
+                result.reusable = keep
+                completion?.succeed(ConnectionReport(result: result, tls: tlsInfo, tlsError: tlsError, connectionUse: uses))
+                completion = nil
+                content = []
+                if keep {
+                    armTimer(context: context)
+                } else if session.isIdle {
+                    // Too old to be given another message: say goodbye properly.
+                    perform(session.closeIdle(), context: context)
+                } else {
+                    closing = true
+                    context.close(promise: nil)
+                }
                 return
             }
         }
-        if !finished { armTimer(context: context) }
+        armTimer(context: context)
     }
 
     private func startTLS(context: ChannelHandlerContext) {

@@ -29,7 +29,7 @@ public struct TLSARecordData: Sendable, Hashable {
 }
 
 /// How the server's certificate is to be checked on one connection.
-public enum TLSPeerAuthentication: Sendable, Equatable {
+public enum TLSPeerAuthentication: Sendable, Hashable {
     /// RFC 7435 opportunistic TLS: encrypt, no certificate check (`SSL_VERIFY_NONE`).
     case opportunistic
     /// TLS is required but the peer is not authenticated (for example: only unusable TLSA

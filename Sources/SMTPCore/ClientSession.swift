@@ -6,7 +6,7 @@
 /// DANE/MTA-STS/local policy to it.
 public struct ClientSession: Sendable {
     /// Whether STARTTLS must, may or must not be used on this connection.
-    public enum TLSRequirement: Sendable, Equatable {
+    public enum TLSRequirement: Sendable, Hashable {
         /// Never send STARTTLS.
         case none
         /// Use STARTTLS when offered (RFC 7435); deliver in clear when not offered.
@@ -31,6 +31,11 @@ public struct ClientSession: Sendable {
         /// Stop after EHLO (and STARTTLS with its second EHLO) and QUIT: a connection check
         /// that sends no message (`tlsrelayctl check`).
         public var probeOnly = false
+        /// After a completed transaction (a final reply to the end of data), leave the
+        /// connection open and idle instead of sending QUIT, so that `begin(_:)` can send the
+        /// next message on it (RFC 5321 §4.1.4: the end of data ends the transaction and the
+        /// client may start another). Off: QUIT after the transaction.
+        public var keepOpen = false
 
         public init(heloName: String, sender: Mailbox?, recipients: [Recipient], size: Int, body: BodyType?,
                     needsSMTPUTF8: Bool, ret: DSNReturn?, envelopeID: String?, tls: TLSRequirement) {
@@ -58,6 +63,8 @@ public struct ClientSession: Sendable {
         case data = "DATA"
         case dataDone = "end of data"
         case quit = "QUIT"
+        /// Open and idle between transactions (kept for reuse).
+        case idle = "next transaction"
         case done = "done"
     }
 
@@ -115,6 +122,11 @@ public struct ClientSession: Sendable {
         public var usedTLS = false
         /// True when the peer offered STARTTLS.
         public var offeredSTARTTLS = false
+        /// True when the message content was sent (recipients left undecided after that may
+        /// have been delivered: at-least-once).
+        public var contentSent = false
+        /// True when the connection stays open and idle for the next transaction (`begin`).
+        public var reusable = false
     }
 
     /// What the server announced in its EHLO reply (RFC 5321 §4.1.1.1).
@@ -160,6 +172,8 @@ public struct ClientSession: Sendable {
         /// Commands sent and awaiting replies, in order.
         case transaction
         case dataContent
+        /// A transaction completed and the connection was kept open (`Job.keepOpen`).
+        case idle
         case quit
         case done
     }
@@ -170,7 +184,9 @@ public struct ClientSession: Sendable {
         case data
     }
 
-    public let job: Job
+    /// The message of the current transaction (the first job's `heloName` and `tls` hold for the
+    /// whole connection).
+    public private(set) var job: Job
     public private(set) var capabilities = Capabilities()
     public private(set) var stage: Stage = .greeting
     private var state: State = .greeting
@@ -236,6 +252,9 @@ public struct ClientSession: Sendable {
             return receiveTransactionReply(reply)
         case .dataContent:
             return finishData(reply)
+        case .idle:
+            // Nothing is expected between transactions (a 421 is handled above).
+            return fail(.protocolError("unexpected reply \(reply) while idle"))
         case .quit:
             state = .done
             stage = .done
@@ -243,6 +262,38 @@ public struct ClientSession: Sendable {
         case .done:
             return []
         }
+    }
+
+    /// True when a transaction completed and the connection waits, open, for the next one.
+    public var isIdle: Bool { state == .idle }
+
+    /// Starts the next transaction on an idle connection (after `.finish` with
+    /// `Result.reusable`). The EHLO name and TLS requirement of the first job stay; the
+    /// capabilities learned in the (last) EHLO apply. Returns no action unless idle.
+    public mutating func begin(_ next: Job) -> [Action] {
+        guard state == .idle else { return [] }
+        var next = next
+        next.heloName = job.heloName
+        next.tls = job.tls
+        next.probeOnly = false
+        job = next
+        var fresh = Result()
+        fresh.usedTLS = result.usedTLS
+        fresh.offeredSTARTTLS = result.offeredSTARTTLS
+        result = fresh
+        pending = []
+        accepted = []
+        mailFailed = nil
+        unsentCommands = []
+        return beginTransaction()
+    }
+
+    /// Ends an idle connection politely: QUIT, then `.finish` when the reply (or the close)
+    /// comes. Returns no action unless idle.
+    public mutating func closeIdle() -> [Action] {
+        guard state == .idle else { return [] }
+        result.reusable = false
+        return quit()
     }
 
     /// TLS is up (after `.startTLS`): forget everything learned before it and EHLO again
@@ -280,6 +331,8 @@ public struct ClientSession: Sendable {
     /// The current stage's timer expired.
     public mutating func timedOut() -> [Action] {
         switch state {
+        case .idle:
+            return closeIdle()
         case .quit:
             state = .done
             return [.finish(result)]
@@ -349,6 +402,7 @@ public struct ClientSession: Sendable {
                 }
                 state = .dataContent
                 stage = .dataDone
+                result.contentSent = true
                 return [.sendContent]
             }
             // 503/554 after all RCPTs failed is expected; otherwise the accepted recipients share the DATA failure.
@@ -381,6 +435,12 @@ public struct ClientSession: Sendable {
                 result.recipients[index] = .deferred(reply)
             }
         }
+        if job.keepOpen {
+            state = .idle
+            stage = .idle
+            result.reusable = true
+            return [.finish(result)]
+        }
         return quit()
     }
 
@@ -400,6 +460,7 @@ public struct ClientSession: Sendable {
         state = .done
         stage = .done
         result.failure = failure
+        result.reusable = false
         return [.finish(result)]
     }
 

@@ -1,4 +1,5 @@
 import ArgumentParser
+import RelayDaemon
 import Foundation
 import RelayConfig
 import RelayControl
@@ -8,6 +9,12 @@ import RelayQueue
 /// status, cached policies, and `check DOMAIN` (like posttls-finger).
 @main
 struct TLSRelayCtl: AsyncParsableCommand {
+    /// The entry point: the arguments are read so that a preloaded library cannot make them
+    /// vanish (see `ProcessArguments`).
+    static func main() async {
+        await main(ProcessArguments.afterProgramName())
+    }
+
     static let configuration = CommandConfiguration(
         commandName: "tlsrelayctl",
         abstract: "Operate tlsrelay: queue, status, policies, and checking a domain.",

@@ -10,6 +10,12 @@ import Glibc
 /// `tlsrelayd`: accepts mail from the local MTA and relays it over authenticated TLS.
 @main
 struct TLSRelayD: AsyncParsableCommand {
+    /// The entry point: the arguments are read so that a preloaded library cannot make them
+    /// vanish (see `ProcessArguments`).
+    static func main() async {
+        await main(ProcessArguments.afterProgramName())
+    }
+
     static let configuration = CommandConfiguration(
         commandName: "tlsrelayd",
         abstract: "A relayhost that delivers mail only over the TLS that DANE and MTA-STS require.")

@@ -35,6 +35,8 @@ struct ConfigurationTests {
             queue_lifetime = 60
             connect_timeout = 5
             command_timeout = 7
+            connection_cache_time_limit = 0
+            connection_reuse_time_limit = 60
             """)
         #expect(config.stateDirectory == "/tmp/state")
         #expect(config.logLevel == "debug")
@@ -53,6 +55,7 @@ struct ConfigurationTests {
         #expect(config.delivery.minBackoff == 1 && config.delivery.maxBackoff == 2)
         #expect(config.delivery.queueLifetime == 60)
         #expect(config.delivery.connectTimeout == 5 && config.delivery.commandTimeout == 7)
+        #expect(config.delivery.connectionCacheTimeLimit == 0 && config.delivery.connectionReuseTimeLimit == 60)
         // The rendered effective configuration reads back to the same values.
         #expect(try load(config.renderTOML()) == config)
     }
@@ -116,6 +119,8 @@ struct ConfigurationTests {
         Bad(text: "[dns]\nstub_zones = [{ name = \"test.\" }]\n", line: 2, fragment: "needs addresses"),
         Bad(text: "[dns]\nstub_zones = [{ name = \"test.\", addresses = [\"x\"] }]\n", line: 2, fragment: "is not IP or IP@port"),
         Bad(text: "[delivery]\nport = 0\n", line: 2, fragment: "between 1 and 65535"),
+        Bad(text: "[delivery]\nconnection_cache_time_limit = 301\n", line: 2, fragment: "between 0 and 300"),
+        Bad(text: "[delivery]\nconnection_reuse_time_limit = 0\n", line: 2, fragment: "between 1 and 86400"),
         Bad(text: "log_level = \"loud\"\n", line: 1, fragment: "must be one of"),
         Bad(text: "[delivery]\nmin_backoff = 100\nmax_backoff = 10\n", line: 3, fragment: "must not be less than"),
         Bad(text: "[policy]\ndowngrade_memory = \"strict\"\n", line: 2, fragment: "report, enforce or off"),

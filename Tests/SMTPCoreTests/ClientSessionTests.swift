@@ -170,3 +170,107 @@ struct ClientSessionTests {
         #expect(DotStuffing.encode(Array("no newline".utf8)) == Array("no newline\r\n.\r\n".utf8))
     }
 }
+
+@Suite("ClientSession connection reuse")
+struct ClientSessionReuseTests {
+    private func keepOpen(_ base: ClientSession.Job) -> ClientSession.Job {
+        var job = base
+        job.keepOpen = true
+        return job
+    }
+
+    /// Runs greeting, STARTTLS and EHLO; returns the session waiting for the MAIL reply.
+    private func startedOverTLS(_ first: ClientSession.Job) -> ClientSession {
+        var session = ClientSession(job: first)
+        _ = session.receive(reply("220 mx.example.net ESMTP"))
+        _ = session.receive(reply(fullEHLO))
+        _ = session.receive(reply("220 2.0.0 go ahead"))
+        _ = session.tlsEstablished()
+        _ = session.receive(reply(fullEHLO))
+        return session
+    }
+
+    @Test("keepOpen: a completed transaction leaves the connection idle; the next message goes without EHLO or STARTTLS")
+    func secondMessage() {
+        var session = startedOverTLS(keepOpen(job(recipients: 1)))
+        _ = session.receive(reply("250 ok"))
+        _ = session.receive(reply("250 ok"))
+        #expect(session.receive(reply("354 go")) == [.sendContent])
+        guard case .finish(let first) = session.receive(reply("250 2.0.0 queued as A")).first else { Issue.record("no finish"); return }
+        #expect(first.reusable)
+        #expect(first.contentSent)
+        #expect(first.recipients[0] == .delivered(reply("250 2.0.0 queued as A")))
+        #expect(session.isIdle)
+        #expect(session.stage == .idle)
+        // The next job's EHLO name and TLS requirement are ignored: the connection's stay.
+        var next = keepOpen(job(tls: .none, recipients: 2))
+        next.heloName = "other.example.org"
+        let batch = sent(session.begin(next))
+        #expect(batch.count == 1)
+        #expect(batch[0].hasPrefix("MAIL FROM:<a@example.org> SIZE=100"))
+        #expect(!batch[0].contains("EHLO") && !batch[0].contains("STARTTLS"))
+        #expect(batch[0].hasSuffix("DATA\r\n"))
+        #expect(session.job.tls == .opportunistic)
+        #expect(session.job.heloName == "relay.example.org")
+        _ = session.receive(reply("250 ok"))
+        _ = session.receive(reply("250 ok"))
+        _ = session.receive(reply("450 4.2.0 busy"))
+        #expect(session.receive(reply("354 go")) == [.sendContent])
+        guard case .finish(let second) = session.receive(reply("250 2.0.0 queued as B")).first else { Issue.record("no finish"); return }
+        #expect(second.usedTLS, "the TLS of the connection carries over")
+        #expect(second.recipients.count == 2)
+        #expect(second.recipients[0] == .delivered(reply("250 2.0.0 queued as B")))
+        #expect(second.recipients[1] == .deferred(reply("450 4.2.0 busy")))
+        // Idle time over: QUIT, then the end.
+        #expect(sent(session.timedOut()) == ["QUIT\r\n"])
+        guard case .finish(let last) = session.receive(reply("221 bye")).first else { Issue.record("no finish"); return }
+        #expect(!last.reusable)
+    }
+
+    @Test("a transaction that did not complete ends with QUIT, not idle")
+    func incompleteTransactionQuits() {
+        var rejected = startedOverTLS(keepOpen(job(recipients: 1)))
+        _ = rejected.receive(reply("250 ok"))
+        _ = rejected.receive(reply("550 5.1.1 unknown"))
+        #expect(sent(rejected.receive(reply("554 5.5.1 no valid recipients"))) == ["QUIT\r\n"])
+        #expect(!rejected.isIdle)
+        var tooBig = ClientSession(job: keepOpen(job(tls: .none, recipients: 1, size: 20000)))
+        _ = tooBig.receive(reply("220 mx"))
+        #expect(sent(tooBig.receive(reply(fullEHLO))) == ["QUIT\r\n"])
+        #expect(!tooBig.isIdle)
+        var probe = keepOpen(job(tls: .none))
+        probe.probeOnly = true
+        var probing = ClientSession(job: probe)
+        _ = probing.receive(reply("220 mx"))
+        #expect(sent(probing.receive(reply(fullEHLO))) == ["QUIT\r\n"])
+    }
+
+    @Test("an idle connection that the server closes or 421s ends without a result for anyone")
+    func idleConnectionLost() {
+        var session = startedOverTLS(keepOpen(job(recipients: 1)))
+        _ = session.receive(reply("250 ok"))
+        _ = session.receive(reply("250 ok"))
+        _ = session.receive(reply("354 go"))
+        _ = session.receive(reply("250 ok"))
+        var closed = session
+        guard case .finish(let result) = closed.connectionClosed().first else { Issue.record("no finish"); return }
+        #expect(!result.reusable)
+        #expect(!closed.isIdle)
+        #expect(closed.begin(job()).isEmpty, "nothing is sent on a closed connection")
+        guard case .finish(let shut) = session.receive(reply("421 4.4.2 idle too long")).first else { Issue.record("no finish"); return }
+        #expect(shut.failure == .serviceClosing(reply("421 4.4.2 idle too long")))
+        #expect(!session.isIdle)
+    }
+
+    @Test("closeIdle sends QUIT only when idle")
+    func closeIdle() {
+        var busy = startedOverTLS(keepOpen(job(recipients: 1)))
+        #expect(busy.closeIdle().isEmpty)
+        _ = busy.receive(reply("250 ok"))
+        _ = busy.receive(reply("250 ok"))
+        _ = busy.receive(reply("354 go"))
+        _ = busy.receive(reply("250 ok"))
+        #expect(sent(busy.closeIdle()) == ["QUIT\r\n"])
+        #expect(busy.closeIdle().isEmpty)
+    }
+}
