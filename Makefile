@@ -58,9 +58,14 @@ faults: test-deps
 	$(PYTHON) -m pytest -q -p no:cacheprovider integration/test_crash_safety.py integration/test_faults.py \
 		integration/test_delivery_behaviour.py -k "kill or disk or dns or corrupt or dropped or clock or second"
 
-# Longer runs of the parser fuzzer (make test runs 3000 mutants per parser).
+# Coverage-guided fuzzing with libFuzzer: every parser target for FUZZ_SECONDS seconds each
+# (default 60), from the seeds in fuzz/corpus/. make test runs it for 10 s per target; the
+# deterministic mutation fuzzer also runs within swift test (3000 mutants per target).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := smtp-commands smtp-data replies sts-policy sts-record config
 fuzz: deps
-	TLSRELAY_FUZZ_ITERATIONS=$${ITERATIONS:-200000} $(SWIFT) test --filter ParserFuzzTests
+	$(SWIFT) build -c release --scratch-path .build-fuzz --product tlsrelay-fuzz -Xswiftc -sanitize=fuzzer -Xswiftc -DLIBFUZZER -Xswiftc -use-ld=lld
+	scripts/fuzz.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 check-config: release
 	.build/release/tlsrelayd --check-config --config $(CONFIG)
@@ -71,6 +76,7 @@ test: test-deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test
 	$(PYTHON) -m pytest -q -p no:cacheprovider testworld/tests integration
+	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=10
 
 unit-test: deps
 	$(SWIFT) test

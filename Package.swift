@@ -9,6 +9,7 @@ let package = Package(
     products: [
         .executable(name: "tlsrelayd", targets: ["tlsrelayd"]),
         .executable(name: "tlsrelayctl", targets: ["tlsrelayctl"]),
+        .executable(name: "tlsrelay-fuzz", targets: ["tlsrelay-fuzz"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -46,8 +47,11 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
-        // MTA-STS (RFC 8461): TXT discovery, HTTPS fetch, parser, persistent cache.
+        // MTA-STS (RFC 8461) text formats: the policy file and the TXT record. No I/O.
+        .target(name: "MTASTSCore", swiftSettings: strict),
+        // MTA-STS (RFC 8461): TXT discovery, HTTPS fetch, persistent cache.
         .target(name: "RelayPolicy", dependencies: [
+            "MTASTSCore",
             "RelayDNS",
             .product(name: "AsyncHTTPClient", package: "async-http-client"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -89,11 +93,17 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: strict),
 
+        // The parsers' fuzz targets (input -> broken invariant), shared by the deterministic
+        // fuzzer of `swift test` and the libFuzzer binary `tlsrelay-fuzz` (make fuzz).
+        .target(name: "FuzzTargets", dependencies: ["SMTPCore", "MTASTSCore", "RelayConfig"], swiftSettings: strict),
+        .systemLibrary(name: "CLibFuzzer", path: "Sources/CLibFuzzer"),
+        .executableTarget(name: "tlsrelay-fuzz", dependencies: ["FuzzTargets", "CLibFuzzer"], swiftSettings: strict),
+
         .testTarget(name: "SMTPCoreTests", dependencies: ["SMTPCore"]),
         .testTarget(name: "RelayQueueTests", dependencies: ["RelayQueue", "SMTPCore"]),
         .testTarget(name: "RelayConfigTests", dependencies: ["RelayConfig"]),
         .testTarget(name: "RelayPolicyTests", dependencies: ["RelayPolicy"]),
-        .testTarget(name: "FuzzTests", dependencies: ["SMTPCore", "RelayPolicy", "RelayConfig"]),
+        .testTarget(name: "FuzzTests", dependencies: ["FuzzTargets"]),
         .testTarget(name: "RelayDeliveryTests", dependencies: ["RelayDelivery", "RelayDNS", "RelayQueue", "SMTPCore"]),
         .testTarget(name: "RelayTLSTests", dependencies: ["RelayTLS", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]),
         .testTarget(name: "RelayDNSTests", dependencies: ["RelayDNS"]),

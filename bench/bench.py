@@ -231,6 +231,7 @@ def accept_round(server, sessions, messages, size, reset=True):
     CPU ms/msg, peak PSS MiB)."""
     if reset:
         server.reset()
+    subprocess.run(["sync"])   # no write-back of an earlier round inside this one
     peak = pss_kib(server.pids())
     busy0 = busy_jiffies()
     usage0 = os.times()
@@ -254,6 +255,7 @@ def relay_round(server, sessions, messages, size, domain):
     """smtp-source submits; the clock stops when the server's queue is empty again (every
     message handed to the sink). Returns msg/s end to end."""
     server.reset()
+    subprocess.run(["sync"])   # no write-back of an earlier round inside this one
     t0 = time.monotonic()
     subprocess.run(["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(size),
                     "-f", "bench@example.org", "-t", f"sink@{domain}", "-M", "bench.example.org",

@@ -52,7 +52,9 @@ public enum ConfigurationLoader {
             let line = text.utf8[..<index].filter { $0 == 10 }.count + 1
             throw ConfigurationError(file: file, line: line, reason: "contains a NUL byte")
         }
-        try precheck(text: text, file: file)
+        if let problem = TOMLPrecheck.firstError(in: text) {
+            throw ConfigurationError(file: file, line: problem.line, reason: problem.reason)
+        }
         let table: TOMLTable
         do {
             table = try TOMLTable(string: text)
@@ -61,24 +63,6 @@ public enum ConfigurationLoader {
         }
         var reader = Reader(file: file, locator: KeyLocator(text: text))
         return try reader.read(table)
-    }
-
-    /// Rejects table headers that toml++ (inside TOMLKit) does not report as errors but stops
-    /// on with an assertion, e.g. `[>[x]]`: after `[` or `[[` and blanks, a key must begin with
-    /// a bare-key character or a quote (TOML 1.0 "Table", "Keys"). Found by the parser fuzzer.
-    static func precheck(text: String, file: String) throws {
-        for (index, line) in text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" }).enumerated() {
-            var rest = line.drop { $0 == " " || $0 == "\t" }
-            guard rest.first == "[" else { continue }
-            rest = rest.dropFirst()
-            if rest.first == "[" { rest = rest.dropFirst() }
-            rest = rest.drop { $0 == " " || $0 == "\t" }
-            guard let first = rest.first,
-                  first == "\"" || first == "'" || (first.isASCII && (first.isLetter || first.isNumber || first == "_" || first == "-"))
-            else {
-                throw ConfigurationError(file: file, line: index + 1, reason: "TOML syntax: a table header needs a key, as in [server] or [[policy.domain]]")
-            }
-        }
     }
 
     /// Parses `YYYY-MM-DD` (the end of that day, UTC) or `YYYY-MM-DDTHH:MM:SSZ` into seconds

@@ -1,13 +1,11 @@
 import Foundation
 import Testing
-import RelayConfig
-import RelayPolicy
-import SMTPCore
+import FuzzTargets
 
 /// A deterministic mutation fuzzer over every parser that reads untrusted input: seed inputs
 /// from `fuzz/corpus/<target>/` are mutated (bit flips, byte insertions and deletions,
 /// splices, protocol tokens) and fed to the parser. Any crash or trap fails the run; each
-/// target also checks an invariant. The seed is fixed, so a failure reproduces exactly; set
+/// target also checks its invariant (`FuzzTarget.check`, shared with the libFuzzer binary). The seed is fixed, so a failure reproduces exactly; set
 /// `TLSRELAY_FUZZ_ITERATIONS` for longer runs (default 3000 per target).
 @Suite("Parser fuzzing")
 struct ParserFuzzTests {
@@ -85,96 +83,34 @@ struct ParserFuzzTests {
         }
     }
 
-    @Test("SMTP command lines through the server session")
-    func commands() throws {
-        try Self.fuzz("smtp-commands", seed: 1) { input in
-            var limits = ServerLimits()
-            limits.maxErrors = 1_000_000
-            var session = ServerSession(hostname: "relay.example.org", limits: limits)
-            _ = session.start(clientAllowed: true)
-            var framer = LineFramer(maxLineLength: 2048)
-            framer.append(input)
-            while let event = framer.nextEvent() {
-                let actions: [ServerSession.Action]
-                switch event {
-                case .line(let bytes):
-                    guard let line = String(validating: bytes, as: UTF8.self) else { continue }
-                    actions = session.receiveLine(line)
-                case .malformed(let problem):
-                    actions = session.receiveMalformedLine(problem)
-                }
-                for action in actions {
-                    if case .reply(let reply) = action {
-                        // Every reply is well-formed on the wire: code, text, CRLF, no bare CR/LF inside.
-                        let wire = reply.wireBytes
-                        #expect(wire.suffix(2) == [13, 10])
-                        #expect((200...599).contains(reply.code))
-                    }
-                    if case .receiveData = action { _ = session.dataEnded(.complete(size: 1)); _ = session.messageStored(queueID: "X") }
-                }
-            }
+    /// Runs the target on every seed and `iterations` mutants; a broken invariant fails.
+    static func run(_ target: FuzzTarget, seed: UInt64) throws {
+        try fuzz(target.rawValue, seed: seed) { input in
+            let problem = target.check(input)
+            #expect(problem == nil, "\(target.rawValue): \(problem ?? "") for input \(input)")
         }
     }
+
+    @Test("SMTP command lines through the server session")
+    func commands() throws { try Self.run(.smtpCommands, seed: 1) }
 
     @Test("DATA framing: consumed bytes never exceed the input; content never holds a bare CR/LF")
-    func data() throws {
-        try Self.fuzz("smtp-data", seed: 2) { input in
-            var receiver = DataReceiver(maxMessageSize: 4096, maxLineLength: 200)
-            var output: [UInt8] = []
-            let (consumed, outcome) = input.withUnsafeBytes { receiver.consume($0, into: &output) }
-            #expect(consumed <= input.count)
-            if case .complete = outcome {
-                for (index, byte) in output.enumerated() {
-                    if byte == 10 { #expect(index > 0 && output[index - 1] == 13) }
-                    if byte == 13 { #expect(index + 1 < output.count && output[index + 1] == 10) }
-                }
-            }
-        }
-    }
+    func data() throws { try Self.run(.smtpData, seed: 2) }
 
     @Test("server replies (the client side's parser)")
-    func replies() throws {
-        try Self.fuzz("replies", seed: 3) { input in
-            var parser = ReplyParser()
-            parser.append(input)
-            while let reply = try? parser.next() {
-                #expect((200...599).contains(reply.code))
-            }
-        }
-    }
+    func replies() throws { try Self.run(.replies, seed: 3) }
 
-    @Test("MTA-STS policy bodies: a parsed policy renders its own invariants")
-    func stsPolicy() throws {
-        try Self.fuzz("sts-policy", seed: 4) { input in
-            guard let text = String(validating: input, as: UTF8.self) else { return }
-            if let policy = try? STSPolicy.parse(text) {
-                #expect(policy.maxAge >= 0 && policy.maxAge <= STSPolicy.maxAllowedAge)
-                #expect(policy.mode == .none || !policy.mx.isEmpty)
-                _ = policy.matches(mxHost: "mail.example.com")
-            }
-        }
-    }
+    @Test("MTA-STS policy bodies")
+    func stsPolicy() throws { try Self.run(.stsPolicy, seed: 4) }
 
     @Test("MTA-STS TXT records")
-    func stsRecord() throws {
-        try Self.fuzz("sts-record", seed: 5) { input in
-            guard let text = String(validating: input, as: UTF8.self) else { return }
-            if let record = try? STSRecord.parse(txtRecords: [text]) {
-                #expect((1...32).contains(record.id.count))
-            }
-        }
-    }
+    func stsRecord() throws { try Self.run(.stsRecord, seed: 5) }
 
     @Test("configuration files: accepted ones render and read back the same")
-    func configuration() throws {
-        try Self.fuzz("config", seed: 6) { input in
-            guard let text = String(validating: input, as: UTF8.self) else { return }
-            do {
-                let config = try ConfigurationLoader.parse(text: text, file: "fuzz.toml")
-                #expect(try ConfigurationLoader.parse(text: config.renderTOML(), file: "rendered.toml") == config)
-            } catch let error as ConfigurationError {
-                #expect(error.line >= 0 && !error.reason.isEmpty)
-            }
-        }
+    func configuration() throws { try Self.run(.config, seed: 6) }
+
+    @Test("every fuzz target has seeds")
+    func everyTargetHasSeeds() throws {
+        for target in FuzzTarget.allCases { #expect(try !Self.seeds(target.rawValue).isEmpty) }
     }
 }

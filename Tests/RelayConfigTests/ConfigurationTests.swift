@@ -71,10 +71,11 @@ struct ConfigurationTests {
             name = "Example.COM."
             level = "encrypt"
             reason = "ticket 1"
-            expires = "2026-12-06"
+            expires = "2026-12-06" # brackets in comments and strings do not count: ] } [
             [[policy.domain]]
             name = "other.example"
             level = "dane-only"
+            reason = 'stale TLSA } ] see [ticket 2]'
             expires = "2026-12-06T12:00:00Z"
             """)
         #expect(config.policy.downgradeMemory == .enforce)
@@ -132,6 +133,11 @@ struct ConfigurationTests {
         Bad(text: "[[policy.domain]]\nname = \"a.example\"\nlevel = \"may\"\n[[policy.domain]]\nname = \"a.example\"\nlevel = \"may\"\n", line: 5, fragment: "two [[policy.domain]] entries"),
         // Found by the fuzzer: toml++ asserted on these instead of reporting them.
         Bad(text: "state_directory = \"/x\"\n[>[policy.domain]]\nname = \"a.example\"\n", line: 2, fragment: "table header needs a key"),
+        // toml++ stops on an assertion for these instead of reporting them (found by libFuzzer).
+        Bad(text: "state_directory = \"/x\"\n[server]\nlisten = [\"127.0.0.1:25\", }]\n", line: 3, fragment: "'}' inside an array"),
+        Bad(text: "[server]\nlisten = [\n  \"127.0.0.1:25\",\n  }\n]\n", line: 4, fragment: "'}' inside an array"),
+        Bad(text: "[dns]\nstub_zones = [{ name = \"t.\", addresses = [\"127.0.0.1\"} ]\n", line: 2, fragment: "'}' inside an array"),
+        Bad(text: "[ ]\n", line: 1, fragment: "table header needs a key"),
         Bad(text: "[[policy.domain]]\nname = \"a.example\"\nlevel = \"may\"\nexpires = \"\"\n", line: 4, fragment: "must be a date"),
         Bad(text: "[[policy.domain]]\nname = \"a.example\"\nlevel = \"secure\"\n", line: 3, fragment: "must be none, may"),
         Bad(text: "[[policy.domain]]\nname = \"a.example\"\nlevel = \"may\"\nexpires = \"next week\"\n", line: 4, fragment: "must be a date"),

@@ -68,7 +68,8 @@ public struct STSRecord: Sendable, Equatable {
 }
 
 extension Substring {
-    func trimmingWhitespace() -> String {
+    /// The text without leading and trailing WSP (spaces and tabs, RFC 5234 appendix B.1).
+    public func trimmingWhitespace() -> String {
         var text = self
         while let first = text.first, first == " " || first == "\t" { text = text.dropFirst() }
         while let last = text.last, last == " " || last == "\t" { text = text.dropLast() }

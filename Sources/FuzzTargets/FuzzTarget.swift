@@ -1,0 +1,133 @@
+import MTASTSCore
+import RelayConfig
+import SMTPCore
+
+/// The parsers that read untrusted input, each as a fuzz target: one input (bytes) in, the
+/// first broken invariant out. A crash or a trap inside a parser is a finding too; the harness
+/// (libFuzzer in `tlsrelay-fuzz`, the deterministic mutator in `swift test`) reports it.
+/// Seeds for each target are in `fuzz/corpus/<rawValue>/`.
+public enum FuzzTarget: String, CaseIterable, Sendable {
+    /// SMTP command lines through the inbound server session (RFC 5321 §4.1).
+    case smtpCommands = "smtp-commands"
+    /// DATA framing: dot-unstuffing and the end-of-data marker (RFC 5321 §4.5.2).
+    case smtpData = "smtp-data"
+    /// Server replies, as the outbound client reads them (RFC 5321 §4.2).
+    case replies
+    /// MTA-STS policy files (RFC 8461 §3.2).
+    case stsPolicy = "sts-policy"
+    /// MTA-STS TXT records (RFC 8461 §3.1).
+    case stsRecord = "sts-record"
+    /// tlsrelayd configuration files (TOML).
+    case config
+
+    /// Runs one input through the target's parser.
+    /// - Returns: a description of the first invariant that does not hold, or nil.
+    public func check(_ input: [UInt8]) -> String? {
+        switch self {
+        case .smtpCommands: return Self.commands(input)
+        case .smtpData: return Self.data(input)
+        case .replies: return Self.replies(input)
+        case .stsPolicy: return Self.stsPolicy(input)
+        case .stsRecord: return Self.stsRecord(input)
+        case .config: return Self.configuration(input)
+        }
+    }
+
+    /// Every reply the server session produces is well-formed on the wire.
+    static func commands(_ input: [UInt8]) -> String? {
+        var limits = ServerLimits()
+        limits.maxErrors = 1_000_000
+        var session = ServerSession(hostname: "relay.example.org", limits: limits)
+        _ = session.start(clientAllowed: true)
+        var framer = LineFramer(maxLineLength: 2048)
+        framer.append(input)
+        while let event = framer.nextEvent() {
+            let actions: [ServerSession.Action]
+            switch event {
+            case .line(let bytes):
+                guard let line = String(validating: bytes, as: UTF8.self) else { continue }
+                actions = session.receiveLine(line)
+            case .malformed(let problem):
+                actions = session.receiveMalformedLine(problem)
+            }
+            for action in actions {
+                if case .reply(let reply) = action {
+                    let wire = reply.wireBytes
+                    if wire.suffix(2) != [13, 10] { return "reply \(reply.code) does not end in CRLF" }
+                    if !(200...599).contains(reply.code) { return "reply code \(reply.code) out of range" }
+                    for (index, byte) in wire.enumerated() {
+                        if byte == 10 && !(index > 0 && wire[index - 1] == 13) { return "reply \(reply.code) holds a bare LF" }
+                        if byte == 13 && !(index + 1 < wire.count && wire[index + 1] == 10) { return "reply \(reply.code) holds a bare CR" }
+                    }
+                }
+                if case .receiveData = action {
+                    _ = session.dataEnded(.complete(size: 1))
+                    _ = session.messageStored(queueID: "X")
+                }
+            }
+        }
+        return nil
+    }
+
+    /// Consumed bytes never exceed the input; complete content never holds a bare CR or LF.
+    static func data(_ input: [UInt8]) -> String? {
+        var receiver = DataReceiver(maxMessageSize: 4096, maxLineLength: 200)
+        var output: [UInt8] = []
+        let (consumed, outcome) = input.withUnsafeBytes { receiver.consume($0, into: &output) }
+        if consumed > input.count { return "consumed \(consumed) of \(input.count) bytes" }
+        if case .complete = outcome {
+            for (index, byte) in output.enumerated() {
+                if byte == 10 && !(index > 0 && output[index - 1] == 13) { return "bare LF at \(index) of the content" }
+                if byte == 13 && !(index + 1 < output.count && output[index + 1] == 10) { return "bare CR at \(index) of the content" }
+            }
+        }
+        return nil
+    }
+
+    /// Every parsed reply has a code from 200 to 599.
+    static func replies(_ input: [UInt8]) -> String? {
+        var parser = ReplyParser()
+        parser.append(input)
+        while let reply = try? parser.next() {
+            if !(200...599).contains(reply.code) { return "reply code \(reply.code) out of range" }
+        }
+        return nil
+    }
+
+    /// A parsed policy keeps max_age in range and has MX patterns unless its mode is none.
+    static func stsPolicy(_ input: [UInt8]) -> String? {
+        guard let text = String(validating: input, as: UTF8.self), let policy = try? STSPolicy.parse(text) else { return nil }
+        if policy.maxAge < 0 || policy.maxAge > STSPolicy.maxAllowedAge { return "max_age \(policy.maxAge) out of range" }
+        if policy.mode != .none && policy.mx.isEmpty { return "mode \(policy.mode.rawValue) without mx patterns" }
+        _ = policy.matches(mxHost: "mail.example.com")
+        return nil
+    }
+
+    /// A parsed TXT record has an id of 1 to 32 characters.
+    static func stsRecord(_ input: [UInt8]) -> String? {
+        guard let text = String(validating: input, as: UTF8.self), let record = try? STSRecord.parse(txtRecords: [text]) else { return nil }
+        if !(1...32).contains(record.id.count) { return "id of \(record.id.count) characters" }
+        return nil
+    }
+
+    /// An accepted configuration renders and reads back the same; a refused one names a line
+    /// and a reason.
+    static func configuration(_ input: [UInt8]) -> String? {
+        guard let text = String(validating: input, as: UTF8.self) else { return nil }
+        do {
+            let config = try ConfigurationLoader.parse(text: text, file: "fuzz.toml")
+            do {
+                if try ConfigurationLoader.parse(text: config.renderTOML(), file: "rendered.toml") != config {
+                    return "the rendered configuration reads back differently"
+                }
+            } catch {
+                return "the rendered configuration does not read back: \(error)"
+            }
+        } catch let error as ConfigurationError {
+            if error.line < 0 || error.reason.isEmpty { return "error without line or reason: \(error)" }
+        } catch {
+            return "unexpected error type: \(error)"
+        }
+        return nil
+    }
+}
