@@ -162,7 +162,8 @@ public enum ConfigurationLoader {
             try checkKeys(root, section: nil, allowed: ["state_directory", "log_level", "server", "dns", "delivery", "policy"])
             if let value = try string(root, nil, "state_directory") {
                 guard value.hasPrefix("/") else { throw error(nil, "state_directory", "'state_directory' must be an absolute path, got \"\(value)\"") }
-                config.stateDirectory = value.count > 1 && value.hasSuffix("/") ? String(value.dropLast()) : value
+                // One spelling per directory: no repeated or trailing slashes ("/var//lib/x/" is "/var/lib/x").
+                config.stateDirectory = "/" + value.split(separator: "/").joined(separator: "/")
             }
             if let value = try string(root, nil, "log_level") {
                 guard ConfigurationLoader.logLevels.contains(value) else {

@@ -90,6 +90,15 @@ struct ConfigurationTests {
         #expect(try load(config.renderTOML()) == config)
     }
 
+    @Test("state_directory: one spelling, so the rendered configuration reads back the same (found by libFuzzer)")
+    func stateDirectorySpelling() throws {
+        for (written, meant) in [("///", "/"), ("/var//lib/tlsrelay/", "/var/lib/tlsrelay"), ("/", "/"), ("/srv/relay", "/srv/relay")] {
+            let config = try load("state_directory = \"\(written)\"\n")
+            #expect(config.stateDirectory == meant)
+            #expect(try load(config.renderTOML()) == config)
+        }
+    }
+
     @Test("defaults: loopback only")
     func defaults() throws {
         let config = try load("")
