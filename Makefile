@@ -51,7 +51,7 @@ bench: release test-deps
 	$(PYTHON) bench/bench.py
 	$(PYTHON) bench/large_queue.py
 
-# The fault suite: kill -9 under load, full disk, DNS gone, corrupt spool file, clock set back, MX dropping the
+# The fault suite: kill -9 under load, full disk, DNS gone, corrupt spool file, clock set back and jumping forward, MX dropping the
 # connection, kill -9 during delivery. (It also runs within make test.)
 faults: test-deps
 	$(SWIFT) build

@@ -15,7 +15,7 @@ Relay side: end-to-end relay rate (submission to the last message handed to the 
 clear to smtp-sink and over STARTTLS to a TLS sink (see relay_part).
 
 Only loopback addresses are used. Recovery time and enqueue cost with a large queue:
-bench/recovery.py.
+bench/large_queue.py.
 """
 import argparse
 import asyncio
