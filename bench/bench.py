@@ -121,6 +121,17 @@ def busy_jiffies():
     return sum(fields[:8]) - idle
 
 
+def postfix_directories(base):
+    """Creates the config, queue and data directories of a private Postfix instance under base;
+    returns them and its main.cf text (delivery deferred)."""
+    conf, queue, data = base / "conf", base / "queue", base / "data"
+    for d in (conf, queue, data):
+        d.mkdir(parents=True)
+    entry = pwd.getpwnam("postfix")
+    os.chown(data, entry.pw_uid, entry.pw_gid)
+    return conf, queue, data, POSTFIX_MAIN.format(conf=conf, queue=queue, data=data, base=base)
+
+
 class Server:
     name = "?"
     port = 0
@@ -183,14 +194,9 @@ class Postfix(Server):
         """Delivery deferred, or (relay_to = "IP") relaying everything to IP:25 with
         smtp_tls_security_level = tls_level."""
         self.base = base / (f"postfix-relay-{tls_level}" if relay_to else "postfix")
-        self.conf, self.queue, self.data = self.base / "conf", self.base / "queue", self.base / "data"
-        for d in (self.conf, self.queue, self.data):
-            d.mkdir(parents=True)
-        entry = pwd.getpwnam("postfix")
-        os.chown(self.data, entry.pw_uid, entry.pw_gid)
+        self.conf, self.queue, self.data, main = postfix_directories(self.base)
         self.port = free_port()
         (self.conf / "master.cf").write_text(POSTFIX_MASTER.format(port=self.port))
-        main = POSTFIX_MAIN.format(conf=self.conf, queue=self.queue, data=self.data, base=self.base)
         if relay_to:
             main = main.replace("relayhost = [127.0.0.1]:9\ndefer_transports = smtp relay\n",
                                 f"relayhost = [{relay_to}]:25\ndefault_destination_concurrency_limit = 20\n"
@@ -337,15 +343,10 @@ class TLSSink(PlainSink):
     def __init__(self, base, host):
         super().__init__(host["address"])
         self.base = base / "tls-sink"
-        self.conf, self.queue, self.data = self.base / "conf", self.base / "queue", self.base / "data"
-        for d in (self.conf, self.queue, self.data):
-            d.mkdir(parents=True)
-        entry = pwd.getpwnam("postfix")
-        os.chown(self.data, entry.pw_uid, entry.pw_gid)
+        self.conf, self.queue, self.data, main = postfix_directories(self.base)
         self.sink_port = free_port()
         master = POSTFIX_MASTER.replace("127.0.0.1:{port}", "{address}:25").format(address=self.address)
         (self.conf / "master.cf").write_text(master)
-        main = POSTFIX_MAIN.format(conf=self.conf, queue=self.queue, data=self.data, base=self.base)
         main = main.replace("myhostname = postfix-bench.example.org", f"myhostname = {host['name']}")
         main += (f"smtpd_tls_security_level = encrypt\n"
                  f"smtpd_tls_chain_files = {host['certificate']['key_file']}, {host['certificate']['chain_file']}\n"
