@@ -25,7 +25,12 @@ enum TOMLPrecheck {
                 index += 3
                 while index < scalars.count {
                     let scalar = scalars[index]
-                    if basic && scalar == "\\" { index += 2; continue }
+                    if basic && scalar == "\\" {
+                        // An escape; a backslash at the end of a line joins the next one.
+                        if index + 1 < scalars.count && scalars[index + 1] == "\n" { line += 1 }
+                        index += 2
+                        continue
+                    }
                     if scalar == "\n" { line += 1 }
                     if scalar == quote && index + 2 < scalars.count && scalars[index + 1] == quote && scalars[index + 2] == quote {
                         index += 3
@@ -41,7 +46,11 @@ enum TOMLPrecheck {
             index += 1
             while index < scalars.count && scalars[index] != "\n" {
                 let scalar = scalars[index]
-                if basic && scalar == "\\" { index += 2; continue }
+                if basic && scalar == "\\" {
+                    // An escape; never past the end of the line (the string is unterminated then).
+                    index += index + 1 < scalars.count && scalars[index + 1] == "\n" ? 1 : 2
+                    continue
+                }
                 index += 1
                 if scalar == quote { return }
             }

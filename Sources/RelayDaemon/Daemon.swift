@@ -236,8 +236,7 @@ public final class Daemon: Sendable {
         }
         delivery.cancel()
         await delivery.value
-        agent.closeIdleConnections()
-        try? await Task.sleep(for: .milliseconds(100))   // let the QUITs go out
+        await agent.closeIdleConnections()
         resolver.shutdown()
         try? await threadPool.shutdownGracefully()
         try? await group.shutdownGracefully()

@@ -58,13 +58,24 @@ final class ConnectionCache: Sendable {
         }
     }
 
+    /// Forgets `channel` (it closed): called from its close future, so that connections to MX
+    /// hosts that get no more mail do not stay in the table.
+    func remove(_ key: ConnectionKey, channel: Channel) {
+        idle.withLockedValue { table in
+            guard var list = table[key] else { return }
+            list.removeAll { $0.channel === channel }
+            table[key] = list.isEmpty ? nil : list
+        }
+    }
+
     /// Idle connections in the cache now.
     var count: Int {
         idle.withLockedValue { table in table.values.reduce(0) { $0 + $1.filter { $0.channel.isActive }.count } }
     }
 
-    /// Closes every idle connection with QUIT and empties the cache (shutdown).
-    func closeAll() {
+    /// Sends QUIT on every idle connection, closes them and empties the cache (shutdown);
+    /// returns when all are closed.
+    func closeAll() async {
         let all = idle.withLockedValue { table in
             let all = table.values.flatMap { $0 }
             table = [:]
@@ -72,7 +83,10 @@ final class ConnectionCache: Sendable {
         }
         for entry in all {
             let handler = entry.handler
-            entry.channel.eventLoop.execute { handler.value.closeIfIdle() }
+            entry.channel.eventLoop.execute { handler.value.quitAndCloseIfIdle() }
+        }
+        for entry in all {
+            try? await entry.channel.closeFuture.get()
         }
     }
 }

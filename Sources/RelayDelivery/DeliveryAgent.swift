@@ -470,6 +470,8 @@ public final class DeliveryAgent: Sendable {
             handlerPromise.fail(error)
             throw error
         }
+        let connections = self.connections
+        channel.closeFuture.whenComplete { _ in connections.remove(key, channel: channel) }
         let report = try await promise.futureResult.get()
         if report.result.reusable, let handler = try? await handlerPromise.futureResult.get() {
             connections.put(key, ConnectionCache.Entry(channel: channel, handler: handler))
@@ -477,9 +479,9 @@ public final class DeliveryAgent: Sendable {
         return report
     }
 
-    /// Closes the idle cached connections with QUIT (at shutdown).
-    public func closeIdleConnections() {
-        connections.closeAll()
+    /// Closes the idle cached connections with QUIT (at shutdown); returns when they are closed.
+    public func closeIdleConnections() async {
+        await connections.closeAll()
     }
 
     func outcome(for result: ClientSession.RecipientResult, relay: String) -> RecipientOutcome {

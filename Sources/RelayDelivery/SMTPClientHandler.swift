@@ -89,11 +89,16 @@ final class SMTPClientHandler: ChannelInboundHandler {
         context.flush()
     }
 
-    /// Closes an idle connection with QUIT (shutdown); does nothing to a busy one.
-    func closeIfIdle() {
-        guard let context, session.isIdle else { return }
+    /// Sends QUIT on an idle connection and closes it without waiting for the reply (idle time
+    /// over, shutdown; no timer is involved, so a stopped clock cannot hold up an exit). Does
+    /// nothing to a busy connection.
+    func quitAndCloseIfIdle() {
+        guard let context, !closing, session.isIdle else { return }
         perform(session.closeIdle(), context: context)
         context.flush()
+        timer?.cancel()
+        closing = true
+        context.close(promise: nil)
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -140,6 +145,11 @@ final class SMTPClientHandler: ChannelInboundHandler {
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         timer = context.eventLoop.scheduleTask(in: .milliseconds(Int64(seconds * 1000))) {
             let (handler, context) = loopBound.value
+            if handler.session.isIdle {
+                // Idle time over: QUIT and close, without waiting for the reply.
+                handler.quitAndCloseIfIdle()
+                return
+            }
             handler.perform(handler.session.timedOut(), context: context)
             context.flush()
         }

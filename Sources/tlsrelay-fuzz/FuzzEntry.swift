@@ -13,6 +13,12 @@ import CLibFuzzer
 // - A plain `swift build` gives a replayer: `tlsrelay-fuzz TARGET FILE...` runs each file
 //   through the target once (to reproduce a libFuzzer finding under a debugger).
 
+/// Writes `text` to standard error.
+func complain(_ text: String) {
+    var bytes = Array(text.utf8)
+    _ = write(2, &bytes, bytes.count)
+}
+
 @main
 struct FuzzEntry {
 #if LIBFUZZER
@@ -36,24 +42,32 @@ struct FuzzEntry {
 #else
     static func main() {
         let arguments = Array(CommandLine.arguments.dropFirst())
-        guard let name = arguments.first, let target = FuzzTarget(rawValue: name), arguments.count > 1 else {
-            print("usage: tlsrelay-fuzz TARGET FILE...   (TARGET: \(FuzzTarget.allCases.map(\.rawValue).joined(separator: ", ")))")
+        let usage = "usage: tlsrelay-fuzz TARGET FILE...   (TARGET: \(FuzzTarget.allCases.map(\.rawValue).joined(separator: ", ")))\n"
+        guard let name = arguments.first, arguments.count > 1 else {
+            complain(usage)
             exit(64)
         }
+        guard let target = FuzzTarget(rawValue: name) else {
+            complain("tlsrelay-fuzz: unknown target \"\(name)\"\n" + usage)
+            exit(64)
+        }
+        // The fuzzers never try inputs over 8 KiB; a larger file is cut there.
+        let maxLength = 8192
         var failed = false
         for path in arguments.dropFirst() {
             guard let file = fopen(path, "rb") else {
-                print("\(path): cannot open")
+                complain("\(path): cannot open: \(String(cString: strerror(errno)))\n")
                 exit(66)
             }
-            var input: [UInt8] = []
-            var buffer = [UInt8](repeating: 0, count: 65536)
-            while true {
-                let count = fread(&buffer, 1, buffer.count, file)
-                if count <= 0 { break }
-                input.append(contentsOf: buffer[0..<count])
-            }
+            var input = [UInt8](repeating: 0, count: maxLength)
+            let count = fread(&input, 1, maxLength, file)
+            let readError = ferror(file) != 0
             fclose(file)
+            if readError {
+                complain("\(path): cannot read\n")
+                exit(66)
+            }
+            input.removeSubrange(count...)
             if let problem = target.check(input) {
                 print("\(path): \(problem)")
                 failed = true

@@ -147,6 +147,7 @@ struct ConfigurationTests {
         Bad(text: "[server]\nlisten = [\n  \"127.0.0.1:25\",\n  }\n]\n", line: 4, fragment: "'}' inside an array"),
         Bad(text: "[dns]\nstub_zones = [{ name = \"t.\", addresses = [\"127.0.0.1\"} ]\n", line: 2, fragment: "'}' inside an array"),
         Bad(text: "[ ]\n", line: 1, fragment: "table header needs a key"),
+        Bad(text: "[server]\nhostname = \"\"\"a\\\n\"\"\"\n\n\nlisten = [\"x\", }]\n", line: 6, fragment: "'}' inside an array"),
         Bad(text: "[[policy.domain]]\nname = \"a.example\"\nlevel = \"may\"\nexpires = \"\"\n", line: 4, fragment: "must be a date"),
         Bad(text: "[[policy.domain]]\nname = \"a.example\"\nlevel = \"secure\"\n", line: 3, fragment: "must be none, may"),
         Bad(text: "[[policy.domain]]\nname = \"a.example\"\nlevel = \"may\"\nexpires = \"next week\"\n", line: 4, fragment: "must be a date"),
