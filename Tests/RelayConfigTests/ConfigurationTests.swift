@@ -147,6 +147,10 @@ struct ConfigurationTests {
         Bad(text: "[server]\nlisten = [\n  \"127.0.0.1:25\",\n  }\n]\n", line: 4, fragment: "'}' inside an array"),
         Bad(text: "[dns]\nstub_zones = [{ name = \"t.\", addresses = [\"127.0.0.1\"} ]\n", line: 2, fragment: "'}' inside an array"),
         Bad(text: "[ ]\n", line: 1, fragment: "table header needs a key"),
+        // The line of a key written as a table, a top-level dotted key or an inline table.
+        Bad(text: "state_directory = \"/x\"\n\n[server]\nhostname = \"a.example\"\n[bogus]\nx = 1\n", line: 5, fragment: "unknown key 'bogus'"),
+        Bad(text: "state_directory = \"/x\"\n\n\ndelivery.connection_cache_time_limit = -1\n", line: 4, fragment: "between 0 and 300"),
+        Bad(text: "state_directory = \"/x\"\n\n\ndelivery = { connection_reuse_time_limit = 0 }\n", line: 4, fragment: "between 1 and 86400"),
         Bad(text: "[server]\nhostname = \"\"\"a\\\n\"\"\"\n\n\nlisten = [\"x\", }]\n", line: 6, fragment: "'}' inside an array"),
         Bad(text: "[[policy.domain]]\nname = \"a.example\"\nlevel = \"may\"\nexpires = \"\"\n", line: 4, fragment: "must be a date"),
         Bad(text: "[[policy.domain]]\nname = \"a.example\"\nlevel = \"secure\"\n", line: 3, fragment: "must be none, may"),
