@@ -367,6 +367,15 @@ class TLSSink(PlainSink):
         super().stop()
 
 
+def stop_all(servers):
+    """Stops every server; a failure to stop one is reported and the others are still stopped."""
+    for server in servers:
+        try:
+            server.stop()
+        except Exception as e:
+            print(f"stopping {server.name}: {e}", file=sys.stderr)
+
+
 def relay_part(base, world, domain, sink, tls, args):
     """Relay rate of tlsrelayd and Postfix to one sink: a warm-up, then alternating rounds.
     Returns a table row."""
@@ -387,11 +396,7 @@ def relay_part(base, world, domain, sink, tls, args):
         return (f"relay end to end {what}, 10 sessions: msg/s", statistics.median(figures["tlsrelay"]),
                 statistics.median(figures["postfix"]), "higher is better")
     finally:
-        for r in relays:
-            try:
-                r.stop()
-            except Exception as e:   # keep stopping the others
-                print(f"stopping {r.name}: {e}", file=sys.stderr)
+        stop_all(relays)
         sink.stop()
 
 
@@ -437,11 +442,7 @@ def main():
             rows.append(("end of DATA -> 250, 10 sessions: p50 ms", lat["tlsrelay"][0], lat["postfix"][0], "lower is better"))
             rows.append(("end of DATA -> 250, 10 sessions: p99 ms", lat["tlsrelay"][1], lat["postfix"][1], "lower is better"))
     finally:
-        for s in servers:
-            try:
-                s.stop()
-            except Exception as e:   # keep stopping the others
-                print(f"stopping {s.name}: {e}", file=sys.stderr)
+        stop_all(servers)
         shutil.rmtree(base, ignore_errors=True)
     # Relay end to end: both relays deliver to the same sink, on the address of a test-world MX
     # host where nothing else listens. tlsrelayd finds it through DNS (MX, A, TLSA lookups,
