@@ -68,11 +68,6 @@ final class ConnectionCache: Sendable {
         }
     }
 
-    /// Idle connections in the cache now.
-    var count: Int {
-        idle.withLockedValue { table in table.values.reduce(0) { $0 + $1.filter { $0.channel.isActive }.count } }
-    }
-
     /// Sends QUIT on every idle connection, closes them and empties the cache (shutdown);
     /// returns when all are closed.
     func closeAll() async {
