@@ -35,7 +35,7 @@ build: deps
 	$(SWIFT) build
 
 release: deps
-	$(SWIFT) build -c release
+	$(SWIFT) build -c release --static-swift-stdlib
 
 # Runs tlsrelayd in the foreground with etc/tlsrelay.toml (Ctrl-C stops it).
 run: release
