@@ -18,7 +18,8 @@ struct ConnectionKey: Hashable, Sendable {
 
 /// Idle SMTP connections kept open between messages (Postfix's connection cache), by key.
 /// A connection is in the cache only while idle; `take` hands it to one delivery at a time.
-/// Connections that closed meanwhile (idle time over, peer gone) are dropped on the way.
+/// A connection that closes (idle time over, peer gone) is removed by its close future; `take`
+/// also skips one that closed a moment before that ran.
 final class ConnectionCache: Sendable {
     /// One idle connection and the handler that drives it (used on its event loop only).
     struct Entry: Sendable {
@@ -48,14 +49,9 @@ final class ConnectionCache: Sendable {
         }
     }
 
-    /// Returns an idle connection to the cache.
+    /// Returns an idle connection to the cache (a closed one leaves it through `remove`).
     func put(_ key: ConnectionKey, _ entry: Entry) {
-        idle.withLockedValue { table in
-            // Drop the ones that closed while waiting, so the table does not grow.
-            var list = (table[key] ?? []).filter { $0.channel.isActive }
-            list.append(entry)
-            table[key] = list
-        }
+        idle.withLockedValue { table in table[key, default: []].append(entry) }
     }
 
     /// Forgets `channel` (it closed): called from its close future, so that connections to MX
