@@ -103,13 +103,17 @@ def sent_via(relay, recipient):
     return [a for a in attempts(relay, recipient) if a[2] == "sent"]
 
 
+def relay_one(relay, recipient, body):
+    """Submits one message and waits until the relay logs it sent."""
+    send(relay, "sender@example.org", [recipient], body)
+    assert wait_for(lambda: sent_via(relay, recipient), timeout=30), relay.log_text()[-2000:]
+
+
 def test_second_message_goes_on_the_same_dane_authenticated_connection(world, tmp_path):
     relay = Relay(tmp_path / "relay", extra_toml=reuse_toml(world, 30)).start()
     try:
-        send(relay, "sender@example.org", ["a@dane-ee.test"], b"Subject: one\r\n\r\nreuse-token-1\r\n")
-        assert wait_for(lambda: sent_via(relay, "a@dane-ee.test"), timeout=30), relay.log_text()[-2000:]
-        send(relay, "sender@example.org", ["b@dane-ee.test"], b"Subject: two\r\n\r\nreuse-token-2\r\n")
-        assert wait_for(lambda: sent_via(relay, "b@dane-ee.test"), timeout=30), relay.log_text()[-2000:]
+        relay_one(relay, "a@dane-ee.test", b"Subject: one\r\n\r\nreuse-token-1\r\n")
+        relay_one(relay, "b@dane-ee.test", b"Subject: two\r\n\r\nreuse-token-2\r\n")
         log = relay.log_text()
         assert re.search(r"reusing the connection to mx\.dane-ee\.test\[[0-9.]+\]:25 \(conn_use=2, Verified TLS", log), log[-2000:]
         assert len(re.findall(r"Verified TLS connection established to mx\.dane-ee\.test", log)) == 1, log[-3000:]
@@ -128,8 +132,7 @@ def test_idle_connection_is_reused_and_closed_with_quit_at_shutdown(world, tmp_p
         relay = Relay(tmp_path / "relay", extra_toml=reuse_toml(world, 30)).start()
         try:
             for n in range(3):
-                send(relay, "sender@example.org", [f"r{n}@two-mx-first-down.test"], f"Subject: {n}\r\n\r\ncount-{n}\r\n".encode())
-                assert wait_for(lambda: sent_via(relay, f"r{n}@two-mx-first-down.test"), timeout=30), relay.log_text()[-2000:]
+                relay_one(relay, f"r{n}@two-mx-first-down.test", f"Subject: {n}\r\n\r\ncount-{n}\r\n".encode())
         finally:
             relay.stop()
         assert len(mx.connections) == 1, mx.connections
@@ -143,8 +146,7 @@ def test_no_reuse_when_turned_off(world, tmp_path):
         relay = Relay(tmp_path / "relay", extra_toml=reuse_toml(world, 0)).start()
         try:
             for n in range(2):
-                send(relay, "sender@example.org", [f"off{n}@two-mx-first-down.test"], f"Subject: {n}\r\n\r\noff-{n}\r\n".encode())
-                assert wait_for(lambda: sent_via(relay, f"off{n}@two-mx-first-down.test"), timeout=30)
+                relay_one(relay, f"off{n}@two-mx-first-down.test", f"Subject: {n}\r\n\r\noff-{n}\r\n".encode())
         finally:
             relay.stop()
         assert len(mx.connections) == 2
@@ -158,8 +160,7 @@ def test_connection_dropped_by_the_mx_while_idle_costs_nothing(world, tmp_path):
     with CountingMX(mx1_address(world), drop_reused=True) as mx:
         relay = Relay(tmp_path / "relay", extra_toml=reuse_toml(world, 30)).start()
         try:
-            send(relay, "sender@example.org", ["first@two-mx-first-down.test"], b"Subject: 1\r\n\r\ndrop-1\r\n")
-            assert wait_for(lambda: sent_via(relay, "first@two-mx-first-down.test"), timeout=30)
+            relay_one(relay, "first@two-mx-first-down.test", b"Subject: 1\r\n\r\ndrop-1\r\n")
             send(relay, "sender@example.org", ["second@two-mx-first-down.test"], b"Subject: 2\r\n\r\ndrop-2\r\n")
             outcome = wait_for(lambda: attempts(relay, "second@two-mx-first-down.test"), timeout=30)
         finally:
