@@ -51,7 +51,7 @@ let package = Package(
         .target(name: "MTASTSCore", swiftSettings: strict),
         // MTA-STS (RFC 8461): TXT discovery, HTTPS fetch, persistent cache.
         .target(name: "RelayPolicy", dependencies: [
-            "MTASTSCore",
+            "MTASTSCore", "DeliveryPolicy",
             "RelayDNS",
             .product(name: "AsyncHTTPClient", package: "async-http-client"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -59,9 +59,12 @@ let package = Package(
             .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
+        // The policy planner: every TLS decision of a delivery as a pure state machine (facts in,
+        // actions out). No I/O, no NIO, no Foundation.
+        .target(name: "DeliveryPolicy", dependencies: ["SMTPCore", "MTASTSCore"], swiftSettings: strict),
         // Outbound delivery: MX plan, SMTP client over NIO with STARTTLS, scheduler, DSNs.
         .target(name: "RelayDelivery", dependencies: [
-            "SMTPCore", "RelayQueue", "RelayDNS", "RelayTLS", "RelayPolicy", "RelayConfig",
+            "SMTPCore", "RelayQueue", "RelayDNS", "RelayTLS", "RelayPolicy", "RelayConfig", "DeliveryPolicy",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
@@ -104,6 +107,7 @@ let package = Package(
         .testTarget(name: "RelayConfigTests", dependencies: ["RelayConfig"]),
         .testTarget(name: "RelayPolicyTests", dependencies: ["RelayPolicy"]),
         .testTarget(name: "FuzzTests", dependencies: ["FuzzTargets"]),
+        .testTarget(name: "DeliveryPolicyTests", dependencies: ["DeliveryPolicy", "SMTPCore", "MTASTSCore"]),
         .testTarget(name: "RelayDeliveryTests", dependencies: ["RelayDelivery", "RelayDNS", "RelayQueue", "SMTPCore"]),
         .testTarget(name: "RelayTLSTests", dependencies: ["RelayTLS", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]),
         .testTarget(name: "RelayDNSTests", dependencies: ["RelayDNS"]),

@@ -202,11 +202,25 @@ public struct TLSARecord: Sendable, Hashable, CustomStringConvertible {
     ///   - selector: selector field.
     ///   - matchingType: matching type field.
     ///   - data: certificate association data (raw bytes, not hex).
+    /// False for rdata shorter than the three fixed octets (then `data` holds that rdata and the
+    /// three fields are 0): such a record is unusable (RFC 7672 §3.1.3).
+    public let isWellFormed: Bool
+
     public init(usage: UInt8, selector: UInt8, matchingType: UInt8, data: [UInt8]) {
         self.usage = usage
         self.selector = selector
         self.matchingType = matchingType
         self.data = data
+        self.isWellFormed = true
+    }
+
+    /// A record whose rdata is shorter than 3 octets.
+    public init(malformed rdata: [UInt8]) {
+        self.usage = 0
+        self.selector = 0
+        self.matchingType = 0
+        self.data = rdata
+        self.isWellFormed = false
     }
 
     /// The association data as lowercase hex.
@@ -222,7 +236,9 @@ public struct TLSARecord: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// Presentation format as in a zone file: `"3 1 1 <hex>"` (RFC 6698 §2.2).
-    public var description: String { "\(usage) \(selector) \(matchingType) \(dataHex)" }
+    public var description: String {
+        isWellFormed ? "\(usage) \(selector) \(matchingType) \(dataHex)" : "malformed TLSA rdata (\(data.count) octets: \(dataHex))"
+    }
 }
 
 /// The validated outcome of one DNS lookup that produced an answer: data, NODATA, NXDOMAIN, or

@@ -106,9 +106,11 @@ enum DNSWire {
     }
 
     /// TLSA rdata: usage, selector, matching type (one octet each), then the association data
-    /// (RFC 6698 §2.1).
-    static func tlsa(_ rdata: [UInt8]) throws -> TLSARecord {
-        guard rdata.count >= 3 else { throw DNSWireError("TLSA rdata shorter than 3 octets") }
+    /// (RFC 6698 §2.1). Rdata shorter than the three fixed octets gives a record that is not
+    /// well formed: unusable, and no reason to lose the other records of the RRset (RFC 7672
+    /// §3.1.3).
+    static func tlsa(_ rdata: [UInt8]) -> TLSARecord {
+        guard rdata.count >= 3 else { return TLSARecord(malformed: rdata) }
         return TLSARecord(usage: rdata[0], selector: rdata[1], matchingType: rdata[2],
                           data: Array(rdata[3...]))
     }

@@ -65,6 +65,22 @@ public final class Resolver: Sendable {
         return try await (v4, v6)
     }
 
+    /// Looks up A and AAAA for `host` concurrently and reports each on its own: one family's
+    /// failure (SERVFAIL, timeout) does not hide the other's answer.
+    /// - Parameter host: the host name (trailing dot optional).
+    /// - Returns: each family's answer, or the error its lookup threw (as `mx(_:)` throws).
+    public func addressLookups(_ host: String) async -> (ipv4: Result<DNSAnswer<String>, Error>, ipv6: Result<DNSAnswer<String>, Error>) {
+        let name: String
+        do { name = try DNSWire.normalize(host) } catch { return (.failure(error), .failure(error)) }
+        async let v4 = result { try await self.lookup(name, .a) { try DNSWire.address($0, type: .a) } }
+        async let v6 = result { try await self.lookup(name, .aaaa) { try DNSWire.address($0, type: .aaaa) } }
+        return await (v4, v6)
+    }
+
+    private func result<T>(_ body: () async throws -> T) async -> Result<T, Error> {
+        do { return .success(try await body()) } catch { return .failure(error) }
+    }
+
     /// Looks up the TLSA RRset `_PORT._tcp.HOST` (RFC 6698 §3, RFC 7672 §2.2.3).
     /// - Parameters:
     ///   - port: the TCP port, 1...65535 (25 for SMTP).

@@ -155,15 +155,15 @@ public final class Daemon: Sendable {
                             connectionReuseTimeLimit: Double(configuration.delivery.connectionReuseTimeLimit)),
             logger: logger,
             sts: sts, memory: memoryStore,
-            onAlert: { alert, queueID, enforced in
+            onAlert: { alert, queueID in
                 let kind: SecurityAlert.Kind
-                if alert.policySource == "tofu" {
-                    kind = enforced ? .downgradeRefused : .downgradeReported
+                if alert.policySource == .memory {
+                    kind = alert.enforced ? .downgradeRefused : .downgradeReported
                 } else {
-                    kind = !enforced ? .testingPolicyFailure : (alert.resultType == "dnssec-invalid" ? .dnssecFailure : .policyFailure)
+                    kind = !alert.enforced ? .testingPolicyFailure : (alert.resultType == .dnssecInvalid ? .dnssecFailure : .policyFailure)
                 }
                 alerts.report(SecurityAlert(kind: kind, queueID: queueID.rawValue, domain: alert.domain, mxHost: alert.mxHost,
-                                            address: alert.address, policySource: alert.policySource, resultType: alert.resultType,
+                                            address: alert.address, policySource: alert.policySource.rawValue, resultType: alert.resultType.rawValue,
                                             reason: alert.reason))
             })
         let alertFlusher = Task {

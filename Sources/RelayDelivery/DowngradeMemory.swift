@@ -1,20 +1,7 @@
+import DeliveryPolicy
 import Foundation
 import NIOConcurrencyHelpers
-
-/// The security a delivery to a domain achieved, weakest first.
-public enum AchievedSecurity: String, Sendable, Codable, Comparable, CaseIterable {
-    /// Delivered in clear.
-    case none
-    /// TLS, certificate not authenticated.
-    case tls
-    /// TLS authenticated by WebPKI under an MTA-STS policy (RFC 8461).
-    case mtaSTS = "mta-sts"
-    /// TLS authenticated by DANE (RFC 7672).
-    case dane
-
-    var rank: Int { Self.allCases.firstIndex(of: self)! }
-    public static func < (lhs: AchievedSecurity, rhs: AchievedSecurity) -> Bool { lhs.rank < rhs.rank }
-}
+import RelayPolicy
 
 /// What was remembered of one destination domain.
 public struct DomainMemory: Sendable, Codable, Equatable {
@@ -31,21 +18,31 @@ public struct DomainMemory: Sendable, Codable, Equatable {
         self.strongest = strongest
         self.achievedAt = achievedAt
     }
+
+    /// The planner's view of this memory.
+    public var fact: MemoryFact { MemoryFact(strongest: strongest, firstRefused: downgradeFirstSeen) }
 }
 
 /// Per-domain memory of the strongest transport security achieved ("downgrade memory", a
 /// trust-on-first-use defence): when a later delivery would be weaker — STARTTLS gone, TLSA
 /// gone, the zone turned insecure, MTA-STS withdrawn — it is reported, and under `enforce`
-/// refused for a grace window. Kept in `<state_directory>/memory/<domain>.json`.
+/// refused for a grace window. Kept in `<state_directory>/memory/<domain>.json`; every update
+/// is one locked read-modify-write, written durably (`StateFile.replace`).
 public final class DowngradeMemoryStore: Sendable {
     public let directory: String
-    private let lock = NIOLockedValueBox<Void>(())
+    /// A read-only store (`tlsrelayctl check` reads the daemon's memory) never writes.
+    public let readOnly: Bool
+    private let lock = NIOLock()
 
+    /// Opens `<stateDirectory>/memory`, creating it unless `readOnly`.
     /// - Throws: when the directory cannot be created.
-    public init(stateDirectory: String) throws {
+    public init(stateDirectory: String, readOnly: Bool = false) throws {
         directory = stateDirectory + "/memory"
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true,
-                                                attributes: [.posixPermissions: 0o700])
+        self.readOnly = readOnly
+        if !readOnly {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true,
+                                                    attributes: [.posixPermissions: 0o700])
+        }
     }
 
     func path(_ domain: String) -> String? {
@@ -55,20 +52,25 @@ public final class DowngradeMemoryStore: Sendable {
         return directory + "/" + name + ".json"
     }
 
-    /// The memory of `domain`, or nil.
-    public func memory(of domain: String) -> DomainMemory? {
-        lock.withLockedValue { _ in
-            guard let path = path(domain), let data = FileManager.default.contents(atPath: path) else { return nil }
-            return try? JSONDecoder().decode(DomainMemory.self, from: data)
-        }
+    private func read(_ domain: String) -> DomainMemory? {
+        guard let path = path(domain), let data = FileManager.default.contents(atPath: path) else { return nil }
+        return try? JSONDecoder().decode(DomainMemory.self, from: data)
     }
 
-    /// Replaces the memory of its domain (atomic write).
-    public func store(_ memory: DomainMemory) {
-        lock.withLockedValue { _ in
-            guard let path = path(memory.domain), let data = try? JSONEncoder().encode(memory) else { return }
-            try? data.write(to: URL(fileURLWithPath: path), options: [.atomic])
-        }
+    private func write(_ memory: DomainMemory) throws {
+        guard !readOnly, let path = path(memory.domain) else { return }
+        try StateFile.replace(path, with: try JSONEncoder().encode(memory))
+    }
+
+    /// The memory of `domain`, or nil.
+    public func memory(of domain: String) -> DomainMemory? {
+        lock.withLock { read(domain) }
+    }
+
+    /// Replaces the memory of its domain.
+    /// - Throws: `StateFile.WriteError`.
+    public func store(_ memory: DomainMemory) throws {
+        try lock.withLock { try write(memory) }
     }
 
     /// Every remembered domain (for `tlsrelayctl policy show`).
@@ -78,30 +80,37 @@ public final class DowngradeMemoryStore: Sendable {
     }
 
     /// Records a delivery that achieved `security`: raises the remembered level, or — when
-    /// `acceptDowngrade` — sets it to the weaker level (the grace window has passed).
-    public func record(domain: String, security: AchievedSecurity, now: Double, acceptDowngrade: Bool) {
-        let existing = self.memory(of: domain)
-        // Nothing new to remember (same level, recorded within the hour): no write on the
-        // delivery path.
-        if let existing, existing.strongest == security, existing.downgradeFirstSeen == nil, now - existing.achievedAt < 3600 {
-            return
-        }
-        var memory = existing ?? DomainMemory(domain: domain, strongest: security, achievedAt: now)
-        if security >= memory.strongest || acceptDowngrade {
+    /// `acceptDowngrade` — sets it to the weaker level (the grace window has passed). One locked
+    /// read-modify-write, so two deliveries at once never lower a level by racing.
+    /// - Throws: `StateFile.WriteError`.
+    public func record(domain: String, security: AchievedSecurity, now: Double, acceptDowngrade: Bool) throws {
+        try lock.withLock {
+            let existing = read(domain)
+            // Nothing new to remember (same level, recorded within the hour): no write on the
+            // delivery path.
+            if let existing, existing.strongest == security, existing.downgradeFirstSeen == nil, now - existing.achievedAt < 3600 {
+                return
+            }
+            var memory = existing ?? DomainMemory(domain: domain, strongest: security, achievedAt: now)
+            guard security >= memory.strongest || acceptDowngrade else { return }
             memory.strongest = security
             memory.achievedAt = now
             memory.downgradeFirstSeen = nil
+            try write(memory)
         }
-        store(memory)
     }
 
-    /// Notes that a weaker delivery was refused; returns when the downgrade was first seen.
-    public func noteRefusedDowngrade(domain: String, now: Double) -> Double {
-        guard var memory = self.memory(of: domain) else { return now }
-        if memory.downgradeFirstSeen == nil {
+    /// Notes that a weaker delivery was refused: starts the grace window unless started.
+    /// - Returns: when the downgrade was first refused (seconds since the epoch).
+    /// - Throws: `StateFile.WriteError`.
+    @discardableResult
+    public func noteRefusedDowngrade(domain: String, now: Double) throws -> Double {
+        try lock.withLock {
+            guard var memory = read(domain) else { return now }
+            if let first = memory.downgradeFirstSeen { return first }
             memory.downgradeFirstSeen = now
-            store(memory)
+            try write(memory)
+            return now
         }
-        return memory.downgradeFirstSeen ?? now
     }
 }

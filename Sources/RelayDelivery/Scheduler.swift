@@ -268,7 +268,7 @@ public actor Scheduler {
         for (index, outcome) in outcomes.sorted(by: { $0.key < $1.key }) {
             var state = record.recipients[index]
             state.lastReason = outcome.reason
-            state.lastStatusCode = outcome.status
+            state.lastStatusCode = outcome.status.description
             state.remoteMTA = outcome.remoteMTA
             state.diagnostic = outcome.remoteReply
             var status = outcome.kind.rawValue == "delivered" ? "sent" : outcome.kind.rawValue
@@ -279,14 +279,14 @@ public actor Scheduler {
                 if expired {
                     // RFC 5321 §4.5.4.1: give up after the queue lifetime, with the last error.
                     state.status = .bounced
-                    state.lastStatusCode = "5.4.7"
+                    state.lastStatusCode = EnhancedStatusCode.deliveryTimeExpired.description
                     state.lastReason = "message expired after \(Int(settings.retry.queueLifetime)) s in the queue; last error: \(outcome.reason)"
                     status = "bounced"
                 }
             }
             record.recipients[index] = state
             let recipient = envelope.transaction.recipients[index].mailbox.address
-            logger.info("\(id): to=<\(recipient)>, relay=\(outcome.remoteMTA ?? "none"), delay=\(String(format: "%.1f", now - envelope.arrivalTime)), attempt-time=\(String(format: "%.2f", now - start)), dsn=\(state.lastStatusCode ?? outcome.status), status=\(status) (\(state.lastReason ?? outcome.reason))")
+            logger.info("\(id): to=<\(recipient)>, relay=\(outcome.remoteMTA ?? "none"), delay=\(String(format: "%.1f", now - envelope.arrivalTime)), attempt-time=\(String(format: "%.2f", now - start)), dsn=\(state.lastStatusCode ?? outcome.status.description), status=\(status) (\(state.lastReason ?? outcome.reason))")
         }
         record.nextAttempt = now + settings.retry.delay(afterAttempts: record.attempts)
         let finalRecord = record

@@ -23,17 +23,22 @@ public struct CachedSTSPolicy: Sendable, Equatable, Codable {
     public func isExpired(now: Double) -> Bool { now >= expiresAt }
 }
 
-/// The persistent MTA-STS policy cache. Thread-safe; writes are atomic (temp file + rename)
-/// and fsync'ed.
+/// The persistent MTA-STS policy cache. Thread-safe; each write replaces one file durably
+/// (`StateFile.replace`: temp file, fsync, rename, directory fsync).
 public final class STSPolicyCache: Sendable {
     public let directory: String
+    /// A read-only cache (`tlsrelayctl check` reads the daemon's) never writes.
+    public let readOnly: Bool
 
-    /// Opens (creating when missing) `<stateDirectory>/mta-sts`.
+    /// Opens `<stateDirectory>/mta-sts`, creating it when missing unless `readOnly`.
     /// - Throws: when the directory cannot be created.
-    public init(stateDirectory: String) throws {
+    public init(stateDirectory: String, readOnly: Bool = false) throws {
         directory = stateDirectory + "/mta-sts"
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true,
-                                                attributes: [.posixPermissions: 0o700])
+        self.readOnly = readOnly
+        if !readOnly {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true,
+                                                    attributes: [.posixPermissions: 0o700])
+        }
     }
 
     /// A domain is a file name only when it is a plain host name (no "/", no "..").
@@ -52,15 +57,14 @@ public final class STSPolicyCache: Sendable {
         return try? JSONDecoder().decode(CachedSTSPolicy.self, from: data)
     }
 
-    /// Stores (replaces) the policy of its domain.
-    /// - Throws: on write errors.
+    /// Stores (replaces) the policy of its domain; does nothing when `readOnly`.
+    /// - Throws: `StateFile.WriteError` on write errors.
     public func store(_ cached: CachedSTSPolicy) throws {
-        guard let name = Self.fileName(for: cached.domain) else { return }
+        guard !readOnly, let name = Self.fileName(for: cached.domain) else { return }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
         let data = try encoder.encode(cached)
-        let url = URL(fileURLWithPath: directory + "/" + name)
-        try data.write(to: url, options: [.atomic])
+        try StateFile.replace(directory + "/" + name, with: data)
     }
 
     /// Every cached policy (for `tlsrelayctl policy show`).

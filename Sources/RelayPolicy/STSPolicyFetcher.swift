@@ -1,3 +1,4 @@
+import DeliveryPolicy
 import AsyncHTTPClient
 import Foundation
 import NIOCore
@@ -13,7 +14,7 @@ public struct STSPolicyFetcher: Sendable {
         public let reason: String
         /// RFC 8460 result type: `sts-policy-fetch-error`, or `sts-webpki-invalid` for a
         /// certificate failure, or `sts-policy-invalid` for an invalid body.
-        public let resultType: String
+        public let resultType: TLSRPTResultType
         public var description: String { reason }
     }
 
@@ -42,7 +43,7 @@ public struct STSPolicyFetcher: Sendable {
                 tls.trustRoots = .default
                 tls.additionalTrustRoots = [.certificates(extra)]
             } catch {
-                throw FetchError(reason: "cannot read delivery.tls_ca_file \(extraCAFile): \(error)", resultType: "sts-policy-fetch-error")
+                throw FetchError(reason: "cannot read delivery.tls_ca_file \(extraCAFile): \(error)", resultType: .stsPolicyFetchError)
             }
         }
         var configuration = HTTPClient.Configuration(tlsConfiguration: tls, redirectConfiguration: .disallow,
@@ -70,31 +71,31 @@ public struct STSPolicyFetcher: Sendable {
             let text = "\(error)"
             let certificate = text.contains("certificate") || text.contains("CERTIFICATE") || text.contains("handshakeFailed")
             throw FetchError(reason: "fetching https://\(host)/.well-known/mta-sts.txt failed: \(text)",
-                             resultType: certificate ? "sts-webpki-invalid" : "sts-policy-fetch-error")
+                             resultType: certificate ? .stsWebPKIInvalid : .stsPolicyFetchError)
         }
         // §3.3: "Senders MUST NOT follow redirects"; only 200 counts.
         guard response.status == .ok else {
             throw FetchError(reason: "https://\(host)/.well-known/mta-sts.txt answered \(response.status.code) \(response.status.reasonPhrase)",
-                             resultType: "sts-policy-fetch-error")
+                             resultType: .stsPolicyFetchError)
         }
         let contentType = response.headers.first(name: "content-type") ?? ""
         let mediaType = contentType.split(separator: ";").first.map { $0.trimmingWhitespace().lowercased() } ?? ""
         guard mediaType == "text/plain" else {
-            throw FetchError(reason: "policy has media type \"\(contentType)\", not text/plain", resultType: "sts-policy-invalid")
+            throw FetchError(reason: "policy has media type \"\(contentType)\", not text/plain", resultType: .stsPolicyInvalid)
         }
         let body: ByteBuffer
         do {
             body = try await response.body.collect(upTo: Self.maxBodySize)
         } catch {
-            throw FetchError(reason: "policy body larger than \(Self.maxBodySize) bytes or unreadable: \(error)", resultType: "sts-policy-invalid")
+            throw FetchError(reason: "policy body larger than \(Self.maxBodySize) bytes or unreadable: \(error)", resultType: .stsPolicyInvalid)
         }
         guard let text = body.getString(at: body.readerIndex, length: body.readableBytes) else {
-            throw FetchError(reason: "policy body is not text", resultType: "sts-policy-invalid")
+            throw FetchError(reason: "policy body is not text", resultType: .stsPolicyInvalid)
         }
         do {
             return try STSPolicy.parse(text)
         } catch let invalid as STSPolicy.Invalid {
-            throw FetchError(reason: "invalid policy: \(invalid.reason)", resultType: "sts-policy-invalid")
+            throw FetchError(reason: "invalid policy: \(invalid.reason)", resultType: .stsPolicyInvalid)
         }
     }
 }

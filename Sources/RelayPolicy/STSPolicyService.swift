@@ -1,24 +1,8 @@
 import Foundation
 import Logging
+import DeliveryPolicy
+import MTASTSCore
 import RelayDNS
-
-/// What MTA-STS says about one destination domain right now (RFC 8461 §3, §5.1).
-public struct STSDecision: Sendable, Equatable {
-    /// The policy in force (mode enforce or testing), or nil: no MTA-STS for this delivery.
-    public var policy: STSPolicy?
-    /// The policy came from the cache, not from a fetch during this call.
-    public var fromCache: Bool
-    /// A fetch or discovery problem worth reporting (RFC 8460 result type and reason).
-    public var problem: (resultType: String, reason: String)?
-    /// Set when the TXT lookup failed temporarily and nothing is cached: the delivery must be
-    /// deferred (4.4.3), never treated as "no policy".
-    public var temporaryFailure: String?
-
-    public static func == (lhs: STSDecision, rhs: STSDecision) -> Bool {
-        lhs.policy == rhs.policy && lhs.fromCache == rhs.fromCache && lhs.temporaryFailure == rhs.temporaryFailure
-            && lhs.problem?.resultType == rhs.problem?.resultType && lhs.problem?.reason == rhs.problem?.reason
-    }
-}
 
 /// Discovers, fetches, caches and refreshes MTA-STS policies.
 public final class STSPolicyService: Sendable {
@@ -38,13 +22,18 @@ public final class STSPolicyService: Sendable {
         self.refreshInterval = refreshInterval
     }
 
-    /// The decision for `domain` (lowercased, no trailing dot).
-    public func decision(for domain: String, now: Double = Date().timeIntervalSince1970) async -> STSDecision {
+    /// What MTA-STS says about `domain` now (RFC 8461 §3, §5.1), for the delivery planner.
+    /// - Parameters:
+    ///   - domain: the policy domain, lowercased, no trailing dot.
+    ///   - now: seconds since the epoch.
+    /// - Returns: the policy in force (from a fetch or the cache), a problem to report, or a
+    ///   temporary failure (nothing usable cached): never throws.
+    public func decision(for domain: String, now: Double = Date().timeIntervalSince1970) async -> STSFact {
         let cached = cache.policy(for: domain)
         let usable = cached.flatMap { $0.isExpired(now: now) ? nil : $0 }
-        func fromCache(_ problem: (String, String)?) -> STSDecision {
-            STSDecision(policy: usable.flatMap { $0.policy.mode == .none ? nil : $0.policy }, fromCache: true,
-                        problem: problem.map { (resultType: $0.0, reason: $0.1) }, temporaryFailure: nil)
+        func fromCache(_ problem: (TLSRPTResultType, String)?) -> STSFact {
+            STSFact(policy: usable.flatMap { $0.policy.mode == .none ? nil : $0.policy }, fromCache: true,
+                    problem: problem.map { STSFact.STSProblem(resultType: $0.0, reason: $0.1) })
         }
         // §3.1: the TXT record announces a policy and its id.
         let record: STSRecord
@@ -52,21 +41,21 @@ public final class STSPolicyService: Sendable {
             let answer = try await resolver.txt("_mta-sts.\(domain)")
             if answer.status == .bogus {
                 let reason = "_mta-sts.\(domain) TXT failed DNSSEC validation (bogus: \(answer.whyBogus ?? "no reason"))"
-                if usable != nil { return fromCache(("sts-policy-fetch-error", reason)) }
-                return STSDecision(policy: nil, fromCache: false, problem: ("dnssec-invalid", reason), temporaryFailure: reason)
+                if usable != nil { return fromCache((.stsPolicyFetchError, reason)) }
+                return STSFact(policy: nil, problem: STSFact.STSProblem(resultType: .dnssecInvalid, reason: reason), temporaryFailure: reason)
             }
             record = try STSRecord.parse(txtRecords: answer.records)
         } catch let problem as STSRecord.Problem {
             // No (single, valid) record: no new policy; a cached unexpired one stays (§5.1).
             if case .invalid(let why) = problem {
-                return fromCache(("sts-policy-invalid", "_mta-sts.\(domain) TXT record is invalid: \(why)"))
+                return fromCache((.stsPolicyInvalid, "_mta-sts.\(domain) TXT record is invalid: \(why)"))
             }
             return fromCache(nil)
         } catch {
             // A temporary failure is not "no policy" (policy rules: use the cache, else defer).
             let reason = "_mta-sts.\(domain) TXT lookup failed: \(error)"
             if usable != nil { return fromCache(nil) }
-            return STSDecision(policy: nil, fromCache: false, problem: nil, temporaryFailure: reason)
+            return STSFact(policy: nil, temporaryFailure: reason)
         }
         if let usable, usable.id == record.id, now - usable.fetchedAt < refreshInterval {
             return fromCache(nil)
@@ -78,13 +67,13 @@ public final class STSPolicyService: Sendable {
             let entry = CachedSTSPolicy(domain: domain, id: record.id, policy: policy, fetchedAt: now)
             do { try cache.store(entry) } catch { logger.error("cannot store the MTA-STS policy of \(domain): \(error)") }
             logger.info("MTA-STS policy of \(domain) fetched: id \(record.id), mode \(policy.mode.rawValue), max_age \(policy.maxAge), mx \(policy.mx.joined(separator: " "))")
-            return STSDecision(policy: policy.mode == .none ? nil : policy, fromCache: false, problem: nil, temporaryFailure: nil)
+            return STSFact(policy: policy.mode == .none ? nil : policy)
         } catch let error as STSPolicyFetcher.FetchError {
             // §3.3 / §5.1: a failed fetch keeps an unexpired cached policy; else no MTA-STS.
             logger.warning("MTA-STS policy of \(domain) could not be fetched\(usable != nil ? " (the cached policy stays in force)" : ""): \(error.reason)")
             return fromCache((error.resultType, error.reason))
         } catch {
-            return fromCache(("sts-policy-fetch-error", "\(error)"))
+            return fromCache((.stsPolicyFetchError, "\(error)"))
         }
     }
 

@@ -242,10 +242,13 @@ struct ResolverLocalTests {
         #expect(throws: (any Error).self) { _ = try DNSWire.mx([0, 10, 0, 1]) }         // trailing octets
         // TLSA 3 1 1 <32 octets>
         let data = (0..<32).map { UInt8($0) }
-        let tlsa = try DNSWire.tlsa([3, 1, 1] + data)
+        let tlsa = DNSWire.tlsa([3, 1, 1] + data)
         #expect(tlsa == TLSARecord(usage: 3, selector: 1, matchingType: 1, data: data))
         #expect(tlsa.description == "3 1 1 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f")
-        #expect(throws: (any Error).self) { _ = try DNSWire.tlsa([3, 1]) }
+        // RFC 7672 §3.1.3: rdata shorter than 3 octets is one unusable record, not a failed lookup.
+        let short = DNSWire.tlsa([3, 1])
+        #expect(!short.isWellFormed && short.data == [3, 1] && tlsa.isWellFormed)
+        #expect(short.description == "malformed TLSA rdata (2 octets: 0301)")
         // TXT: strings concatenated without separator (RFC 7208 §3.3)
         let txt = try DNSWire.txt([8] + Array("v=STSv1;".utf8) + [7] + Array(" id=42;".utf8) + [0])
         #expect(txt == "v=STSv1; id=42;")

@@ -1,0 +1,429 @@
+import MTASTSCore
+import SMTPCore
+
+/// The settings the planner applies.
+public struct PlannerSettings: Sendable, Equatable {
+    /// MX port, for `host[address]:port` in reasons (RFC 5321 §4.5.4.2: 25).
+    public var port: Int
+    /// Hold a DNSSEC-secure MX host to its TLSA records even when the MX RRset is insecure
+    /// (RFC 7672 §2.2.1 leaves it to the client; Postfix ≥ 3.6 does).
+    public var daneForInsecureMX: Bool
+    /// Whether MTA-STS is discovered at all.
+    public var mtaSTS: Bool
+    public var memoryMode: MemoryMode
+    /// Seconds a downgrade is refused under `memoryMode == .enforce`, from the first refusal.
+    public var downgradeGrace: Double
+
+    public init(port: Int = 25, daneForInsecureMX: Bool = true, mtaSTS: Bool = true, memoryMode: MemoryMode = .report,
+                downgradeGrace: Double = 86400) {
+        self.port = port
+        self.daneForInsecureMX = daneForInsecureMX
+        self.mtaSTS = mtaSTS
+        self.memoryMode = memoryMode
+        self.downgradeGrace = downgradeGrace
+    }
+}
+
+/// One connection attempt the planner asks for.
+public struct PlannedAttempt: Sendable, Equatable {
+    public enum Kind: String, Sendable {
+        /// The host's demand.
+        case first
+        /// After a reported MTA-STS testing failure (RFC 8461 §5).
+        case testingFallback = "testing-fallback"
+        /// In clear, after a failed opportunistic handshake (RFC 7435, as Postfix's `may`).
+        case clearRetry = "clear-retry"
+    }
+
+    public var host: String
+    public var address: String
+    public var demand: TLSDemand
+    public var kind: Kind
+    /// The recipient indexes to send to.
+    public var recipients: [Int]
+    /// The highest floor of the host: `demand.guaranteed` is never below it.
+    public var floor: AchievedSecurity
+    /// `host[address]:port`.
+    public var relay: String
+}
+
+/// What the driver must do next.
+public enum PlannerAction: Sendable, Equatable {
+    case lookupMX(domain: String)
+    case discoverSTS(domain: String)
+    case lookupAddresses(host: String)
+    /// `_<port>._tcp.<base>` TLSA.
+    case lookupTLSA(host: String, base: String)
+    case connect(PlannedAttempt)
+    /// Done: an outcome for every recipient; in probe mode `deliverable` says whether some
+    /// attempt met its policy.
+    case finish(outcomes: [Int: RecipientOutcome], deliverable: Bool, lastFailure: RecipientOutcome?)
+}
+
+/// Side effects for the driver to carry out along with the next action.
+public enum PlannerEffect: Sendable, Equatable {
+    public enum LogLevel: Sendable { case info, notice, warning }
+    case log(LogLevel, String)
+    case alert(PolicyAlert)
+    /// The decision for one MX host (for logs and `check`).
+    case hostDecided(host: String, HostDecision)
+    /// Update downgrade memory after a delivery that achieved `security`; `acceptDowngrade`
+    /// once the grace window has passed.
+    case remember(security: AchievedSecurity, acceptDowngrade: Bool)
+    /// A weaker delivery was refused under `enforce`: start the grace window if not started.
+    case noteRefusedDowngrade
+}
+
+/// The planner's answer to one event.
+public struct PlannerStep: Sendable, Equatable {
+    public var effects: [PlannerEffect]
+    public var action: PlannerAction
+}
+
+/// Every TLS decision of one delivery to one destination domain, as a state machine without I/O
+/// (in the style of postgres-nio's): the driver feeds it facts (the MX answer, MTA-STS, each
+/// host's address and TLSA answers, the result of each attempt) and carries out the actions it
+/// answers with. `tlsrelayctl check` drives it in probe mode.
+///
+/// Rules (README "How a message is delivered"): RFC 5321 §5.1 for MX handling, RFC 7505 null MX,
+/// RFC 7672 for DANE, RFC 8461 for MTA-STS, RFC 7435 for opportunistic TLS; the floor rule in
+/// `HostPolicy.decide`.
+public struct DeliveryPlanner: Sendable {
+    public let domain: String
+    public let settings: PlannerSettings
+    /// Probe mode (`check`): every address is tried, nothing is sent, a success does not end it.
+    public let probe: Bool
+    let now: Double
+    let local: LocalLevel?
+    let localFact: LocalPolicyFact?
+    let memory: MemoryFact?
+    let memoryFloor: AchievedSecurity?
+    let graceOver: Bool
+
+    enum State: Sendable {
+        case idle
+        case mx
+        case sts
+        case addresses
+        case tlsa(bases: [String], addresses: [String])
+        case attempting(HostConnectPlan, addressIndex: Int)
+        case finished
+    }
+
+    var state = State.idle
+    var hosts: [String] = []
+    var hostIndex = 0
+    var mxSecure = false
+    var sts: STSPolicy?
+    var remaining: [Int]
+    var outcomes: [Int: RecipientOutcome] = [:]
+    var lastFailure: RecipientOutcome
+    var acceptable = false
+
+    /// - Parameters:
+    ///   - domain: the destination domain, lowercased, no trailing dot.
+    ///   - recipients: the recipient indexes to deliver (empty in probe mode).
+    ///   - local: the local level entry for the domain, expired or not.
+    ///   - memory: the domain's downgrade memory, if any.
+    ///   - now: seconds since the epoch.
+    public init(domain: String, recipients: [Int], settings: PlannerSettings, local: LocalPolicyFact?, memory: MemoryFact?,
+                now: Double, probe: Bool = false) {
+        self.domain = domain
+        self.settings = settings
+        self.probe = probe
+        self.now = now
+        self.remaining = recipients
+        self.localFact = local
+        if let local, local.expires.map({ now >= $0 }) != true { self.local = local.level } else { self.local = nil }
+        self.lastFailure = .deferred(.noAnswerFromHost, "no MX host of \(domain) could be reached")
+        if self.local == nil, settings.memoryMode != .off, let memory, memory.strongest > .none {
+            self.memory = memory
+            let over = memory.firstRefused.map { now - $0 >= settings.downgradeGrace } ?? false
+            self.graceOver = over
+            self.memoryFloor = settings.memoryMode == .enforce && !over ? memory.strongest : nil
+        } else {
+            self.memory = nil
+            self.graceOver = false
+            self.memoryFloor = nil
+        }
+    }
+
+    /// The first action.
+    public mutating func start() -> PlannerStep {
+        var effects: [PlannerEffect] = []
+        if let entry = localFact {
+            if local == nil {
+                effects.append(.log(.warning, "local policy level \(entry.level.rawValue) for \(domain) expired on \(entry.expiresText ?? "?") and no longer applies\(entry.reason.map { " (it was: \($0))" } ?? "")"))
+            } else {
+                effects.append(.log(.notice, "local policy level \(entry.level.rawValue) for \(domain) overrides discovered policy\(entry.reason.map { ": \($0)" } ?? "")\(entry.expiresText.map { " (until \($0))" } ?? "")"))
+            }
+        }
+        guard domain.utf8.allSatisfy({ $0 < 0x80 }) else {
+            return finish(effects, all: .deferred(.directoryServerFailure, "internationalized domain \(domain) needs IDNA conversion, which this version does not do"))
+        }
+        state = .mx
+        return PlannerStep(effects: effects, action: .lookupMX(domain: domain))
+    }
+
+    /// The MX answer (RFC 5321 §5.1, RFC 7505 §3, RFC 7672 §2.2.1).
+    public mutating func mxResolved(_ fact: MXFact) -> PlannerStep {
+        precondition(isState(.mx), "mxResolved in \(state)")
+        switch fact {
+        case .failed(let reason):
+            // A temporary lookup failure is never "no MX".
+            return finish([], all: .deferred(.directoryServerFailure, "MX lookup for \(domain) failed temporarily: \(reason)"))
+        case .bogus(let why):
+            let reason = "MX lookup for \(domain) failed DNSSEC validation (bogus: \(why ?? "no reason given"))"
+            let alert = PolicyAlert(resultType: .dnssecInvalid, domain: domain, mxHost: nil, address: nil, policySource: .dane, reason: reason, enforced: true)
+            return finish([.alert(alert)], all: .deferred(.cryptographicFailure, reason))
+        case .nxdomain:
+            return finish([], all: .bounced(.badDestinationSystem, "Host or domain name not found: \(domain) does not exist (NXDOMAIN)"))
+        case .nullMX:
+            return finish([], all: .bounced(.nullMX, "Recipient domain \(domain) accepts no mail (null MX, RFC 7505)"))
+        case .hosts(let list, let secure, _):
+            hosts = list
+            mxSecure = secure
+            if list.isEmpty { return finish([], all: lastFailure) }
+            if settings.mtaSTS && local == nil {
+                state = .sts
+                return PlannerStep(effects: [], action: .discoverSTS(domain: domain))
+            }
+            return startHost([])
+        }
+    }
+
+    /// The MTA-STS decision for the domain (RFC 8461 §3, §5.1).
+    public mutating func stsDiscovered(_ fact: STSFact) -> PlannerStep {
+        precondition(isState(.sts), "stsDiscovered in \(state)")
+        var effects: [PlannerEffect] = []
+        if let failure = fact.temporaryFailure {
+            return finish([], all: .deferred(.directoryServerFailure, "MTA-STS discovery for \(domain) failed temporarily: \(failure)"))
+        }
+        if let problem = fact.problem {
+            effects.append(.alert(PolicyAlert(resultType: problem.resultType, domain: domain, mxHost: nil, address: nil, policySource: .mtaSTS,
+                                              reason: problem.reason, enforced: false)))
+        }
+        if let policy = fact.policy, policy.mode != .none {
+            sts = policy
+            effects.append(.log(.info, "MTA-STS policy of \(domain)\(fact.fromCache ? " (cached)" : ""): mode \(policy.mode.rawValue), mx \(policy.mx.joined(separator: " "))"))
+        }
+        return startHost(effects)
+    }
+
+    /// The A and AAAA answers of the current host.
+    public mutating func addressesResolved(_ fact: AddressFact) -> PlannerStep {
+        precondition(isState(.addresses), "addressesResolved in \(state)")
+        let host = hosts[hostIndex]
+        let families = [fact.ipv4, fact.ipv6]
+        var records: [String] = []
+        var anyFailed: String?
+        var secure = true
+        var anySecure = false
+        var canonical = host
+        for family in families {
+            switch family {
+            case .failed(let reason): anyFailed = reason
+            case .answer(let list, let status, let name):
+                if case .bogus(let why) = status {
+                    let reason = "address records of MX host \(host) failed DNSSEC validation (bogus: \(why ?? "no reason given"))"
+                    return skipHost(host, .skip(rule: .addressBogus, outcome: .deferred(.cryptographicFailure, reason),
+                                                alert: PolicyAlert(resultType: .dnssecInvalid, domain: domain, mxHost: host, address: nil,
+                                                                   policySource: .dane, reason: reason, enforced: true),
+                                                noteRefusedDowngrade: false))
+                }
+                guard !list.isEmpty else { continue }
+                if records.isEmpty, !name.isEmpty { canonical = name }
+                records += list
+                if status == .secure { anySecure = true } else { secure = false }
+            }
+        }
+        if records.isEmpty {
+            if let anyFailed {
+                return skipHost(host, .skip(rule: .addressLookupFailed, outcome: .deferred(.directoryServerFailure, "address lookup for \(host) failed: \(anyFailed)"),
+                                            alert: nil, noteRefusedDowngrade: false))
+            }
+            return skipHost(host, .skip(rule: .noAddress, outcome: .deferred(.unableToRoute, "MX host \(host) has no address records"),
+                                        alert: nil, noteRefusedDowngrade: false))
+        }
+        // RFC 7672 §2.2.3: TLSA only for hosts whose address records are secure; §2.2.1 for the MX RRset.
+        let daneAllowed = local == nil || local == .dane || local == .daneOnly
+        guard daneAllowed, secure, anySecure, mxSecure || settings.daneForInsecureMX else {
+            return decide(host: host, addresses: records, dane: .notLooked)
+        }
+        var bases: [String] = []
+        if canonical != host { bases.append(canonical) }
+        bases.append(host)
+        state = .tlsa(bases: bases, addresses: records)
+        return PlannerStep(effects: [], action: .lookupTLSA(host: host, base: bases[0]))
+    }
+
+    /// The TLSA answer at the base the last action named (RFC 7672 §2.2.3: the CNAME-expanded
+    /// name first, then the original name).
+    public mutating func tlsaResolved(_ fact: TLSAFact) -> PlannerStep {
+        guard case .tlsa(let bases, let addresses) = state else { preconditionFailure("tlsaResolved in \(state)") }
+        let host = hosts[hostIndex]
+        let base = bases[0]
+        switch fact {
+        case .failed(let reason):
+            return decide(host: host, addresses: addresses,
+                          dane: .unusable(resultType: .tlsaInvalid, reason: "TLSA lookup for _\(settings.port)._tcp.\(base) failed: \(reason)"))
+        case .answer(let records, let status):
+            if case .bogus(let why) = status {
+                return decide(host: host, addresses: addresses,
+                              dane: .unusable(resultType: .dnssecInvalid,
+                                              reason: "TLSA records at _\(settings.port)._tcp.\(base) failed DNSSEC validation (bogus: \(why ?? "no reason given"))"))
+            }
+            if status == .secure, !records.isEmpty {
+                let names = base == host ? [host] : [base, host]
+                return decide(host: host, addresses: addresses,
+                              dane: .records(base: base, hostNames: names, all: records, usable: records.filter(\.isUsable)))
+            }
+            if bases.count > 1 {
+                state = .tlsa(bases: Array(bases.dropFirst()), addresses: addresses)
+                return PlannerStep(effects: [], action: .lookupTLSA(host: host, base: bases[1]))
+            }
+            return decide(host: host, addresses: addresses, dane: .absent)
+        }
+    }
+
+    /// The result of the attempt the last action asked for.
+    public mutating func attemptFinished(_ attempt: PlannedAttempt, _ result: AttemptResult) -> PlannerStep {
+        guard case .attempting(let plan, let addressIndex) = state else { preconditionFailure("attemptFinished in \(state)") }
+        var effects: [PlannerEffect] = []
+        let relay = attempt.relay
+        if let failure = result.connectFailure {
+            lastFailure = .deferred(.noAnswerFromHost, "connect to \(relay): \(failure)", remoteMTA: relay)
+            effects.append(.log(.info, "connect to \(relay): \(failure)"))
+            return nextAddress(effects, plan: plan, after: addressIndex)
+        }
+        var delivered = false
+        for (index, recipientResult) in result.recipients where remaining.contains(index) {
+            let outcome = AttemptOutcomes.outcome(for: recipientResult, relay: relay)
+            outcomes[index] = outcome
+            delivered = delivered || outcome.kind == .delivered
+        }
+        remaining.removeAll { result.recipients[$0] != nil }
+        if delivered { effects += rememberDelivery(attempt: attempt, result: result) }
+        if !probe, remaining.isEmpty { return finish(effects, all: lastFailure) }
+        guard let failure = result.failure else {
+            if probe { acceptable = true }
+            return nextAddress(effects, plan: plan, after: addressIndex)
+        }
+        lastFailure = AttemptOutcomes.outcome(for: failure, relay: relay)
+        effects.append(.log(.info, "\(relay): \(lastFailure.reason)"))
+        if attempt.demand.requirement == .required,
+           let resultType = AttemptOutcomes.resultType(for: failure, verifyResult: result.verifyResult, authentication: attempt.demand.authentication) {
+            if attempt.kind == .first, let fallback = plan.testingFallback {
+                // MTA-STS testing (RFC 8461 §5): report, then deliver as the other floors allow.
+                effects.append(.alert(PolicyAlert(resultType: resultType, domain: domain, mxHost: attempt.host, address: attempt.address,
+                                                  policySource: .mtaSTS, reason: lastFailure.reason, enforced: false)))
+                return connect(effects, plan: plan, addressIndex: addressIndex, demand: fallback, kind: .testingFallback)
+            }
+            // A policy failure: never retried in clear, never a bounce (RFC 7672 §2.2, RFC 8461 §5).
+            lastFailure = .deferred(.cryptographicFailure, lastFailure.reason, remoteMTA: relay)
+            let source = attempt.kind == .first ? plan.source : plan.floorSource
+            let alertSource: PolicySource = plan.memoryBinding ? .memory : source
+            effects.append(.alert(PolicyAlert(resultType: resultType, domain: domain, mxHost: attempt.host, address: attempt.address,
+                                              policySource: alertSource, reason: lastFailure.reason, enforced: true)))
+            if plan.memoryBinding { effects.append(.noteRefusedDowngrade) }
+            return nextAddress(effects, plan: plan, after: addressIndex)
+        }
+        // RFC 7435: a failed opportunistic handshake is retried once in clear (Postfix's "may"),
+        // only where no floor asks for TLS.
+        if attempt.demand.requirement == .opportunistic, plan.floor == .none, case .tlsFailed = failure {
+            return connect(effects, plan: plan, addressIndex: addressIndex, demand: .cleartext, kind: .clearRetry)
+        }
+        return nextAddress(effects, plan: plan, after: addressIndex)
+    }
+
+    // MARK: - Steps
+
+    func isState(_ wanted: State) -> Bool {
+        switch (state, wanted) {
+        case (.mx, .mx), (.sts, .sts), (.addresses, .addresses): return true
+        default: return false
+        }
+    }
+
+    mutating func finish(_ effects: [PlannerEffect], all outcome: RecipientOutcome) -> PlannerStep {
+        for index in remaining { outcomes[index] = outcome }
+        remaining = []
+        state = .finished
+        let failure: RecipientOutcome? = probe ? (acceptable ? nil : outcome) : outcome
+        return PlannerStep(effects: effects, action: .finish(outcomes: outcomes, deliverable: probe ? acceptable : !outcomes.values.contains { $0.kind != .delivered },
+                                                             lastFailure: failure))
+    }
+
+    mutating func startHost(_ effects: [PlannerEffect]) -> PlannerStep {
+        guard hostIndex < hosts.count else { return finish(effects, all: lastFailure) }
+        state = .addresses
+        return PlannerStep(effects: effects, action: .lookupAddresses(host: hosts[hostIndex]))
+    }
+
+    mutating func nextHost(_ effects: [PlannerEffect]) -> PlannerStep {
+        hostIndex += 1
+        return startHost(effects)
+    }
+
+    mutating func skipHost(_ host: String, _ decision: HostDecision) -> PlannerStep {
+        guard case .skip(_, let outcome, let alert, let note) = decision else { preconditionFailure() }
+        var effects: [PlannerEffect] = [.hostDecided(host: host, decision), .log(.info, "MX host \(host) skipped: \(outcome.reason)")]
+        if let alert { effects.append(.alert(alert)) }
+        if note { effects.append(.noteRefusedDowngrade) }
+        lastFailure = outcome
+        return nextHost(effects)
+    }
+
+    mutating func decide(host: String, addresses: [String], dane: DANEState) -> PlannerStep {
+        let facts = HostFacts(domain: domain, host: host, addresses: addresses, dane: dane, sts: sts, local: local,
+                              memoryFloor: memoryFloor, memoryFirstRefused: memory?.firstRefused, now: now, grace: settings.downgradeGrace)
+        let decision = HostPolicy.decide(facts)
+        switch decision {
+        case .skip: return skipHost(host, decision)
+        case .connect(let plan):
+            var effects: [PlannerEffect] = [.hostDecided(host: host, decision)]
+            effects += plan.alerts.map { .alert($0) }
+            return connect(effects, plan: plan, addressIndex: 0, demand: plan.demand, kind: .first)
+        }
+    }
+
+    mutating func connect(_ effects: [PlannerEffect], plan: HostConnectPlan, addressIndex: Int, demand: TLSDemand,
+                          kind: PlannedAttempt.Kind) -> PlannerStep {
+        state = .attempting(plan, addressIndex: addressIndex)
+        let address = plan.addresses[addressIndex]
+        let relay = "\(plan.host)[\(address)]:\(settings.port)"
+        let attempt = PlannedAttempt(host: plan.host, address: address, demand: demand, kind: kind, recipients: remaining,
+                                     floor: plan.floor, relay: relay)
+        return PlannerStep(effects: effects, action: .connect(attempt))
+    }
+
+    mutating func nextAddress(_ effects: [PlannerEffect], plan: HostConnectPlan, after index: Int) -> PlannerStep {
+        if index + 1 < plan.addresses.count {
+            return connect(effects, plan: plan, addressIndex: index + 1, demand: plan.demand, kind: .first)
+        }
+        return nextHost(effects)
+    }
+
+    /// Downgrade memory after a delivery: what it achieved, an alert when that is weaker than
+    /// remembered (reported: under enforce within grace no attempt can end weaker).
+    func rememberDelivery(attempt: PlannedAttempt, result: AttemptResult) -> [PlannerEffect] {
+        guard local == nil, settings.memoryMode != .off else { return [] }
+        let achieved = Self.achieved(demand: attempt.demand, tls: result.tls)
+        var effects: [PlannerEffect] = []
+        if let memory, achieved < memory.strongest {
+            let reason = "\(domain) was delivered with \(memory.strongest.rawValue) before, now with \(achieved.rawValue) via \(attempt.host)"
+            effects.append(.alert(PolicyAlert(resultType: .validationFailure, domain: domain, mxHost: attempt.host, address: attempt.address,
+                                              policySource: .memory, reason: reason, enforced: false)))
+        }
+        effects.append(.remember(security: achieved, acceptDowngrade: graceOver))
+        return effects
+    }
+
+    /// The security a finished attempt achieved.
+    public static func achieved(demand: TLSDemand, tls: AttemptResult.TLS?) -> AchievedSecurity {
+        guard let tls else { return .none }
+        if tls.daneMatched { return .dane }
+        if tls.verified, case .webPKI = demand.authentication { return .mtaSTS }
+        return .tls
+    }
+}

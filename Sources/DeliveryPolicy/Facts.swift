@@ -1,0 +1,214 @@
+import MTASTSCore
+import SMTPCore
+
+/// The facts a driver looks up and feeds to `DeliveryPlanner`. Each is the validated result of
+/// one lookup; none carries I/O.
+
+/// The MX answer of the destination domain (RFC 5321 §5.1, RFC 7505, RFC 7672 §2.2.1).
+public enum MXFact: Sendable, Equatable {
+    /// The lookup did not complete (SERVFAIL, timeout): never read as "no MX".
+    case failed(reason: String)
+    /// The answer failed DNSSEC validation.
+    case bogus(why: String?)
+    /// The domain does not exist (NXDOMAIN).
+    case nxdomain
+    /// `MX 0 .`: the domain accepts no mail.
+    case nullMX
+    /// The hosts to try, in order (preference ascending, equal preferences shuffled). `implicit`
+    /// when the domain had no MX records and is its own host. `secure`: the RRset (or NODATA) was
+    /// DNSSEC-secure.
+    case hosts([String], secure: Bool, implicit: Bool)
+}
+
+/// One address family's lookup for an MX host.
+public enum AddressLookup: Sendable, Equatable {
+    /// Records (possibly none: NODATA/NXDOMAIN) with the answer's DNSSEC status.
+    /// `canonicalName` is the name after CNAME expansion (RFC 7672 §2.2.3).
+    case answer(records: [String], status: DNSSECState, canonicalName: String)
+    /// The lookup failed (SERVFAIL, timeout).
+    case failed(reason: String)
+}
+
+/// The A and AAAA lookups of one MX host.
+public struct AddressFact: Sendable, Equatable {
+    public var ipv4: AddressLookup
+    public var ipv6: AddressLookup
+
+    public init(ipv4: AddressLookup, ipv6: AddressLookup) {
+        self.ipv4 = ipv4
+        self.ipv6 = ipv6
+    }
+}
+
+/// One TLSA record as served (RFC 6698 §2.1). `wellFormed` is false for rdata shorter than the
+/// three fixed octets: such a record is unusable, no more (RFC 7672 §3.1.3).
+public struct TLSAEntry: Sendable, Hashable, CustomStringConvertible {
+    public var usage: UInt8
+    public var selector: UInt8
+    public var matchingType: UInt8
+    public var data: [UInt8]
+    public var wellFormed: Bool
+
+    public init(usage: UInt8, selector: UInt8, matchingType: UInt8, data: [UInt8], wellFormed: Bool = true) {
+        self.usage = usage
+        self.selector = selector
+        self.matchingType = matchingType
+        self.data = data
+        self.wellFormed = wellFormed
+    }
+
+    /// DANE-TA(2) or DANE-EE(3), selector 0 or 1, matching type 0/1/2 with the right digest
+    /// length (RFC 7672 §3.1.3, RFC 6698 §2.1).
+    public var isUsable: Bool {
+        guard wellFormed, usage == 2 || usage == 3, selector <= 1 else { return false }
+        switch matchingType {
+        case 0: return !data.isEmpty
+        case 1: return data.count == 32
+        case 2: return data.count == 64
+        default: return false
+        }
+    }
+
+    public var description: String {
+        let hex = data.map { byte -> String in
+            let digits = Array("0123456789abcdef")
+            return String([digits[Int(byte >> 4)], digits[Int(byte & 0x0F)]])
+        }.joined()
+        return wellFormed ? "\(usage) \(selector) \(matchingType) \(hex)" : "malformed record (\(data.count) octets: \(hex))"
+    }
+}
+
+/// The TLSA lookup at `_25._tcp.<base>`.
+public enum TLSAFact: Sendable, Equatable {
+    /// Records (none: secure or insecure denial) with the answer's DNSSEC status.
+    case answer(records: [TLSAEntry], status: DNSSECState)
+    /// The lookup failed (SERVFAIL, timeout): for a secure host this is not a denial (RFC 7672 §2.1.1).
+    case failed(reason: String)
+}
+
+/// What MTA-STS says about the destination domain now (RFC 8461 §3, §5.1).
+public struct STSFact: Sendable, Equatable {
+    /// The policy in force (enforce or testing), or nil.
+    public var policy: STSPolicy?
+    /// The policy came from the cache (a refresh may have failed).
+    public var fromCache: Bool
+    /// A discovery or fetch problem to report.
+    public var problem: STSProblem?
+    /// The TXT lookup failed temporarily and nothing usable is cached: defer (never "no policy").
+    public var temporaryFailure: String?
+
+    public struct STSProblem: Sendable, Equatable {
+        public var resultType: TLSRPTResultType
+        public var reason: String
+        public init(resultType: TLSRPTResultType, reason: String) {
+            self.resultType = resultType
+            self.reason = reason
+        }
+    }
+
+    public init(policy: STSPolicy?, fromCache: Bool = false, problem: STSProblem? = nil, temporaryFailure: String? = nil) {
+        self.policy = policy
+        self.fromCache = fromCache
+        self.problem = problem
+        self.temporaryFailure = temporaryFailure
+    }
+
+    public static let none = STSFact(policy: nil)
+}
+
+/// A local per-domain level (Postfix's `smtp_tls_policy_maps` levels), weakest first.
+public enum LocalLevel: String, Sendable, CaseIterable {
+    /// Never STARTTLS.
+    case none
+    /// Opportunistic TLS; no DANE, no MTA-STS.
+    case may
+    /// TLS required, certificate not checked.
+    case encrypt
+    /// DANE when usable TLSA records exist, else opportunistic; MTA-STS ignored.
+    case dane
+    /// DANE required: without a usable TLSA record the mail is deferred.
+    case daneOnly = "dane-only"
+    /// TLS required with a WebPKI-valid certificate naming the MX host.
+    case verify
+}
+
+/// The local level entry for the destination domain.
+public struct LocalPolicyFact: Sendable, Equatable {
+    public var level: LocalLevel
+    public var reason: String?
+    /// Seconds since the epoch after which it no longer applies; nil = never.
+    public var expires: Double?
+    /// The expiry as written in the configuration, for logs.
+    public var expiresText: String?
+
+    public init(level: LocalLevel, reason: String? = nil, expires: Double? = nil, expiresText: String? = nil) {
+        self.level = level
+        self.reason = reason
+        self.expires = expires
+        self.expiresText = expiresText
+    }
+}
+
+/// Downgrade memory of the destination domain.
+public struct MemoryFact: Sendable, Equatable {
+    /// The strongest security achieved before.
+    public var strongest: AchievedSecurity
+    /// When a weaker delivery was first refused (seconds since the epoch): the grace window's start.
+    public var firstRefused: Double?
+
+    public init(strongest: AchievedSecurity, firstRefused: Double? = nil) {
+        self.strongest = strongest
+        self.firstRefused = firstRefused
+    }
+}
+
+/// What downgrade memory does with a delivery weaker than remembered.
+public enum MemoryMode: String, Sendable, CaseIterable {
+    /// Alert, deliver anyway.
+    case report
+    /// Refuse (defer 4.7.5) for the grace window after the first refusal, then accept.
+    case enforce
+    /// Remember nothing.
+    case off
+}
+
+/// What one connection attempt came to.
+public struct AttemptResult: Sendable, Equatable {
+    /// The TLS session, when STARTTLS and the handshake succeeded.
+    public struct TLS: Sendable, Equatable {
+        /// Authenticated as the attempt demanded (DANE match, or WebPKI chain and name).
+        public var verified: Bool
+        /// A DANE TLSA record matched.
+        public var daneMatched: Bool
+        public var protocolVersion: String
+
+        public init(verified: Bool, daneMatched: Bool, protocolVersion: String) {
+            self.verified = verified
+            self.daneMatched = daneMatched
+            self.protocolVersion = protocolVersion
+        }
+    }
+
+    /// The TCP connection could not be made (refused, unreachable, timeout); the reason.
+    public var connectFailure: String?
+    /// The per-recipient results, keyed by recipient index (the attempt's `recipients`).
+    public var recipients: [Int: ClientSession.RecipientResult]
+    /// The session failure that ended the attempt, if any.
+    public var failure: ClientSession.SessionFailure?
+    /// OpenSSL's `X509_V_ERR_*` when the handshake failed authentication (65 no TLSA match,
+    /// 62 host name mismatch, 10 expired, 2/18-21 untrusted).
+    public var verifyResult: Int?
+    public var tls: TLS?
+    /// STARTTLS was in the EHLO reply.
+    public var offeredSTARTTLS: Bool
+
+    public init(connectFailure: String? = nil, recipients: [Int: ClientSession.RecipientResult] = [:],
+                failure: ClientSession.SessionFailure? = nil, verifyResult: Int? = nil, tls: TLS? = nil, offeredSTARTTLS: Bool = false) {
+        self.connectFailure = connectFailure
+        self.recipients = recipients
+        self.failure = failure
+        self.verifyResult = verifyResult
+        self.tls = tls
+        self.offeredSTARTTLS = offeredSTARTTLS
+    }
+}
