@@ -13,19 +13,15 @@ private func mx(_ records: [(UInt16, String)], status: DNSSECStatus = .secure, r
 
 @Suite("Delivery planning, retries and DSNs")
 struct DeliveryPlanningTests {
-    @Test("MX plan: preference order, implicit MX, null MX, NXDOMAIN, bogus")
+    @Test("MX fact: preference order, implicit MX, null MX, NXDOMAIN, bogus")
     func plans() {
-        let ordered = MXPlan.make(answer: mx([(20, "b.example.net"), (10, "a.example.net"), (20, "c.example.net"), (10, "a.example.net")]),
+        let ordered = MXFact.make(answer: mx([(20, "b.example.net"), (10, "a.example.net"), (20, "c.example.net"), (10, "a.example.net")]),
                                   domain: "example.net", shuffle: { $0.sorted() })
-        #expect(ordered == .hosts(["a.example.net", "b.example.net", "c.example.net"], mxSecure: true, implicit: false))
-        #expect(MXPlan.make(answer: mx([], status: .insecure), domain: "example.net") == .hosts(["example.net"], mxSecure: false, implicit: true))
-        guard case .outcome(let null) = MXPlan.make(answer: mx([(0, "")]), domain: "example.net") else { Issue.record(); return }
-        #expect(null.kind == .bounced && null.status == "5.1.10")
-        guard case .outcome(let nx) = MXPlan.make(answer: mx([], rcode: 3), domain: "example.net") else { Issue.record(); return }
-        #expect(nx.kind == .bounced && nx.status == "5.1.2")
-        guard case .outcome(let bogus) = MXPlan.make(answer: mx([(10, "a.example.net")], status: .bogus, rcode: 2), domain: "example.net") else { Issue.record(); return }
-        #expect(bogus.kind == .deferred && bogus.status == "4.7.5")
-        #expect(bogus.reason.contains("signature expired"))
+        #expect(ordered == .hosts(["a.example.net", "b.example.net", "c.example.net"], secure: true, implicit: false))
+        #expect(MXFact.make(answer: mx([], status: .insecure), domain: "example.net") == .hosts(["example.net"], secure: false, implicit: true))
+        #expect(MXFact.make(answer: mx([(0, "")]), domain: "example.net") == .nullMX)
+        #expect(MXFact.make(answer: mx([], rcode: 3), domain: "example.net") == .nxdomain)
+        #expect(MXFact.make(answer: mx([(10, "a.example.net")], status: .bogus, rcode: 2), domain: "example.net") == .bogus(why: "signature expired"))
     }
 
     @Test("retry schedule doubles up to the maximum; lifetime")

@@ -1,0 +1,134 @@
+import DeliveryPolicy
+import SMTPCore
+import Testing
+
+/// The floor rule and the outcome rules, checked on the whole product of inputs (local level ×
+/// DNSSEC status of MX, address and TLSA × TLSA content × MTA-STS × downgrade memory × what the
+/// MX does). The oracle below is written from the policy table (README, "How a message is
+/// delivered"), independently of `HostPolicy`.
+struct Oracle {
+    /// nil: no connection may be made at all; else the highest floor every attempt must meet.
+    var floor: AchievedSecurity?
+    /// A local level's exact first demand (nil without a local level).
+    var localDemand: TLSDemand?
+    /// The status a delivery that made no attempt must end with.
+    var noAttemptStatus: EnhancedStatusCode?
+    /// Downgrade memory raises the floor above every discovered policy.
+    var memoryBinding = false
+
+    init(_ i: Inputs) {
+        let localApplies = i.local != .absent && i.local != .expired
+        if i.mxStatus == .failed { noAttemptStatus = .directoryServerFailure; return }
+        if i.mxStatus == .bogus { noAttemptStatus = .cryptographicFailure; return }
+        if !localApplies && i.sts == .temporaryFailure { noAttemptStatus = .directoryServerFailure; return }
+        if i.addressStatus == .bogus { noAttemptStatus = .cryptographicFailure; return }
+        if i.addressStatus == .failed { noAttemptStatus = .directoryServerFailure; return }
+        let daneLooked = i.addressStatus == .secure && (!localApplies || i.local == .dane || i.local == .daneOnly)
+        if daneLooked && (i.tlsaStatus == .failed || i.tlsaStatus == .bogus) { noAttemptStatus = .cryptographicFailure; return }
+        let records = daneLooked && i.tlsaStatus == .secure && i.tlsa != .none
+        let usable = records && i.tlsa != .onlyUnusable
+        let daneDemand = TLSDemand(requirement: .required, authentication: .dane(base: Inputs.host, hostNames: [Inputs.host],
+                                                                                   records: i.tlsaRecords.filter(\.isUsable)))
+        if localApplies {
+            switch i.local {
+            case .none: localDemand = .cleartext
+            case .may: localDemand = .opportunistic
+            case .encrypt: localDemand = .encrypted
+            case .verify: localDemand = .webPKI(Inputs.host)
+            case .dane: localDemand = usable ? daneDemand : (records ? .encrypted : .opportunistic)
+            case .daneOnly:
+                guard usable else { noAttemptStatus = .cryptographicFailure; return }
+                localDemand = daneDemand
+            case .absent, .expired: break
+            }
+            floor = localDemand!.guaranteed
+            return
+        }
+        var floors: [AchievedSecurity] = []
+        if usable { floors.append(.dane) } else if records { floors.append(.tls) }
+        let stsEnforce = i.sts == .enforceMatching || i.sts == .cachedAfterFailedRefresh
+        if stsEnforce && !usable { floors.append(.mtaSTS) }
+        if i.sts == .enforceNotMatching && !usable { noAttemptStatus = .cryptographicFailure; return }
+        let discovered = floors.max() ?? .none
+        let memory: AchievedSecurity? = switch i.memory {
+        case .enforceTLS: .tls
+        case .enforceMTASTS: .mtaSTS
+        case .enforceDANE: .dane
+        default: nil
+        }
+        if let memory { floors.append(memory) }
+        let highest = floors.max() ?? .none
+        memoryBinding = highest > discovered
+        if highest == .dane && !usable { noAttemptStatus = .cryptographicFailure; return }
+        floor = highest
+    }
+}
+
+@Suite("Delivery planner: every combination of inputs")
+struct ExhaustivePlannerTests {
+    @Test("floor rule and outcome rules on the whole product of inputs")
+    func exhaustive() {
+        let all = Inputs.all
+        #expect(all.count == 8 * 64 * 5 * 7 * 6 * 8)
+        var violations: [String] = []
+        func violate(_ inputs: Inputs, _ rule: String, _ t: Transcript) {
+            if violations.count < 25 {
+                violations.append("\(rule): \(inputs) → \(t.outcome.map { "\($0.kind.rawValue) \($0.status) \($0.reason)" } ?? "no outcome"); attempts: \(t.attempts.map { "\($0.attempt.kind.rawValue) \($0.attempt.demand)" })")
+            } else if violations.count == 25 { violations.append("…") }
+        }
+        for inputs in all {
+            let t = run(inputs)
+            let oracle = Oracle(inputs)
+            guard let outcome = t.outcome else { violate(inputs, "the planner did not finish", t); continue }
+            // Policy failures are never a bounce, and nothing here may bounce.
+            if outcome.kind == .bounced { violate(inputs, "bounced", t) }
+            guard let floor = oracle.floor else {
+                if !t.attempts.isEmpty { violate(inputs, "connected where no connection is allowed", t) }
+                if outcome.kind != .deferred || outcome.status != oracle.noAttemptStatus { violate(inputs, "wrong deferral without attempts", t) }
+                if oracle.memoryBinding && !t.notedRefusal { violate(inputs, "refused downgrade without starting the grace window", t) }
+                continue
+            }
+            // The floor rule: no attempt can end below the highest floor; clear only without one.
+            for (attempt, _) in t.attempts {
+                if attempt.demand.guaranteed < floor { violate(inputs, "attempt below the floor \(floor)", t) }
+                if attempt.demand.requirement != .required && floor > .none { violate(inputs, "attempt without required TLS under a floor", t) }
+                if attempt.floor != floor { violate(inputs, "attempt reports floor \(attempt.floor), oracle \(floor)", t) }
+            }
+            if let local = oracle.localDemand {
+                if t.attempts.first?.attempt.demand != local { violate(inputs, "local level not applied exactly", t) }
+                if !t.remembered.isEmpty { violate(inputs, "memory written under a local level", t) }
+            }
+            if let achieved = t.deliveredWith, achieved < floor { violate(inputs, "delivered with \(achieved) under floor \(floor)", t) }
+            // Liveness: a delivery the policy allows goes ahead.
+            let mustDeliver = inputs.mx == .verified
+                || (floor == .none && inputs.mx != .bytesAfter220)
+                || (floor == .tls && (inputs.mx == .unverified || inputs.mx == .wrongName))
+            if mustDeliver && outcome.kind != .delivered { violate(inputs, "not delivered though the policy allows it", t) }
+            if outcome.kind == .deferred, let last = t.attempts.last, last.attempt.demand.requirement == .required,
+               last.result.connectFailure == nil, outcome.status != .cryptographicFailure {
+                violate(inputs, "a TLS policy failure not deferred with 4.7.5", t)
+            }
+            if outcome.kind == .deferred, floor > .none, !t.alerts.contains(where: \.enforced) {
+                violate(inputs, "a deferral under a floor without an enforced alert", t)
+            }
+            if oracle.memoryBinding, outcome.kind == .deferred, !t.notedRefusal { violate(inputs, "refused downgrade without starting the grace window", t) }
+            if !oracle.memoryBinding, t.notedRefusal { violate(inputs, "grace window started without a refused downgrade", t) }
+            if inputs.sts == .testingMatching, oracle.localDemand == nil, floor < .mtaSTS, inputs.mx != .verified,
+               !t.alerts.contains(where: { $0.policySource == .mtaSTS && !$0.enforced }) {
+                violate(inputs, "MTA-STS testing failure not reported", t)
+            }
+            // Memory: written after every delivery unless off or a local level; a weaker delivery
+            // than remembered is reported; after the grace window the weaker level is accepted.
+            if outcome.kind == .delivered, oracle.localDemand == nil {
+                if inputs.memory == .off { if !t.remembered.isEmpty { violate(inputs, "memory written while off", t) } }
+                else if t.remembered.isEmpty { violate(inputs, "delivery not remembered", t) }
+                if inputs.memory == .graceOver, t.remembered.first?.1 != true { violate(inputs, "grace over, downgrade not accepted", t) }
+                if inputs.memory == .reportDANE, let achieved = t.deliveredWith, achieved < .dane,
+                   !t.alerts.contains(where: { $0.policySource == .memory && !$0.enforced }) {
+                    violate(inputs, "weaker delivery than remembered not reported", t)
+                }
+            }
+        }
+        #expect(violations.isEmpty, "\(violations.joined(separator: "\n"))")
+    }
+}
