@@ -90,7 +90,7 @@ def test_check_agrees_with_delivery_for_every_scenario(world, tmp_path, world_re
 
 @pytest.mark.parametrize("scenario,code,text", [
     ("dane-ee", 0, "DANE TLSA 3 1 1 matched at depth 0"),
-    ("sts-enforce", 0, "policy: mta-sts; required, WebPKI for mx.sts-enforce.test"),
+    ("sts-enforce", 0, "policy: mta-sts; TLS required, WebPKI for mx.sts-enforce.test [rule sts-enforce, floor mta-sts]"),
     ("attack-strip-starttls", 1, "deferred (4.7.5): TLS is required, but host"),
     ("dane-tlsa-mismatch", 1, "deferred (4.7.5)"),
     ("null-mx", 1, "bounced (5.1.10)"),

@@ -6,6 +6,7 @@ into the single JSON document that every server process and every test reads.
 Address plan (all on the loopback interface, no port overrides; ``--slot S``
 replaces the second octet 0 by S so that several worlds can run side by side):
   127.0.1.53      NSD (port 53): ``test.`` signed, ``insecure.test.`` unsigned
+  127.0.1.54      the DNS front (dnsfront.py, port 53): signed child zones NSD cannot serve
   127.0.2.N       MX hosts as published in DNS (aiosmtpd, or the recording tap
                   in front of Postfix; nothing at all for a ``down`` host), port 25
   127.0.3.N       MTA-STS policy hosts ``mta-sts.<domain>``, HTTPS port 443
@@ -112,6 +113,7 @@ def build(d: str, slot: int = 0) -> dict:
                                      _Alloc(slot, 4), _Alloc(slot, 5))
     sts_id = "w%d" % int(time.time())
     servers, hosts_index, scenarios = [], {}, {}
+    front_zones, front_failures = [], []
 
     def smtp_server(name, address, starttls, cert, banner):
         rec = os.path.join(d, "mx", name)
@@ -132,11 +134,24 @@ def build(d: str, slot: int = 0) -> dict:
                      "cname_target": target, "certificate": cert,
                      "tlsa_name": f"_25._tcp.{base}",
                      "tlsa": [_tlsa_rdata(t, cert, pki) for t in h.tlsa],
+                     "tlsa_malformed": list(h.tlsa_malformed),
                      "lookups": S.expected_host_lookups(s, h),
                      "dns": {"a_bogus": h.a_bogus, "tlsa_bogus": h.tlsa_bogus,
-                             "tlsa_servfail": h.tlsa_servfail},
+                             "tlsa_servfail": h.tlsa_servfail, "aaaa_servfail": h.aaaa_servfail,
+                             "front_zone": S.front_zone(s, h)},
                      "backend": None, "attacker": None, "postfix": None,
                      "behaviour_file": None, "behaviour": h.behaviour}
+            fz = entry["dns"]["front_zone"]
+            if fz:
+                if S.zone_of(fz) != S.ZONE or h.tlsa_bogus or h.a_bogus or h.tlsa_servfail:
+                    raise ValueError(f"{s.name}: a DNS front zone must be a plain signed child of "
+                                     f"{S.ZONE}. (no bogus or refused records)")
+                if any(z["name"] == fz for z in front_zones):
+                    raise ValueError(f"{s.name}: DNS front zone {fz} twice")
+                front_zones.append({"name": fz, "scenario": s.name,
+                                    "zonefile": os.path.join(d, "dns", "front", fz + "zone.signed")})
+                if h.aaaa_servfail:
+                    front_failures.append({"name": base + ".", "type": "AAAA", "rcode": "SERVFAIL"})
             if h.behaviour is not None and h.kind not in (S.STARTTLS, S.NOTLS) \
                     and not h.kind.startswith("attacker:"):
                 raise ValueError(f"{s.name}: scripted behaviour needs an aiosmtpd host, not {h.kind}")
@@ -238,7 +253,11 @@ def build(d: str, slot: int = 0) -> dict:
                 "insecure_zone": S.INSECURE_ZONE + ".",
                 "trust_anchor_file": os.path.join(d, "dns", "trust-anchor.ds"),
                 "unbound_conf": os.path.join(d, "dns", "unbound.conf"),
-                "bait_address": S.bait_address(slot)},
+                "bait_address": S.bait_address(slot),
+                "front": {"address": S.front_address(slot), "port": S.DNS_PORT,
+                          "ns_name": S.FRONT_NS + ".", "zones": front_zones,
+                          "failures": front_failures,
+                          "query_log": os.path.join(d, "dns", "front-queries.jsonl")}},
         "pki": {"ca_file": pki.ca_file, "other_ca_file": pki.other_ca_file,
                 "ca_spki_sha256": pki.ca.spki_sha256,
                 "other_ca_spki_sha256": pki.other_ca.spki_sha256},

@@ -41,6 +41,14 @@ def bait_address(slot: int = 0) -> str:
     """Address signed for an A record that is made bogus afterwards (nothing listens)."""
     return addr(slot, 9, 9)
 
+
+def front_address(slot: int = 0) -> str:
+    """The DNS front (dnsfront.py, port 53): the signed child zones that NSD cannot serve."""
+    return addr(slot, 1, 54)
+
+
+FRONT_NS = f"ns-front.{ZONE}"      # NS name of every zone the DNS front serves (A in ``test.``)
+
 # Server kinds (what listens on a host's address, port 25).
 STARTTLS = "aiosmtpd-starttls"     # aiosmtpd offering STARTTLS (RFC 3207)
 NOTLS = "aiosmtpd-plain"           # aiosmtpd without STARTTLS
@@ -59,6 +67,10 @@ class Host:
     a_bogus: bool = False           # A record changed after signing (RFC 7672 §2.2.3)
     tlsa_bogus: bool = False        # TLSA changed after signing
     tlsa_servfail: bool = False     # _25._tcp.<host> delegated to a server answering REFUSED
+    # more TLSA records in generic syntax, e.g. r"\# 2 0301" (2 octets, shorter than the 3 fixed
+    # ones: RFC 7672 §3.1.3 "unusable"); served by the DNS front (front_zone)
+    tlsa_malformed: list = field(default_factory=list)
+    aaaa_servfail: bool = False     # AAAA lookup fails (SERVFAIL from the DNS front; front_zone)
     cname: Optional[str] = None     # label of the CNAME target (RFC 7672 §2.2.3)
     behaviour: Optional[dict] = None   # scripted replies written at `up` (aiosmtpd only; mx.py)
 
@@ -127,6 +139,12 @@ SCENARIOS: list[Scenario] = [
       "RFC 7672 §2.2.1", [H("mx", tlsa=[LEAF])], _defer(), mx="bogus"),
     S("dane-tlsa-servfail", "secure MX host, TLSA lookup fails (_25._tcp delegated to a REFUSED server)",
       "RFC 7672 §2.1.1, §2.2.3", [H("mx", tlsa_servfail=True)], _defer()),
+    S("dane-malformed-tlsa", "a matching DANE-EE record and a malformed TLSA record (2 octets of "
+      "rdata) in one secure RRset: the malformed one is unusable, no more", "RFC 7672 §3.1.3",
+      [H("mx", tlsa=[LEAF], tlsa_malformed=[r"\# 2 0301"])], _deliver("dane")),
+    S("dane-aaaa-servfail", "secure A and matching TLSA, the AAAA lookup fails (SERVFAIL): "
+      "deliver via the IPv4 address", "RFC 5321 §5.1, RFC 7672 §2.2",
+      [H("mx", tlsa=[LEAF], aaaa_servfail=True)], _deliver("dane")),
     S("dane-postfix", "DANE-EE and DANE-TA, MX is a real Postfix smtpd",
       "RFC 7672 §3.1", [H("mx", kind=POSTFIX, tlsa=[LEAF, CA_TA])], _deliver("dane")),
     S("two-mx-second-good", "MX 10 has a mismatching TLSA, MX 20 is good: deliver via the second",
@@ -172,6 +190,15 @@ SCENARIOS: list[Scenario] = [
       "RFC 8461 §5", [H("mx", cert="otherca")], _deliver("mta-sts-testing"), sts="testing"),
     S("dane-sts-tlsa-mismatch", "DANE and MTA-STS enforce, TLSA mismatch: DANE governs",
       "RFC 8461 §2", [H("mx", tlsa=[NOMATCH])], _defer(), sts="enforce"),
+    S("dane-unusable-sts", "only unusable TLSA (usage 0 and 1) and MTA-STS enforce, valid "
+      "certificate: MTA-STS governs", "RFC 7672 §3.1.3, RFC 8461 §2",
+      [H("mx", tlsa=["0 1 1 random", "1 1 1 random"])], _deliver("mta-sts"), sts="enforce"),
+    S("dane-unusable-sts-otherca", "only unusable TLSA and MTA-STS enforce, MX certificate from an "
+      "untrusted CA: the enforce policy's WebPKI check still applies", "RFC 7672 §3.1.3, RFC 8461 §2, §4.2",
+      [H("mx", cert="otherca", tlsa=["0 1 1 random", "1 1 1 random"])], _defer(), sts="enforce"),
+    S("dane-sts-mx-mismatch", "matching DANE-EE and MTA-STS enforce whose mx: patterns do not match "
+      "the host: a host DANE authenticates is not judged by MTA-STS", "RFC 8461 §2",
+      [H("mx", tlsa=[LEAF])], _deliver("dane"), sts="enforce", sts_mx=["mx.elsewhere.test"]),
     # --- active attackers (RFC 3207 §4.2, §6) ---------------------------------
     S("attack-strip-starttls", "DANE domain, MITM deletes STARTTLS from the EHLO reply",
       "RFC 7672 §2.2, RFC 3207 §6", [H("mx", kind="attacker:strip-starttls", tlsa=[LEAF])], _defer()),
@@ -183,6 +210,9 @@ SCENARIOS: list[Scenario] = [
       "RFC 3207 §4.2", [H("mx", kind="attacker:inject-after-220", tlsa=[LEAF])], _defer()),
     S("attack-sts-strip-starttls", "MTA-STS enforce domain, MITM deletes STARTTLS",
       "RFC 8461 §5", [H("mx", kind="attacker:strip-starttls")], _defer(), sts="enforce"),
+    S("sts-testing-strip", "MTA-STS testing domain, MITM deletes STARTTLS: testing mode never "
+      "blocks, cleartext delivery is expected", "RFC 8461 §5",
+      [H("mx", kind="attacker:strip-starttls")], _deliver("mta-sts-testing", tls=False), sts="testing"),
     S("attack-strip-nopolicy", "no policy, MITM deletes STARTTLS: cleartext delivery is expected",
       "RFC 7435 §3", [H("mx", kind="attacker:strip-starttls")],
       _deliver("opportunistic", tls=False)),
@@ -221,6 +251,21 @@ def zone_of(name: str) -> str:
     return INSECURE_ZONE if n == INSECURE_ZONE or n.endswith("." + INSECURE_ZONE) else ZONE
 
 
+def front_zone(s: Scenario, h: Host) -> Optional[str]:
+    """The signed child zone (FQDN with trailing dot, delegated with a DS from ``test.``) that
+    the DNS front serves for this host, or None (NSD serves its records).
+
+    NSD 4.6 answers every type of a name alike and refuses TLSA rdata shorter than the three
+    fixed octets (even as ``\\# 2 0301``), so an AAAA failure takes the host's own zone
+    ``<host>.`` and a malformed TLSA record the zone ``_25._tcp.<host>.``."""
+    base = host_name(s, h.cname) if h.cname else host_name(s, h.label)
+    if h.aaaa_servfail:
+        return base + "."
+    if h.tlsa_malformed:
+        return f"_25._tcp.{base}."
+    return None
+
+
 def dnssec_of(name: str) -> str:
     return "insecure" if zone_of(name) == INSECURE_ZONE else "secure"
 
@@ -248,10 +293,14 @@ def expected_host_lookups(s: Scenario, h: Host) -> dict:
     base = host_name(s, h.cname) if h.cname else name
     tname = f"_25._tcp.{base}"
     a = lookup(name, "A", "bogus" if h.a_bogus else dnssec_of(base), "data")
+    # no host has an AAAA record: NODATA, except where the DNS front fails the lookup
+    aaaa = (lookup(name, "AAAA", "servfail", "none") if h.aaaa_servfail
+            else lookup(name, "AAAA", dnssec_of(base), "nodata"))
     if h.tlsa_servfail:
         t = lookup(tname, "TLSA", "servfail", "none")
     elif h.tlsa_bogus:
         t = lookup(tname, "TLSA", "bogus", "data")
     else:
-        t = lookup(tname, "TLSA", dnssec_of(base), "data" if h.tlsa else "nxdomain")
-    return {"a": a, "tlsa": t}
+        t = lookup(tname, "TLSA", dnssec_of(base),
+                   "data" if h.tlsa or h.tlsa_malformed else "nxdomain")
+    return {"a": a, "aaaa": aaaa, "tlsa": t}

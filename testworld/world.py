@@ -11,8 +11,9 @@
 
 ``up`` generates a PKI (pki.py), a DNSSEC-signed zone (zones.py), writes
 ``DIR/world.json`` (plan.py) and starts, as detached processes recorded in
-``DIR/run/pids.json``: NSD, the recording MX servers (mx.py), the MTA-STS
-HTTPS servers (sts.py), the MITM attackers (attackers.py) and one Postfix
+``DIR/run/pids.json``: NSD, the DNS front for the signed child zones NSD cannot
+serve (dnsfront.py), the recording MX servers (mx.py), the MTA-STS HTTPS
+servers (sts.py), the MITM attackers (attackers.py) and one Postfix
 (postfix.py).  See README.md for the scenario table and address plan.
 """
 from __future__ import annotations
@@ -36,7 +37,7 @@ import service   # noqa: E402
 import sts       # noqa: E402
 import zones     # noqa: E402
 
-SERVER_MODULES = ("mx", "sts", "attackers")
+SERVER_MODULES = ("dnsfront", "mx", "sts", "attackers")
 READY_TIMEOUT = 10.0
 
 
@@ -77,6 +78,8 @@ def _check_addresses(world: dict) -> None:
     """Fail early and clearly if some address:port is taken (another world?)."""
     eps = [(s["address"], s["port"]) for s in world["servers"]]
     eps.append((world["dns"]["address"], world["dns"]["port"]))
+    if world["dns"]["front"]["zones"]:
+        eps.append((world["dns"]["front"]["address"], world["dns"]["front"]["port"]))
     pf = _postfix_conf(world)
     if pf:
         eps.append((pf["smtpd_address"], 25))
@@ -132,8 +135,8 @@ def free_slot(first: int = 0) -> int:
             s.close()
 
     for slot in range(first, 255):
-        probes = [(scenarios.dns_address(slot), 53, socket.SOCK_DGRAM),
-                  (scenarios.dns_address(slot), 53, socket.SOCK_STREAM)]
+        probes = [(a, 53, kind) for a in (scenarios.dns_address(slot), scenarios.front_address(slot))
+                  for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM)]
         probes += [(scenarios.addr(slot, third, 1), port, socket.SOCK_STREAM)
                    for third, port in ((2, 25), (3, 443), (4, 25), (5, 25))]
         if all(free(*p) for p in probes):
@@ -246,6 +249,8 @@ def scenario_table() -> str:
                           + (f" TLSA[{'; '.join(h.tlsa)}]" if h.tlsa else "")
                           + (" A-bogus" if h.a_bogus else "") + (" TLSA-bogus" if h.tlsa_bogus else "")
                           + (" TLSA-servfail" if h.tlsa_servfail else "")
+                          + (f" TLSA-malformed[{'; '.join(h.tlsa_malformed)}]" if h.tlsa_malformed else "")
+                          + (" AAAA-servfail" if h.aaaa_servfail else "")
                           + (f" CNAME->{scenarios.host_name(s, h.cname)}" if h.cname else "")
                           + (" (nothing listens)" if h.kind == scenarios.DOWN else "")
                           + (f" behaviour={json.dumps(h.behaviour)}" if h.behaviour else "")

@@ -149,11 +149,27 @@ class World:
             time.sleep(0.05)
 
     def clear_records(self) -> None:
-        """Forget what all MX hosts, attackers and policy hosts recorded so far."""
+        """Forget what all MX hosts, attackers, policy hosts and the DNS front recorded so far."""
         for pat in ("mx/*/msg-*.json", "mx/*/session-*.json", "attackers/*.jsonl",
-                    "sts/*.requests.jsonl"):
+                    "sts/*.requests.jsonl", "dns/front-queries.jsonl"):
             for f in glob.glob(os.path.join(self.dir, pat)):
                 os.unlink(f)
+
+    def front_queries(self, name: str | None = None, rtype: str | None = None) -> list[dict]:
+        """Queries the DNS front (dnsfront.py) answered, oldest first: ``time``, ``peer``,
+        ``proto``, ``qname`` (FQDN with trailing dot), ``qtype``, ``do``, ``rcode``, ``answers``;
+        optionally only those for ``name`` (trailing dot optional, case-insensitive) and type."""
+        try:
+            with open(self.data["dns"]["front"]["query_log"]) as f:
+                out = [json.loads(line) for line in f if line.strip()]
+        except FileNotFoundError:
+            return []
+        if name is not None:
+            want = name.rstrip(".").lower() + "."
+            out = [q for q in out if (q["qname"] or "").lower() == want]
+        if rtype is not None:
+            out = [q for q in out if q["qtype"] == rtype.upper()]
+        return out
 
     # --- attackers and MTA-STS -------------------------------------------------------
     def attacker_events(self, what: str) -> list[dict]:

@@ -13,6 +13,15 @@
 * SERVFAIL: a name is delegated (NS, no DS) to a zone that NSD also serves but
   with ``allow-query`` refusing everybody, so the resolver never gets an
   answer (RFC 7672 §2.1.1).
+* DNS front zones (``world["dns"]["front"]``): signed children of ``test.``
+  (NS ``ns-front.test.`` + DS in the parent, so they stay secure) for what NSD
+  cannot serve: an AAAA lookup that fails while A and TLSA of the same name are
+  secure (NSD answers all types of a name alike), and TLSA rdata shorter than
+  the 3 fixed octets (NSD 4.6 refuses it, also as ``\\# 2 0301``).  Each is
+  signed by ldns-signzone with its own key and NSEC; ldns prints a short TLSA
+  record as ``3 1``, which is rewritten to the generic ``\\# 2 0301`` afterwards
+  (the signature is over the wire form, so it stays valid).  dnsfront.py
+  serves them.
 """
 from __future__ import annotations
 
@@ -34,15 +43,23 @@ class Records:
     """Resource records per zone; for bogus RRsets the signed rdata and, separately,
     the rdata served after signing."""
 
-    def __init__(self):
+    def __init__(self, front_zones=()):
         self.rr = []            # (zone, owner, type, rdata)
         self.bogus = {}         # (owner, type) -> [served rdata] (signed rdata is in self.rr)
         self.refused_zones = []
+        self.front_zones = [_fq(z) for z in front_zones]
+
+    def zone_of(self, owner: str) -> str:
+        """The zone (no trailing dot) an owner name falls in: the deepest front zone, else
+        ``test`` or ``insecure.test``."""
+        owner = _fq(owner)
+        fronts = [z for z in self.front_zones if owner == z or owner.endswith("." + z)]
+        return max(fronts, key=len)[:-1] if fronts else S.zone_of(owner)
 
     def add(self, owner, rtype, rdata, signed_as=None, zone=None):
         """Add a record to ``zone`` (default: the zone the owner name falls in)."""
         owner = _fq(owner)
-        zone = zone or S.zone_of(owner)
+        zone = zone or self.zone_of(owner)
         if signed_as is not None:
             self.rr.append((zone, owner, rtype, signed_as))
             self.bogus.setdefault((owner, rtype), []).append(rdata)
@@ -54,20 +71,25 @@ class Records:
         self.add(owner, "NS", NS_NAME)
         self.refused_zones.append(_fq(owner))
 
-    def zone_text(self, zone: str) -> str:
+    def zone_text(self, zone: str, ns: str = NS_NAME) -> str:
         apex = _fq(zone)
         out = [f"$TTL {TTL}",
-               f"{apex} {TTL} IN SOA {NS_NAME} hostmaster.{S.ZONE}. 1 3600 900 604800 {TTL}",
-               f"{apex} {TTL} IN NS {NS_NAME}"]
+               f"{apex} {TTL} IN SOA {ns} hostmaster.{S.ZONE}. 1 3600 900 604800 {TTL}",
+               f"{apex} {TTL} IN NS {ns}"]
         out += [f"{owner} {TTL} IN {rtype} {rdata}" for z, owner, rtype, rdata in self.rr if z == zone]
         return "\n".join(out) + "\n"
 
 
 def records_for(world: dict) -> Records:
     """All resource records the scenarios in ``world`` need."""
-    r = Records()
+    front = world["dns"]["front"]
+    r = Records(z["name"] for z in front["zones"])
     r.add(NS_NAME, "A", world["dns"]["address"])
     r.add(S.INSECURE_ZONE, "NS", NS_NAME, zone=S.ZONE)   # delegation without DS
+    if front["zones"]:
+        r.add(front["ns_name"], "A", front["address"], zone=S.ZONE)
+    for z in front["zones"]:                              # delegation; the DS follows in build()
+        r.add(z["name"], "NS", front["ns_name"], zone=S.ZONE)
     for sc in world["scenarios"].values():
         dom = sc["domain"]
         mode = sc["mx_mode"]
@@ -92,6 +114,10 @@ def records_for(world: dict) -> Records:
                 decoy = " ".join(t.split()[:3]) + " " + "00" * 32
                 r.add(h["tlsa_name"], "TLSA", t,
                       signed_as=decoy if h["dns"]["tlsa_bogus"] else None)
+            for t in h["tlsa_malformed"]:
+                if r.zone_of(h["tlsa_name"]) + "." not in r.front_zones:
+                    raise ValueError(f"{h['name']}: NSD cannot serve the malformed TLSA {t}")
+                r.add(h["tlsa_name"], "TLSA", t)
         sts = sc["mta_sts"]
         if sts:
             r.add(f"_mta-sts.{dom}", "TXT", f'"{sts["txt"]}"')
@@ -130,12 +156,72 @@ def _make_bogus(signed_file: str, bogus: dict):
         f.write("\n".join(out) + "\n")
 
 
+def _generic(rdata: str) -> bytes:
+    """Wire form of RFC 3597 generic rdata text ``\\# LEN HEX``."""
+    p = rdata.split()
+    if p[0] != "\\#":
+        raise ValueError(f"not generic rdata: {rdata}")
+    data = bytes.fromhex("".join(p[2:]))
+    if len(data) != int(p[1]):
+        raise ValueError(f"length {p[1]} does not match the data: {rdata}")
+    return data
+
+
+def _restore_short_tlsa(signed_file: str, wanted: dict):
+    """ldns prints TLSA rdata shorter than 3 octets as its octets in decimal (``3 1``), which no
+    parser reads back; write those records in generic syntax again.  ``wanted``: owner ->
+    wire forms expected."""
+    with open(signed_file) as f:
+        lines = f.read().splitlines()
+    found = {}
+    for i, line in enumerate(lines):
+        p = line.split(None, 4)
+        if len(p) == 5 and p[2] == "IN" and p[3] == "TLSA" and len(p[4].split()) < 4:
+            data = bytes(int(x) for x in p[4].split())
+            found.setdefault(p[0].lower(), []).append(data)
+            hexdata = f" {data.hex()}" if data else ""
+            lines[i] = f"{p[0]}\t{p[1]}\tIN\tTLSA\t\\# {len(data)}{hexdata}"
+    if {k: sorted(v) for k, v in found.items()} != {k: sorted(v) for k, v in wanted.items()}:
+        raise RuntimeError(f"{signed_file}: short TLSA records {found}, expected {wanted}")
+    with open(signed_file, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def _front_zones(world: dict, r: Records, keys: str, inception: str) -> None:
+    """Key, write and sign every DNS front zone; add its DS to the parent (before the parent
+    is signed)."""
+    front = world["dns"]["front"]
+    if front["zones"]:
+        os.makedirs(os.path.dirname(front["zones"][0]["zonefile"]), exist_ok=True)
+    for z in front["zones"]:
+        name = z["name"]
+        # one key (SEP flag) signs everything: a CSK; ldns-keygen -k also writes its DS
+        key = _run(["ldns-keygen", "-a", "ECDSAP256SHA256", "-k", name], keys)
+        with open(os.path.join(keys, key + ".ds")) as f:
+            tokens = f.read().split()                 # "<zone> IN DS <tag> 13 2 <hex>"
+        ds = " ".join(tokens[tokens.index("DS") + 1:])
+        r.add(name, "DS", ds, zone=S.ZONE)
+        unsigned = z["zonefile"][:-len(".signed")]
+        with open(unsigned, "w") as f:
+            f.write(r.zone_text(name[:-1], ns=front["ns_name"]))
+        _run(["ldns-signzone", "-i", inception, "-o", name, "-f", z["zonefile"], unsigned,
+              os.path.join(keys, key)], os.path.dirname(unsigned))
+        short = {}
+        for zone, owner, rtype, rdata in r.rr:
+            if zone + "." == name and rtype == "TLSA" and rdata.startswith("\\#"):
+                short.setdefault(owner.lower(), []).append(_generic(rdata))
+        _restore_short_tlsa(z["zonefile"], {k: [d for d in v if len(d) <= 3]
+                                            for k, v in short.items() if any(len(d) <= 3 for d in v)})
+
+
 def build(world: dict) -> dict:
     """Write, sign and configure everything in ``DIR/dns``; return file paths."""
     d = os.path.join(world["dir"], "dns")
     keys = os.path.join(d, "keys")
     os.makedirs(keys, exist_ok=True)
     r = records_for(world)
+    inception = (_dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(hours=1)).strftime("%Y%m%d%H%M%S")
+    _front_zones(world, r, keys, inception)
 
     signed_zone = os.path.join(d, "test.zone")
     with open(signed_zone, "w") as f:
@@ -150,7 +236,6 @@ def build(world: dict) -> dict:
     # RFC 6781 style KSK/ZSK split; ldns-keygen -k also writes the KSK's DS.
     ksk = _run(["ldns-keygen", "-a", "ECDSAP256SHA256", "-k", f"{S.ZONE}."], keys)
     zsk = _run(["ldns-keygen", "-a", "ECDSAP256SHA256", f"{S.ZONE}."], keys)
-    inception = (_dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(hours=1)).strftime("%Y%m%d%H%M%S")
     _run(["ldns-signzone", "-n", "-t", "0", "-i", inception, "-o", f"{S.ZONE}.",
           "-f", signed_zone + ".signed", signed_zone,
           os.path.join(keys, ksk), os.path.join(keys, zsk)], d)
@@ -206,4 +291,5 @@ stub-zone:
   stub-addr: {world["dns"]["address"]}@{world["dns"]["port"]}
 ''')
     return {"nsd_conf": nsd_conf, "unbound_conf": ub, "trust_anchor": ta,
-            "signed_zone": signed_zone + ".signed"}
+            "signed_zone": signed_zone + ".signed",
+            "front_zones": [z["zonefile"] for z in world["dns"]["front"]["zones"]]}

@@ -1,4 +1,6 @@
+import DeliveryPolicy
 import MTASTSCore
+import RelayDNS
 import RelayConfig
 import SMTPCore
 
@@ -19,6 +21,9 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case stsRecord = "sts-record"
     /// tlsrelayd configuration files (TOML).
     case config
+    /// A TLSA RRset from the wire (each record's rdata after a one-octet length) through the
+    /// resolver's rdata parser and the planner's host decision (RFC 6698 §2.1, RFC 7672 §3.1.3).
+    case tlsaRdata = "tlsa-rdata"
 
     /// Runs one input through the target's parser.
     /// - Returns: a description of the first invariant that does not hold, or nil.
@@ -30,6 +35,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         case .stsPolicy: return Self.stsPolicy(input)
         case .stsRecord: return Self.stsRecord(input)
         case .config: return Self.configuration(input)
+        case .tlsaRdata: return Self.tlsa(input)
         }
     }
 
@@ -128,6 +134,51 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         } catch {
             return "unexpected error type: \(error)"
         }
+        return nil
+    }
+
+    /// Every rdata gives one record (malformed only when shorter than 3 octets); usable records
+    /// are DANE-TA/DANE-EE with a valid digest length; the host decision requires TLS and
+    /// authenticates by DANE exactly when a usable record exists, and well-formed records print
+    /// back as their own fields.
+    static func tlsa(_ input: [UInt8]) -> String? {
+        var rdatas: [[UInt8]] = []
+        var position = 0
+        while position < input.count {
+            let length = Int(input[position])
+            position += 1
+            rdatas.append(Array(input[position..<min(input.count, position + length)]))
+            position += length
+        }
+        var entries: [TLSAEntry] = []
+        for rdata in rdatas {
+            let record = TLSARecord(rdata: rdata)
+            if record.isWellFormed != (rdata.count >= 3) { return "\(rdata.count) octets read as well formed: \(record.isWellFormed)" }
+            if record.isWellFormed && [record.usage, record.selector, record.matchingType] + record.data != rdata { return "fields differ from the rdata" }
+            let entry = TLSAEntry(usage: record.usage, selector: record.selector, matchingType: record.matchingType, data: record.data,
+                                  wellFormed: record.isWellFormed)
+            if entry.isUsable {
+                if !(entry.usage == 2 || entry.usage == 3) || entry.selector > 1 { return "usage \(entry.usage) selector \(entry.selector) usable" }
+                if (entry.matchingType == 1 && entry.data.count != 32) || (entry.matchingType == 2 && entry.data.count != 64) || entry.matchingType > 2 {
+                    return "matching type \(entry.matchingType) with \(entry.data.count) octets usable"
+                }
+            }
+            if entry.wellFormed {
+                let fields = entry.description.split(separator: " ", omittingEmptySubsequences: false)
+                if fields.count != 4 || fields[0] != "\(entry.usage)" || fields[3].count != 2 * entry.data.count { return "description \(entry.description)" }
+            }
+            entries.append(entry)
+        }
+        guard !entries.isEmpty else { return nil }
+        let usable = entries.filter(\.isUsable)
+        let facts = HostFacts(domain: "example.net", host: "mx.example.net", addresses: ["192.0.2.1"],
+                              dane: .records(base: "mx.example.net", hostNames: ["mx.example.net"], all: entries, usable: usable),
+                              sts: STSPolicy(mode: .enforce, maxAge: 86400, mx: ["mx.example.net"]), local: nil, memoryFloor: nil,
+                              memoryFirstRefused: nil, now: 0, grace: 86400)
+        guard case .connect(let plan) = HostPolicy.decide(facts) else { return "host with TLSA records skipped" }
+        if plan.demand.requirement != .required { return "TLSA records without required TLS" }
+        if (plan.demand.guaranteed == .dane) != !usable.isEmpty { return "DANE authentication \(plan.demand.guaranteed) with \(usable.count) usable" }
+        if usable.isEmpty && plan.demand.guaranteed != .mtaSTS { return "only unusable records dropped the MTA-STS floor" }
         return nil
     }
 }

@@ -214,6 +214,16 @@ public struct TLSARecord: Sendable, Hashable, CustomStringConvertible {
         self.isWellFormed = true
     }
 
+    /// A record from its wire rdata (RFC 6698 §2.1); rdata shorter than the three fixed octets
+    /// gives a record that is not well formed (`isWellFormed` false).
+    public init(rdata: [UInt8]) {
+        guard rdata.count >= 3 else {
+            self.init(malformed: rdata)
+            return
+        }
+        self.init(usage: rdata[0], selector: rdata[1], matchingType: rdata[2], data: Array(rdata[3...]))
+    }
+
     /// A record whose rdata is shorter than 3 octets.
     public init(malformed rdata: [UInt8]) {
         self.usage = 0

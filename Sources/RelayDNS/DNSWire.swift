@@ -110,9 +110,7 @@ enum DNSWire {
     /// well formed: unusable, and no reason to lose the other records of the RRset (RFC 7672
     /// §3.1.3).
     static func tlsa(_ rdata: [UInt8]) -> TLSARecord {
-        guard rdata.count >= 3 else { return TLSARecord(malformed: rdata) }
-        return TLSARecord(usage: rdata[0], selector: rdata[1], matchingType: rdata[2],
-                          data: Array(rdata[3...]))
+        TLSARecord(rdata: rdata)
     }
 
     /// TXT rdata: one or more length-prefixed character strings (RFC 1035 §3.3.14), concatenated

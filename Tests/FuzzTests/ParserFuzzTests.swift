@@ -109,6 +109,9 @@ struct ParserFuzzTests {
     @Test("configuration files: accepted ones render and read back the same")
     func configuration() throws { try Self.run(.config, seed: 6) }
 
+    @Test("TLSA RRsets through the rdata parser and the planner's host decision")
+    func tlsaRdata() throws { try Self.run(.tlsaRdata, seed: 7) }
+
     @Test("every fuzz target has seeds")
     func everyTargetHasSeeds() throws {
         for target in FuzzTarget.allCases { #expect(try !Self.seeds(target.rawValue).isEmpty) }

@@ -168,6 +168,10 @@ struct WorldJSON: Decodable, Sendable {
         let status: String     // secure | insecure | bogus | servfail
         let result: String     // data | nodata | nxdomain | none
     }
+    struct HostDNS: Decodable, Sendable {
+        /// AAAA for the host fails (SERVFAIL) while A and TLSA answer.
+        let aaaa_servfail: Bool?
+    }
     struct Host: Decodable, Sendable {
         struct Lookups: Decodable, Sendable {
             let a: Lookup
@@ -179,6 +183,9 @@ struct WorldJSON: Decodable, Sendable {
         let cname_target: String?
         let tlsa_name: String
         let tlsa: [String]
+        /// TLSA rdata shorter than 3 octets, in generic form (`\\# 2 0301`).
+        let tlsa_malformed: [String]?
+        let dns: HostDNS?
         let lookups: Lookups
     }
     struct MTASTS: Decodable, Sendable {

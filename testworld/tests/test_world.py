@@ -1,7 +1,8 @@
 """Self-check: the test world is what world.json claims it is.
 
 One world for the module.  Every claim is checked with an independent tool:
-libunbound (``unbound-host``) for DNSSEC status and data, ``openssl s_client``
+libunbound (``unbound-host``, and one long-lived context through ctypes set up
+like tlsrelayd's for the DNS front's zones) for DNSSEC status and data, ``openssl s_client``
 for DANE and WebPKI verification, raw sockets / smtplib for STARTTLS and the
 attackers, an HTTPS client for the MTA-STS hosts.  The last test tears the
 world down and checks nothing is left.
@@ -24,6 +25,14 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import ctypes
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
 import pytest
 from cryptography import x509
 
@@ -108,7 +117,9 @@ def test_scenario_schema(w):
                  "sts-enforce", "sts-testing", "sts-none", "two-mx-second-good",
                  "attack-strip-starttls", "attack-starttls-454", "attack-mitm-cert",
                  "attack-inject", "attack-sts-strip-starttls", "dane-postfix",
-                 "two-mx-first-down", "two-mx-first-421", "plain-mx", "plain-mx2"):
+                 "two-mx-first-down", "two-mx-first-421", "plain-mx", "plain-mx2",
+                 "dane-malformed-tlsa", "dane-aaaa-servfail", "sts-testing-strip", "dane-unusable-sts",
+                 "dane-unusable-sts-otherca", "dane-sts-mx-mismatch"):
         assert must in names
     for s in w.scenarios.values():
         assert required <= set(s), s["name"]
@@ -139,7 +150,7 @@ def classify(out: str):
         return status, "nxdomain", []
     lines = [l for l in out.splitlines() if re.search(r" (has|is handled by|has address) ", l)
              and "has no" not in l]
-    if not lines and re.search(r"has no .* record", out):
+    if not lines and re.search(r" has no (.* record|address|IPv6 address)", out):
         return status, "nodata", []
     return status, "data", lines
 
@@ -150,6 +161,7 @@ def all_lookups(w):
         items.append((s["name"], "mx", s["lookups"]["mx"], None))
         for h in s["mx"]:
             items.append((s["name"], "a", h["lookups"]["a"], h))
+            items.append((s["name"], "aaaa", h["lookups"]["aaaa"], h))
             items.append((s["name"], "tlsa", h["lookups"]["tlsa"], h))
     return items
 
@@ -180,8 +192,8 @@ def test_dns_data_as_claimed(w, lookups):
         if what == "a":
             assert f"has address {h['address']} " in text + " ", (scn, out)
         elif what == "tlsa":
-            assert len(lines) == len(h["tlsa"]), (scn, out)
-            for t in h["tlsa"]:
+            assert len(lines) == len(h["tlsa"]) + len(h["tlsa_malformed"]), (scn, out)
+            for t in h["tlsa"] + h["tlsa_malformed"]:      # unbound-host prints "\# 2 0301" too
                 assert t.lower() in text, (scn, t, out)
         elif what == "mx":
             sc = w.scenario(scn)
@@ -200,6 +212,145 @@ def test_bogus_records_are_bogus_because_of_signatures(w):
     assert errs == sorted([("mx.dane-bogus-a.test.", "A"), ("dane-bogus-mx.test.", "MX"),
                            ("_25._tcp.mx.dane-bogus-tlsa.test.", "TLSA")])
     assert "NSEC3PARAM" in zone
+    # the DNS front's zones: signed with their own keys, delegated with a DS, all signatures good
+    for z in w.data["dns"]["front"]["zones"]:
+        p = subprocess.run(["ldns-verify-zone", z["zonefile"]], capture_output=True, text=True)
+        assert p.returncode == 0 and "Zone is verified and complete" in p.stdout + p.stderr, p
+        assert re.search(r"^%s\s+\d+\s+IN\s+DS\s+\d+ 13 2 [0-9a-f]{64}$" % re.escape(z["name"]), zone, re.M)
+
+
+# --- the DNS front (dnsfront.py): what NSD cannot serve, checked with libunbound -------------
+
+class UbResult(ctypes.Structure):
+    """struct ub_result (unbound.h, libunbound 1.17)."""
+    _fields_ = [("qname", ctypes.c_char_p), ("qtype", ctypes.c_int), ("qclass", ctypes.c_int),
+                ("data", ctypes.POINTER(ctypes.POINTER(ctypes.c_char))),
+                ("len", ctypes.POINTER(ctypes.c_int)), ("canonname", ctypes.c_char_p),
+                ("rcode", ctypes.c_int), ("answer_packet", ctypes.c_void_p),
+                ("answer_len", ctypes.c_int), ("havedata", ctypes.c_int), ("nxdomain", ctypes.c_int),
+                ("secure", ctypes.c_int), ("bogus", ctypes.c_int), ("why_bogus", ctypes.c_char_p),
+                ("was_ratelimited", ctypes.c_int), ("ttl", ctypes.c_int)]
+
+
+class Libunbound:
+    """One long-lived libunbound context set up as tlsrelayd sets up its own (UnboundEngine:
+    do-not-query-localhost no, local-zone test. transparent, stub test. -> NSD, trust anchor
+    file), so that one failed lookup is seen to leave the others of the same context alone."""
+
+    def __init__(self, w):
+        lib = self.lib = ctypes.CDLL("libunbound.so.8")
+        vp, cp = ctypes.c_void_p, ctypes.c_char_p
+        lib.ub_ctx_create.restype = vp
+        lib.ub_ctx_set_option.argtypes = [vp, cp, cp]
+        lib.ub_ctx_set_stub.argtypes = [vp, cp, cp, ctypes.c_int]
+        lib.ub_ctx_add_ta_file.argtypes = [vp, cp]
+        lib.ub_resolve.argtypes = [vp, cp, ctypes.c_int, ctypes.c_int,
+                                   ctypes.POINTER(ctypes.POINTER(UbResult))]
+        lib.ub_resolve_free.argtypes = [ctypes.POINTER(UbResult)]
+        lib.ub_ctx_delete.argtypes = [vp]
+        self.ctx = lib.ub_ctx_create()
+        d = w.data["dns"]
+        for k, v in (("do-not-query-localhost:", "no"), ("val-log-level:", "2"),
+                     ("local-zone:", "test. transparent")):
+            assert lib.ub_ctx_set_option(self.ctx, k.encode(), v.encode()) == 0, k
+        assert lib.ub_ctx_set_stub(self.ctx, b"test.", f"{d['address']}@{d['port']}".encode(), 0) == 0
+        assert lib.ub_ctx_add_ta_file(self.ctx, d["trust_anchor_file"].encode()) == 0
+
+    def resolve(self, name, rtype):
+        """{rcode, secure, bogus, nxdomain, data: [rdata wire bytes]}"""
+        res = ctypes.POINTER(UbResult)()
+        rc = self.lib.ub_resolve(self.ctx, name.encode(), {"A": 1, "AAAA": 28, "TLSA": 52}[rtype],
+                                 1, ctypes.byref(res))
+        assert rc == 0, rc
+        r = res.contents
+        data, i = [], 0
+        while r.havedata and r.data[i]:
+            data.append(ctypes.string_at(r.data[i], r.len[i]))
+            i += 1
+        out = {"rcode": r.rcode, "secure": bool(r.secure), "bogus": bool(r.bogus),
+               "nxdomain": bool(r.nxdomain), "data": data}
+        self.lib.ub_resolve_free(res)
+        return out
+
+    def close(self):
+        self.lib.ub_ctx_delete(self.ctx)
+
+
+def front_query(w, name, rtype, tcp=False, dnssec=True):
+    q = dns.message.make_query(name, rtype, want_dnssec=dnssec)
+    q.flags &= ~dns.flags.RD
+    f = w.data["dns"]["front"]
+    send = dns.query.tcp if tcp else dns.query.udp
+    return send(q, f["address"], port=f["port"], timeout=5)
+
+
+def test_dns_front_aaaa_servfail_and_malformed_tlsa(w):
+    sa, sm = w.scenario("dane-aaaa-servfail"), w.scenario("dane-malformed-tlsa")
+    ha, hm = sa["mx"][0], sm["mx"][0]
+    front = w.data["dns"]["front"]
+    assert [z["name"] for z in front["zones"]] == [f"_25._tcp.{hm['name']}.", f"{ha['name']}."]
+    assert front["failures"] == [{"name": ha["name"] + ".", "type": "AAAA", "rcode": "SERVFAIL"}]
+    assert (ha["dns"]["front_zone"], hm["dns"]["front_zone"]) == (ha["name"] + ".", hm["tlsa_name"] + ".")
+    assert ha["lookups"]["aaaa"] == {"name": ha["name"], "type": "AAAA", "status": "servfail",
+                                     "result": "none"}
+    assert (ha["lookups"]["a"]["status"], ha["lookups"]["tlsa"]["status"]) == ("secure", "secure")
+    assert hm["tlsa_malformed"] == ["\\# 2 0301"] and len(hm["tlsa"]) == 1
+    assert hm["lookups"]["tlsa"] == {"name": hm["tlsa_name"], "type": "TLSA", "status": "secure",
+                                     "result": "data"}
+    leaf = bytes.fromhex(ha["certificate"]["spki_sha256"])
+
+    ub = Libunbound(w)
+    try:
+        # first all three at once (as the relay asks them), then again one by one, from the
+        # context's cache: the failure stays that one lookup's
+        for parallel in (True, False):
+            qs = [(ha["name"], "AAAA"), (ha["name"], "A"), (ha["tlsa_name"], "TLSA")]
+            aaaa, a, tlsa = (pmap(lambda nq: ub.resolve(*nq), qs) if parallel
+                             else [ub.resolve(*nq) for nq in qs])
+            assert (aaaa["rcode"], aaaa["secure"], aaaa["bogus"], aaaa["data"]) == (2, False, False, []), aaaa
+            assert (a["rcode"], a["secure"], a["bogus"]) == (0, True, False), a
+            assert a["data"] == [socket.inet_aton(ha["address"])]
+            assert (tlsa["rcode"], tlsa["secure"], tlsa["data"]) == (0, True, [b"\x03\x01\x01" + leaf]), tlsa
+        r = ub.resolve(hm["tlsa_name"], "TLSA")
+        assert (r["rcode"], r["secure"], r["bogus"]) == (0, True, False), r
+        assert sorted(r["data"]) == sorted([b"\x03\x01",
+                                            b"\x03\x01\x01" + bytes.fromhex(hm["certificate"]["spki_sha256"])])
+        r = ub.resolve(hm["name"], "A")          # the host itself stays in test. (NSD)
+        assert (r["secure"], r["data"]) == (True, [socket.inet_aton(hm["address"])])
+    finally:
+        ub.close()
+    fails = w.front_queries(ha["name"], "AAAA")
+    assert fails and {q["rcode"] for q in fails} == {"SERVFAIL"}
+    assert {q["rcode"] for q in w.front_queries(ha["name"], "A")} == {"NOERROR"}
+
+    # the front itself: AA answers with signatures, the scripted SERVFAIL, NSEC denials, TCP
+    r = front_query(w, ha["name"], "A")
+    assert r.rcode() == dns.rcode.NOERROR and r.flags & dns.flags.AA
+    assert {x.rdtype for x in r.answer} == {dns.rdatatype.A, dns.rdatatype.RRSIG}
+    r = front_query(w, ha["name"], "AAAA", tcp=True)
+    assert r.rcode() == dns.rcode.SERVFAIL and not r.answer and not r.flags & dns.flags.AA
+    r = front_query(w, ha["name"], "MX")
+    assert r.rcode() == dns.rcode.NOERROR and not r.answer
+    assert {x.rdtype for x in r.authority} == {dns.rdatatype.SOA, dns.rdatatype.NSEC, dns.rdatatype.RRSIG}
+    r = front_query(w, "nothing-here." + ha["name"], "A")
+    assert r.rcode() == dns.rcode.NXDOMAIN and r.flags & dns.flags.AA
+    r = front_query(w, sa["domain"], "MX")
+    assert r.rcode() == dns.rcode.REFUSED         # the parent's names are NSD's
+    # the malformed record goes out as its 2 octets (dnspython, like BIND, cannot parse it)
+    q = dns.message.make_query(hm["tlsa_name"], "TLSA", want_dnssec=True)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(5)
+    s.sendto(q.to_wire(), (front["address"], front["port"]))
+    raw = s.recv(4096)
+    s.close()
+    assert b"\x00\x34\x00\x01" in raw and b"\x00\x02\x03\x01" in raw     # TYPE52 IN ... RDLENGTH 2, 03 01
+    with pytest.raises(dns.exception.FormError):
+        dns.message.from_wire(raw)
+    # NSD (the parent) delegates both zones with a signed DS
+    for z in front["zones"]:
+        q = dns.message.make_query(z["name"], "DS", want_dnssec=True)
+        r = dns.query.udp(q, w.data["dns"]["address"], port=w.data["dns"]["port"], timeout=5)
+        assert {x.rdtype for x in r.answer} == {dns.rdatatype.DS, dns.rdatatype.RRSIG}, r
 
 
 # --- TLS: DANE and WebPKI claims, checked with openssl s_client ----------------------
@@ -238,6 +389,10 @@ def test_dane_verification_as_claimed(w):
     assert claims["dane-ta-badname"] == claims["dane-tlsa-mismatch"] == "fail"
     assert claims["attack-mitm-cert"] == claims["insecure-child"] == "fail"
     assert claims["dane-bogus-tlsa"] == "ok"     # the served (bogus) data would match
+    # the malformed record is left out of the verification: the good one matches
+    assert claims["dane-malformed-tlsa"] == claims["dane-aaaa-servfail"] == "ok"
+    assert claims["dane-sts-mx-mismatch"] == "ok"
+    assert "dane-unusable-sts" not in claims and "dane-unusable-sts-otherca" not in claims
 
 
 def test_webpki_verification_as_claimed(w):
@@ -252,7 +407,8 @@ def test_webpki_verification_as_claimed(w):
              for scn, h, res, out in results if res != h["verify"]["webpki"]]
     assert not wrong, "\n".join(wrong)
     by = {scn: (res, out) for scn, h, res, out in results}
-    assert by["sts-enforce"][0] == "ok"
+    assert by["sts-enforce"][0] == by["dane-unusable-sts"][0] == by["dane-sts-mx-mismatch"][0] == "ok"
+    assert by["dane-unusable-sts-otherca"][0] == "fail"
     assert "certificate has expired" in by["sts-enforce-expired"][1]
     assert "hostname mismatch" in by["sts-enforce-wrongname"][1]
     assert "unable to get local issuer" in by["sts-enforce-otherca"][1] or \
@@ -651,6 +807,31 @@ def test_new_scenarios_dns_listeners_and_outcomes(w):
     assert w.messages(down["name"]) == [] and w.messages(f1["name"]) == []
 
 
+def test_policy_combination_scenarios(w):
+    """The expected outcomes of the DANE + MTA-STS and DNS-failure scenarios, and the world
+    behind them (policies, TLSA, certificates, attacker)."""
+    def brief(name):
+        sc = w.scenario(name)
+        e = sc["expected"]
+        return (e["action"], e["status"], e["security"], e["tls"], e["via"] and e["via"]["host"],
+                (sc["mta_sts"] or {}).get("mode"))
+    mx = lambda name: w.scenario(name)["mx"][0]
+    assert brief("dane-malformed-tlsa") == ("deliver", "2.0.0", "dane", True, mx("dane-malformed-tlsa")["name"], None)
+    assert brief("dane-aaaa-servfail") == ("deliver", "2.0.0", "dane", True, mx("dane-aaaa-servfail")["name"], None)
+    assert brief("sts-testing-strip") == ("deliver", "2.0.0", "mta-sts-testing", False,
+                                          mx("sts-testing-strip")["name"], "testing")
+    assert brief("dane-unusable-sts") == ("deliver", "2.0.0", "mta-sts", True, mx("dane-unusable-sts")["name"], "enforce")
+    assert brief("dane-unusable-sts-otherca") == ("defer", "4.7.5", None, None, None, "enforce")
+    assert brief("dane-sts-mx-mismatch") == ("deliver", "2.0.0", "dane", True, mx("dane-sts-mx-mismatch")["name"], "enforce")
+    for name in ("dane-unusable-sts", "dane-unusable-sts-otherca"):
+        assert [t.split()[:3] for t in mx(name)["tlsa"]] == [["0", "1", "1"], ["1", "1", "1"]]
+    assert mx("dane-unusable-sts-otherca")["certificate"]["variant"] == "otherca"
+    assert w.scenario("dane-sts-mx-mismatch")["mta_sts"]["mx_patterns"] == ["mx.elsewhere.test"]
+    h = mx("sts-testing-strip")
+    assert h["kind"] == "attacker:strip-starttls" and h["tlsa"] == [] and h["verify"] == {"dane": None, "webpki": None}
+    assert classify(unbound_host(w, h["tlsa_name"], "TLSA"))[:2] == ("secure", "nxdomain")
+
+
 # --- attackers ----------------------------------------------------------------------
 
 def read_reply(sock):
@@ -664,7 +845,8 @@ def read_reply(sock):
 
 
 def test_attack_strip_starttls(w):
-    for scn in ("attack-strip-starttls", "attack-sts-strip-starttls", "attack-strip-nopolicy"):
+    for scn in ("attack-strip-starttls", "attack-sts-strip-starttls", "attack-strip-nopolicy",
+                "sts-testing-strip"):
         h = w.scenario(scn)["mx"][0]
         c = smtp_ehlo(h["address"])
         assert not c.has_extn("starttls")
@@ -854,8 +1036,9 @@ def test_second_up_on_running_dir_fails(w):
 
 def test_zz_down_leaves_nothing(w):
     pids = w.pids()
-    assert set(pids) == {"nsd", "mx", "sts", "attackers", "postfix"}
-    endpoints = [(s["address"], s["port"]) for s in w.data["servers"]] + [(w.data["dns"]["address"], 53)]
+    assert set(pids) == {"nsd", "dnsfront", "mx", "sts", "attackers", "postfix"}
+    endpoints = [(s["address"], s["port"]) for s in w.data["servers"]] + [
+        (w.data["dns"]["address"], 53), (w.data["dns"]["front"]["address"], 53)]
     w.down()
     assert not os.path.exists(w.dir)
     for e in pids.values():
