@@ -68,8 +68,10 @@ EXPECTED_RESULT_TYPES = {
     "sts-enforce-otherca": {"sts-webpki-invalid"}, "sts-enforce-wrongname": {"sts-webpki-invalid"},
     "sts-enforce-expired": {"sts-webpki-invalid"}, "sts-enforce-mx-mismatch": {"validation-failure"},
     "attack-sts-strip-starttls": {"starttls-not-supported"}, "dane-sts-tlsa-mismatch": {"tlsa-invalid"},
+    # Only unusable TLSA records do not drop MTA-STS enforce's WebPKI check.
+    "dane-unusable-sts-otherca": {"sts-webpki-invalid"},
 }
-POLICY_SOURCE = {name: "mta-sts" for name in NAMES if name.startswith(("sts", "attack-sts"))}
+POLICY_SOURCE = {name: "mta-sts" for name in NAMES if name.startswith(("sts", "attack-sts")) or name == "dane-unusable-sts-otherca"}
 
 
 def wait_for_alerts(relay, domain, timeout=10):

@@ -68,6 +68,10 @@ def test_downgrade_memory_starttls_stripped(world, tmp_path, world_relay_toml, m
             assert outcome[0][1:3] == ("4.7.5", "deferred"), outcome
             assert re.search(r"ALERT downgrade-refused: TLS policy alert \(starttls-not-supported\) for plain-mx\.test", relay.log_text())
             assert f"memory-{mode}-second".encode() not in cleartext
+            # The grace window starts at the first refusal, also for a remembered tls level
+            # (before, it never started, and the domain was deferred until queue_lifetime).
+            memory = json.loads((relay.state / "memory" / "plain-mx.test.json").read_text())
+            assert memory["strongest"] == "tls" and memory["downgradeFirstSeen"] > 0, memory
     finally:
         relay.stop()
         world.clear_mx_behaviour("plain-mx")

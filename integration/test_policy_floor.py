@@ -1,0 +1,118 @@
+"""The floor rule end to end (issue: one policy engine): where one layer of policy meets another,
+no attempt may end below the highest floor. Each test is a combination that sent mail in clear or
+without authentication before the planner, on the real test world (signed zone, real TLS,
+attacking proxies), and `tlsrelayctl check` says the same as the delivery, from the daemon's own
+state."""
+import json
+import re
+import time
+
+from relay import Relay
+from test_delivery_behaviour import attempts, send, wait_for
+from test_tlsrelayctl import ctl
+
+
+def remember(relay, domain, strongest):
+    """Downgrade memory as the daemon writes it: `domain` was once delivered with `strongest`."""
+    (relay.state / "memory").mkdir(parents=True, exist_ok=True)
+    (relay.state / "memory" / f"{domain}.json").write_text(json.dumps(
+        {"domain": domain, "strongest": strongest, "achievedAt": time.time() - 3600}))
+
+
+def test_memory_enforce_holds_under_sts_testing_when_starttls_is_stripped(world, tmp_path, world_relay_toml):
+    """Remembered at mta-sts under `enforce`, the domain now publishes MTA-STS `testing`, and an
+    attacker strips STARTTLS: the testing fallback must not go below the memory's floor (it used
+    to retry opportunistic and deliver in clear, with an alert saying "report")."""
+    relay = Relay(tmp_path / "sts-testing-memory", extra_toml=world_relay_toml + '\n[policy]\ndowngrade_memory = "enforce"\n', journal=True)
+    scenario = world.scenario("sts-testing-strip")
+    domain = scenario["domain"]
+    remember(relay, domain, "mta-sts")
+    # check, before the daemon runs, reads the same memory and says the same.
+    result = ctl(relay, "check", domain, "--json")
+    report = json.loads(result.stdout)
+    assert result.returncode == 1, result.stdout
+    assert report["verdict"]["action"] == "deferred" and report["verdict"]["status"] == "4.7.5", report["verdict"]
+    assert report["downgrade_memory"].startswith("mta-sts (enforce)")
+    assert report["hosts"][0]["floor"] == "mta-sts" and report["hosts"][0]["rule"] == "memory-enforce", report["hosts"]
+    relay.start()
+    recipient = scenario["recipient"]
+    try:
+        send(relay, "sender@plain-mx.test", [recipient], b"Subject: floor\r\n\r\nfloor-token-sts-testing\r\n")
+        outcome = wait_for(lambda: attempts(relay, recipient))
+        assert outcome[0][1:3] == ("4.7.5", "deferred"), outcome
+        for host in scenario["mx"]:
+            assert b"floor-token-sts-testing" not in world.cleartext(host["name"])
+        alerts = wait_for(lambda: relay.journal_entries(RECIPIENT_DOMAIN=domain, POLICY_SOURCE="tofu") or None, timeout=10)
+        assert any(a["PRIORITY"] == "2" and a["TLSRPT_RESULT_TYPE"] == "starttls-not-supported" for a in alerts), alerts
+        memory = json.loads((relay.state / "memory" / f"{domain}.json").read_text())
+        assert memory["strongest"] == "mta-sts" and memory["downgradeFirstSeen"] > 0
+    finally:
+        relay.stop()
+
+
+def test_sts_testing_strip_without_memory_is_delivered_and_check_agrees(world, tmp_path, world_relay_toml):
+    """The same domain without memory: MTA-STS testing never blocks (RFC 8461 §5); check shows
+    the reported failure and the fallback attempt a delivery makes."""
+    relay = Relay(tmp_path / "sts-testing-plain", extra_toml=world_relay_toml)
+    domain = world.scenario("sts-testing-strip")["domain"]
+    result = ctl(relay, "check", domain, "--json")
+    report = json.loads(result.stdout)
+    assert result.returncode == 0, result.stdout
+    attempts_made = [c["attempt"] for c in report["hosts"][0]["connections"]]
+    assert attempts_made == ["first", "testing-fallback"], report["hosts"]
+    assert any(a["policy_source"] == "mta-sts" and not a["enforced"] and a["result_type"] == "starttls-not-supported"
+               for a in report["alerts"]), report["alerts"]
+
+
+def test_local_dane_only_with_only_unusable_tlsa_is_deferred(world, tmp_path, world_relay_toml):
+    """`dane-only` for a domain whose TLSA RRset holds only unusable records (usage 0 and 1): the
+    documented deferral, not unauthenticated TLS that any self-signed MITM would receive."""
+    scenario = world.scenario("dane-unusable")
+    domain = scenario["domain"]
+    relay = Relay(tmp_path / "dane-only", extra_toml=world_relay_toml + f'''
+[[policy.domain]]
+name = "{domain}"
+level = "dane-only"
+reason = "DANE is mandatory for this partner"
+''', journal=True)
+    result = ctl(relay, "check", domain, "--json")
+    assert result.returncode == 1, result.stdout
+    assert json.loads(result.stdout)["hosts"][0]["rule"] == "local-dane-only-refused"
+    relay.start()
+    recipient = scenario["recipient"]
+    try:
+        send(relay, "sender@plain-mx.test", [recipient], b"Subject: dane-only\r\n\r\ndane-only-token\r\n")
+        outcome = wait_for(lambda: attempts(relay, recipient))
+        assert outcome[0][1:3] == ("4.7.5", "deferred"), outcome
+        assert "only unusable TLSA records" in outcome[0][3]
+        assert not [m for m in world.messages(scenario["mx"][0]["name"]) if b"dane-only-token" in m["data_bytes"]]
+        alerts = wait_for(lambda: relay.journal_entries(RECIPIENT_DOMAIN=domain) or None, timeout=10)
+        assert any(a["TLSRPT_RESULT_TYPE"] == "dane-required" and a["POLICY_SOURCE"] == "local" for a in alerts), alerts
+    finally:
+        relay.stop()
+
+
+def test_check_reads_the_daemons_mta_sts_cache_and_writes_nothing(world, tmp_path, world_relay_toml):
+    """check enforces the policy the daemon still holds: a cached enforce policy for a domain
+    whose live policy is testing (same TXT id, fetched just now) is what check applies."""
+    relay = Relay(tmp_path / "check-cache", extra_toml=world_relay_toml)
+    scenario = world.scenario("sts-testing-otherca")
+    domain = scenario["domain"]
+    sts = scenario["mta_sts"]
+    cache = relay.state / "mta-sts"
+    cache.mkdir(parents=True)
+    now = time.time()
+    entry = {"domain": domain, "id": sts["id"], "fetchedAt": now, "expiresAt": now + 86400,
+             "policy": {"mode": "enforce", "maxAge": 86400, "mx": sts["mx_patterns"]}}
+    (cache / f"{domain}.json").write_text(json.dumps(entry))
+    before = sorted(p.name for p in relay.state.rglob("*"))
+    result = ctl(relay, "check", domain, "--json")
+    report = json.loads(result.stdout)
+    # Live, testing would deliver; the cached enforce policy defers on the untrusted certificate.
+    assert result.returncode == 1, result.stdout
+    assert "mode enforce" in report["mta_sts"] and "(cached)" in report["mta_sts"], report["mta_sts"]
+    assert report["verdict"]["status"] == "4.7.5"
+    # A policy check has to fetch (nothing cached) is not stored: the daemon's state is untouched.
+    assert ctl(relay, "check", world.scenario("sts-enforce")["domain"], "--json").returncode == 0
+    assert sorted(p.name for p in relay.state.rglob("*")) == before
+    assert json.loads((cache / f"{domain}.json").read_text()) == entry
