@@ -108,7 +108,7 @@ let package = Package(
         .testTarget(name: "RelayPolicyTests", dependencies: ["RelayPolicy"]),
         .testTarget(name: "FuzzTests", dependencies: ["FuzzTargets"]),
         .testTarget(name: "DeliveryPolicyTests", dependencies: ["DeliveryPolicy", "SMTPCore", "MTASTSCore"]),
-        .testTarget(name: "RelayDeliveryTests", dependencies: ["RelayDelivery", "RelayDNS", "RelayQueue", "SMTPCore"]),
+        .testTarget(name: "RelayDeliveryTests", dependencies: ["RelayDelivery", "RelayPolicy", "DeliveryPolicy", "RelayDNS", "RelayQueue", "SMTPCore"]),
         .testTarget(name: "RelayTLSTests", dependencies: ["RelayTLS", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]),
         .testTarget(name: "RelayDNSTests", dependencies: ["RelayDNS"]),
     ],
