@@ -31,6 +31,7 @@ let package = Package(
         .target(name: "RelayQueue", dependencies: ["SMTPCore"], swiftSettings: strict),
         // Configuration model and its TOML reader.
         .target(name: "RelayConfig", dependencies: [
+            "DeliveryPolicy",
             .product(name: "TOMLKit", package: "TOMLKit"),
         ], swiftSettings: strict),
         // journald / sd_notify / logging.

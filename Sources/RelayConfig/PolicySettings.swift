@@ -1,34 +1,16 @@
+import DeliveryPolicy
+
 /// `[policy]`: local overrides and downgrade memory.
 public struct PolicySettings: Sendable, Equatable {
-    /// What to do when a domain's security would be weaker than remembered.
-    public enum DowngradeMemory: String, Sendable, CaseIterable {
-        /// Alert, deliver anyway.
-        case report
-        /// Alert and defer (4.7.5) for `downgradeGrace` seconds after the downgrade is first seen;
-        /// after that the weaker level is accepted as the new normal.
-        case enforce
-        /// Remember nothing.
-        case off
-    }
+    /// What to do when a domain's security would be weaker than remembered: the planner's
+    /// `MemoryMode` (report, enforce, off).
+    public typealias DowngradeMemory = MemoryMode
 
     /// One `[[policy.domain]]` entry: a local TLS level for a destination (Postfix's levels,
     /// `smtp_tls_policy_maps`). It wins over DANE and MTA-STS and is logged on every delivery.
     public struct DomainLevel: Sendable, Equatable {
-        /// Postfix security levels, weakest first.
-        public enum Level: String, Sendable, CaseIterable {
-            /// Never STARTTLS.
-            case none
-            /// Opportunistic TLS, no DANE, no MTA-STS.
-            case may
-            /// TLS required, certificate not checked.
-            case encrypt
-            /// DANE when usable TLSA records exist, else opportunistic; MTA-STS ignored.
-            case dane
-            /// DANE required: without usable TLSA records the mail is deferred.
-            case daneOnly = "dane-only"
-            /// TLS required with a WebPKI-valid certificate naming the MX host.
-            case verify
-        }
+        /// Postfix security levels, weakest first: the planner's `LocalLevel`.
+        public typealias Level = LocalLevel
 
         /// The destination domain, lowercased, without trailing dot.
         public var domain: String

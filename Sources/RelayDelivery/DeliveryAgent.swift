@@ -40,7 +40,7 @@ public final class DeliveryAgent: Sendable {
 
         /// The planner's settings.
         func planner(mtaSTS: Bool) -> PlannerSettings {
-            PlannerSettings(port: port, daneForInsecureMX: daneForInsecureMX, mtaSTS: mtaSTS, memoryMode: MemoryMode(downgradeMemory),
+            PlannerSettings(port: port, daneForInsecureMX: daneForInsecureMX, mtaSTS: mtaSTS, memoryMode: downgradeMemory,
                             downgradeGrace: downgradeGrace)
         }
         public var downgradeGrace: Double = 86400

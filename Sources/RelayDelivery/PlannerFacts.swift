@@ -64,26 +64,7 @@ extension TLSAFact {
 
 extension LocalPolicyFact {
     init(_ entry: PolicySettings.DomainLevel) {
-        let level: LocalLevel
-        switch entry.level {
-        case .none: level = .none
-        case .may: level = .may
-        case .encrypt: level = .encrypt
-        case .dane: level = .dane
-        case .daneOnly: level = .daneOnly
-        case .verify: level = .verify
-        }
-        self.init(level: level, reason: entry.reason, expires: entry.expires, expiresText: entry.expiresText)
-    }
-}
-
-extension MemoryMode {
-    init(_ mode: PolicySettings.DowngradeMemory) {
-        switch mode {
-        case .report: self = .report
-        case .enforce: self = .enforce
-        case .off: self = .off
-        }
+        self.init(level: entry.level, reason: entry.reason, expires: entry.expires, expiresText: entry.expiresText)
     }
 }
 
