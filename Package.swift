@@ -93,7 +93,7 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: strict),
         .executableTarget(name: "tlsrelayctl", dependencies: [
-            "RelayQueue", "RelayConfig", "RelayControl", "RelayDaemon",
+            "RelayQueue", "RelayConfig", "RelayControl", "RelayDaemon", "RelayDelivery", "RelayPolicy",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: strict),
 

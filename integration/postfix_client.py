@@ -37,7 +37,9 @@ local_recipient_maps =
 alias_maps =
 alias_database =
 relayhost = [127.0.0.1]:{port}
-smtp_tls_security_level = none
+# The README's form: TLS off for the hop to tlsrelay only, per next hop.
+smtp_tls_security_level = may
+smtp_tls_policy_maps = inline:{{ [127.0.0.1]:{port}=none }}
 smtputf8_enable = yes
 smtp_host_lookup = native
 smtp_dns_support_level = disabled

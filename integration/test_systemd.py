@@ -7,7 +7,7 @@ import subprocess
 import time
 
 
-from relay import BINARY, ROOT, Relay
+from relay import BINARY, CTL, ROOT, Relay
 from test_delivery_behaviour import attempts, send, wait_for
 
 
@@ -48,6 +48,14 @@ def test_sighup_reloads_policy_and_keeps_running(world, tmp_path, world_relay_to
         relay.process.send_signal(signal.SIGHUP)
         assert wait_for(lambda: "reload: configuration not changed" in relay.log_text(), timeout=10)
         assert relay.process.poll() is None
+        # tlsrelayctl reload (the unit's ExecReload) waits for the answer and fails on a refused
+        # file, so systemctl reload fails too; status shows the last reload's result.
+        ctl = str(ROOT / ".build/debug/tlsrelayctl")
+        refused = subprocess.run([ctl, "reload", "--config", str(relay.config)], capture_output=True, text=True, timeout=30)
+        assert refused.returncode == 1, refused
+        assert "reload refused: configuration not changed:" in refused.stderr and "downgrade_memory" in refused.stderr, refused.stderr
+        status = subprocess.run([ctl, "--config", str(relay.config), "status"], capture_output=True, text=True, timeout=30)
+        assert status.returncode == 0 and "REFUSED: configuration not changed" in status.stdout, status
         # Add a local level and reload while an SMTP session is open: the session goes on, and the
         # deferred message goes out on the next attempt.
         from smtpclient import RawSMTP
@@ -55,7 +63,8 @@ def test_sighup_reloads_policy_and_keeps_running(world, tmp_path, world_relay_to
         session.code()
         assert session.command("EHLO open.example.org").startswith("250")
         relay.config.write_text(good + '\n[[policy.domain]]\nname = "dane-tlsa-mismatch.test"\nlevel = "encrypt"\nreason = "reload test"\n')
-        relay.process.send_signal(signal.SIGHUP)
+        applied = subprocess.run([ctl, "reload", "--config", str(relay.config)], capture_output=True, text=True, timeout=30)
+        assert applied.returncode == 0 and applied.stdout.startswith("reload: configuration re-read"), applied
         assert wait_for(lambda: "reload: configuration re-read" in relay.log_text(), timeout=10)
         assert session.command("MAIL FROM:<a@plain-mx.test>").startswith("250 2.1.0")
         assert session.command("QUIT").startswith("221")
@@ -86,13 +95,20 @@ def test_native_journald_logging(tmp_path):
 
 def test_unit_file_verifies_and_scores_2_or_better(tmp_path):
     unit = tmp_path / "tlsrelay.service"
-    unit.write_text((ROOT / "systemd" / "tlsrelay.service").read_text().replace("/usr/local/bin/tlsrelayd", str(BINARY)))
+    unit.write_text((ROOT / "systemd" / "tlsrelay.service").read_text().replace("/usr/local/bin/tlsrelayd", str(BINARY))
+                    .replace("/usr/local/bin/tlsrelayctl", str(CTL)))
     script = (f"mount -n -t tmpfs tmpfs /run/systemd && systemd-analyze verify {unit} && "
               f"systemd-analyze security --offline=yes --no-pager {unit}")
     result = subprocess.run(["unshare", "-m", "--propagation", "private", "bash", "-c", script],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert not re.search(r"Unknown key|ignoring", result.stderr), result.stderr
+    text = unit.read_text()
+    # Fails safe: a configuration error (78) is not restarted for ever; reload waits for the
+    # daemon's verdict; the pre-start check is quiet; no IP setting that restricts nothing.
+    assert "RestartPreventExitStatus=78" in text
+    assert re.search(r"^ExecReload=\S*tlsrelayctl reload --config ", text, re.M)
+    assert "--check-config --quiet" in text and "IPAddressAllow=any" not in text
     score = re.search(r"Overall exposure level for tlsrelay\.service: ([0-9.]+)", result.stdout)
     assert score, result.stdout[-1000:]
     assert float(score.group(1)) <= 2.0, score.group(0)

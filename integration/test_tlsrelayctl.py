@@ -1,11 +1,12 @@
 """tlsrelayctl against a running daemon (control socket) and without one (check, offline list)."""
 import json
 import os
+import re
 import subprocess
 
 import pytest
 
-from relay import CTL, Relay
+from relay import BINARY, CTL, Relay
 from test_delivery_behaviour import attempts, send, wait_for
 
 
@@ -125,3 +126,48 @@ def test_control_socket_request_ended_by_half_close(relay):
     s2.connect(str(relay.state / "control.sock"))
     s2.sendall(b'{"command": "frobnicate"}\n')
     assert json.loads(s2.recv(65536)) == {"ok": False, "error": "unknown command 'frobnicate'"}
+
+
+def test_cli_conventions_and_offline_reads(world, tmp_path, world_relay_toml):
+    """What a first-time administrator types: --config before the command, --version, queue show
+    and policy show without a daemon, a missing configuration file, sizes with units."""
+    relay = Relay(tmp_path / "conventions", extra_toml=world_relay_toml).start()
+    try:
+        queue_id = send(relay, "sender@plain-mx.test", ["victim@attack-strip-starttls.test"], b"Subject: c\r\n\r\nconventions\r\n")
+        wait_for(lambda: attempts(relay, "victim@attack-strip-starttls.test"))
+        before = subprocess.run([str(CTL), "--config", str(relay.config), "status"], capture_output=True, text=True, timeout=30)
+        assert before.returncode == 0 and "queue: 0 active, 1 deferred" in before.stdout, before
+        assert "last reload: none since start" in before.stdout
+        listing = subprocess.run([str(CTL), "--json", "--config", str(relay.config), "queue", "list"], capture_output=True, text=True, timeout=30)
+        assert json.loads(listing.stdout)[0]["queue_id"] == queue_id
+        human = ctl(relay, "queue", "list")
+        assert re.search(r"-- \d+ bytes in 1 message\(s\)\.", human.stdout), human.stdout
+    finally:
+        relay.stop()
+    # Without the daemon: the spool and the state directory are read directly.
+    shown = ctl(relay, "queue", "show", queue_id)
+    assert shown.returncode == 0 and f"queue id:   {queue_id}" in shown.stdout and "read from the spool" in shown.stderr, shown
+    policy = ctl(relay, "policy", "show", "plain-mx.test")
+    assert policy.returncode == 0 and "local level:       (no local level)" in policy.stdout, policy
+    for binary in (CTL, BINARY):
+        version = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30)
+        assert version.returncode == 0 and re.fullmatch(r"\d+\.\d+\.\d+\n", version.stdout), version
+    missing = subprocess.run([str(CTL), "status", "--config", str(tmp_path / "nowhere.toml")], capture_output=True, text=True, timeout=30)
+    assert missing.returncode == 2 and "does not exist; name another with --config FILE" in missing.stderr, missing
+    usage = subprocess.run([str(CTL), "queue", "frobnicate"], capture_output=True, text=True, timeout=30)
+    assert usage.returncode == 64
+    assert "64 usage error" in subprocess.run([str(CTL), "--help"], capture_output=True, text=True, timeout=30).stdout
+
+
+def test_busy_port_names_address_and_reason(tmp_path):
+    """A second daemon on a busy port: the address and the system's reason, nothing else."""
+    first = Relay(tmp_path / "first").start()
+    try:
+        busy = f"127.0.0.1:{first.port}"
+        second = Relay(tmp_path / "second", listen=[busy])
+        result = subprocess.run([str(BINARY), "--config", str(second.config)], capture_output=True, text=True, timeout=60)
+        assert result.returncode != 0
+        assert f"cannot listen on {busy}: Address already in use" in result.stderr, result.stderr
+        assert "bind(descriptor" not in result.stderr and "errno" not in result.stderr
+    finally:
+        first.stop()

@@ -34,7 +34,7 @@ def dns_address(slot: int = 0) -> str:
 
 
 def relay_listen(slot: int = 0) -> str:
-    return f"{addr(slot, 0, 1)}:10025"
+    return f"{addr(slot, 0, 1)}:10031"
 
 
 def bait_address(slot: int = 0) -> str:

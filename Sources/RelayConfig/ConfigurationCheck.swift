@@ -21,13 +21,26 @@ public enum ConfigurationCheck {
     }
 
     /// Warnings that do not stop start-up: listening beyond loopback with clients allowed from
-    /// everywhere makes an open relay.
-    public static func warnings(_ configuration: RelayConfiguration) -> [String] {
-        let publicListener = configuration.server.listen.contains { !$0.address.isLoopback }
+    /// everywhere (an open relay), or with only loopback clients allowed (remote clients get 554);
+    /// a host name that is not fully qualified; local levels that have expired.
+    /// - Parameter now: seconds since the epoch, for the expiry of local levels.
+    public static func warnings(_ configuration: RelayConfiguration, now: Double) -> [String] {
+        var warnings: [String] = []
+        let wide = configuration.server.listen.filter { !$0.address.isLoopback }
         let everyone = configuration.server.allowedClients.contains { $0.prefixLength <= 8 && !$0.network.isLoopback }
-        if publicListener && everyone {
-            return ["server.listen is not loopback-only and server.allowed_clients admits very large address ranges: anyone who can reach the listener can relay through tlsrelay (an open relay)"]
+        if !wide.isEmpty && everyone {
+            warnings.append("server.listen is not loopback-only and server.allowed_clients admits very large address ranges: anyone who can reach the listener can relay through tlsrelay (an open relay)")
         }
-        return []
+        if !wide.isEmpty && configuration.server.allowedClients.allSatisfy({ $0.network.isLoopback }) {
+            warnings.append("server.listen includes \(wide.map(\.description).joined(separator: ", ")) but server.allowed_clients admits only loopback: remote clients will be refused with 554 5.7.1; add their addresses to server.allowed_clients")
+        }
+        let hostname = configuration.server.hostname
+        if !hostname.contains(".") || hostname.hasSuffix(".") {
+            warnings.append("server.hostname \"\(hostname)\" is not a fully qualified domain name: set it to this host's FQDN (it is the name in the greeting, in EHLO to other MTAs and in the Received header)")
+        }
+        for entry in configuration.policy.domains where entry.isExpired(at: now) {
+            warnings.append("[[policy.domain]] \(entry.domain): level \(entry.level.rawValue) expired on \(entry.expiresText ?? "?") and no longer applies; remove the entry")
+        }
+        return warnings
     }
 }

@@ -46,6 +46,16 @@ public enum ConfigurationLoader {
 
     /// Parses configuration text; `file` names it in errors.
     /// - Throws: `ConfigurationError`.
+    /// The `state_directory` of a file that may be invalid elsewhere (so that `tlsrelayctl reload`
+    /// still reaches the daemon to have it refuse the file): the key's value when the TOML parses
+    /// and the value is an absolute path, else the default.
+    public static func stateDirectory(path: String) -> String {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8),
+              let table = try? TOMLTable(string: text), let value = table["state_directory"]?.string, value.hasPrefix("/")
+        else { return RelayConfiguration().stateDirectory }
+        return "/" + value.split(separator: "/").joined(separator: "/")
+    }
+
     public static func parse(text: String, file: String) throws -> RelayConfiguration {
         if let index = text.utf8.firstIndex(of: 0) {
             // toml++ reads a C string: everything after a NUL would be ignored silently.
@@ -235,7 +245,7 @@ public enum ConfigurationLoader {
             if let list = try stringList(table, section, "forwarders") {
                 dns.forwarders = try list.map { text in
                     guard let address = SocketAddressText.parseDNS(text) else {
-                        throw error(section, "forwarders", "'dns.forwarders' entry \"\(text)\" is not IP or IP@port")
+                        throw error(section, "forwarders", "'dns.forwarders' entry \"\(text)\" is not IP, IP@port or IP:port")
                     }
                     return address
                 }
@@ -257,7 +267,7 @@ public enum ConfigurationLoader {
                     }
                     let addresses = try list.map { item -> SocketAddressText in
                         guard let text = item.string, let address = SocketAddressText.parseDNS(text) else {
-                            throw error(section, "stub_zones", "dns.stub_zones entry \"\(name)\": address \(item.debugDescription) is not IP or IP@port")
+                            throw error(section, "stub_zones", "dns.stub_zones entry \"\(name)\": address \(item.debugDescription) is not IP, IP@port or IP:port")
                         }
                         return address
                     }

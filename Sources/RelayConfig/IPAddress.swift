@@ -101,7 +101,7 @@ public struct SocketAddressText: Sendable, Hashable, CustomStringConvertible {
         self.port = port
     }
 
-    /// Parses `127.0.0.1:10025` or `[::1]:10025`.
+    /// Parses `127.0.0.1:10030` or `[::1]:10030`.
     public static func parseListen(_ text: String) -> SocketAddressText? {
         let host: Substring
         let portText: Substring
@@ -122,8 +122,10 @@ public struct SocketAddressText: Sendable, Hashable, CustomStringConvertible {
         return SocketAddressText(address: address, port: port)
     }
 
-    /// Parses `IP` or `IP@port` (unbound's notation); the port defaults to 53.
+    /// Parses `IP`, `IP@port` (unbound's notation), or `IP:port` / `[IPv6]:port` as `listen`
+    /// takes it; the port defaults to 53.
     public static func parseDNS(_ text: String) -> SocketAddressText? {
+        if !text.contains("@"), let listen = parseListen(text) { return listen }
         let parts = text.split(separator: "@", omittingEmptySubsequences: false)
         guard parts.count <= 2, let address = IPAddress(String(parts[0])) else { return nil }
         var port = 53

@@ -20,10 +20,11 @@ public struct RelayConfiguration: Sendable, Equatable {
 
     /// `[server]`: the inbound ESMTP listener.
     public struct Server: Sendable, Equatable {
-        /// Listening sockets. Default loopback only: 127.0.0.1:10025 and [::1]:10025.
+        /// Listening sockets. Default loopback only: 127.0.0.1:10030 and [::1]:10030 (10024-10029
+        /// are taken on many Postfix hosts by amavisd-new, dkimproxy and other content filters).
         public var listen: [SocketAddressText] = [
-            SocketAddressText(address: IPAddress("127.0.0.1")!, port: 10025),
-            SocketAddressText(address: IPAddress("::1")!, port: 10025),
+            SocketAddressText(address: IPAddress("127.0.0.1")!, port: 10030),
+            SocketAddressText(address: IPAddress("::1")!, port: 10030),
         ]
         /// Name in the greeting, EHLO reply and Received header. Default: the system host name.
         public var hostname = RelayConfiguration.systemHostname()

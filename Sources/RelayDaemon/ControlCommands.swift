@@ -16,8 +16,12 @@ struct ControlCommands: Sendable {
     let memory: DowngradeMemoryStore
     let alerts: AlertJournal
     let startTime: Double
+    /// The result of the last reload (SIGHUP or `tlsrelayctl reload`), nil before the first.
+    let lastReload = NIOLockedValueBox<ReloadOutcome?>(nil)
+    /// Re-reads the configuration (set by the daemon once the parts exist).
+    let reloader = NIOLockedValueBox<(@Sendable () -> ReloadOutcome)?>(nil)
 
-    static let version = "0.1.0"
+    static let version = TLSRelayVersion.string
 
     func handle(_ data: Data) async -> Data {
         let response: [String: Any]
@@ -58,11 +62,15 @@ struct ControlCommands: Sendable {
                 "uptime_seconds": Int(now - startTime),
                 "hostname": configuration.server.hostname,
                 "queue": ["active": counts.active, "deferred": counts.deferred, "held": counts.held, "total": counts.total],
+                "last_reload": lastReload.withLockedValue { $0 }.map { $0.json } ?? NSNull(),
                 "recent_alerts": alerts.recent().map { entry in
                     ["time": entry.time, "kind": entry.alert.kind.rawValue, "domain": entry.alert.domain,
                      "result_type": entry.alert.resultType, "message": entry.alert.message] as [String: Any]
                 },
             ] as [String: Any]
+        case "reload":
+            guard let reload = reloader.withLockedValue({ $0 }) else { throw CommandError("the daemon is still starting") }
+            return reload().json
         case "queue.list":
             var list: [[String: Any]] = []
             for id in try spool.list() {
@@ -95,59 +103,26 @@ struct ControlCommands: Sendable {
         case "policy.show":
             let configuration = self.configuration.withLockedValue { $0 }
             guard let domain = (request["domain"] as? String)?.lowercased() else { throw CommandError("policy.show needs a domain") }
-            var result: [String: Any] = ["domain": domain]
-            if let cached = stsCache.policy(for: domain) {
-                result["mta_sts"] = ["id": cached.id, "mode": cached.policy.mode.rawValue, "max_age": cached.policy.maxAge,
-                                     "mx": cached.policy.mx, "fetched_at": cached.fetchedAt, "expires_at": cached.expiresAt,
-                                     "expired": cached.isExpired(now: Date().timeIntervalSince1970)] as [String: Any]
-            }
-            if let remembered = memory.memory(of: domain) {
-                var entry: [String: Any] = ["strongest": remembered.strongest.rawValue, "achieved_at": remembered.achievedAt]
-                if let first = remembered.downgradeFirstSeen { entry["downgrade_first_seen"] = first }
-                result["downgrade_memory"] = entry
-            }
-            if let level = configuration.policy.level(for: domain) {
-                var entry: [String: Any] = ["level": level.level.rawValue]
-                if let reason = level.reason { entry["reason"] = reason }
-                if let expires = level.expiresText { entry["expires"] = expires }
-                if level.expires != nil { entry["expired"] = level.isExpired(at: Date().timeIntervalSince1970) }
-                result["local_level"] = entry
-            }
-            result["downgrade_memory_mode"] = configuration.policy.downgradeMemory.rawValue
-            return result
+            return StateReports.policy(domain: domain, configuration: configuration, stsCache: stsCache, memory: memory,
+                                       now: Date().timeIntervalSince1970)
         default:
             throw CommandError("unknown command '\(command)'")
         }
     }
 
     func describe(_ id: QueueID, withContent: Bool) async throws -> [String: Any]? {
-        guard let envelope = try? spool.envelope(of: id) else { return nil }
-        let record = try? spool.deliveryRecord(of: id)
         let held = await scheduler.isHeld(id)
         let inFlight = await scheduler.isInFlight(id)
-        var recipients: [[String: Any]] = []
-        for (index, recipient) in envelope.transaction.recipients.enumerated() {
-            let state = record?.recipients[index]
-            var entry: [String: Any] = ["address": recipient.mailbox.address, "status": state?.status.rawValue ?? "pending"]
-            if let reason = state?.lastReason { entry["last_reason"] = reason }
-            if let code = state?.lastStatusCode { entry["dsn"] = code }
-            recipients.append(entry)
-        }
-        var entry: [String: Any] = [
-            "queue_id": id.rawValue, "size": envelope.size, "arrival_time": envelope.arrivalTime,
-            "sender": envelope.transaction.sender?.address ?? "", "recipients": recipients,
-            "attempts": record?.attempts ?? 0, "held": held, "in_delivery": inFlight,
-        ]
-        if let next = record?.nextAttempt, !held { entry["next_attempt"] = next }
-        if withContent {
-            entry["client_address"] = envelope.clientAddress
-            entry["helo"] = envelope.heloName
-            if let content = try? spool.content(of: id) {
-                let headers = content.prefix(64 * 1024)
-                let end = headers.firstRange(of: [13, 10, 13, 10]).map { $0.upperBound } ?? headers.endIndex
-                entry["headers"] = String(decoding: headers[..<end], as: UTF8.self)
-            }
-        }
-        return entry
+        return StateReports.message(id, spool: spool, withContent: withContent, held: held, inDelivery: inFlight)
     }
+}
+
+/// What a reload did: applied, or refused with the file's error.
+struct ReloadOutcome: Sendable {
+    /// Seconds since the epoch.
+    var time: Double
+    var applied: Bool
+    var message: String
+
+    var json: [String: Any] { ["time": time, "applied": applied, "message": message] }
 }

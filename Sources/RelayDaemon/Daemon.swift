@@ -43,16 +43,25 @@ public final class Daemon: Sendable {
     /// restart — `log_level` and the whole `[policy]` section (local levels, downgrade memory,
     /// dane_for_insecure_mx). Listeners, spool, resolver and TLS settings need a restart; a
     /// change to them is logged as ignored. An invalid file changes nothing.
-    func reload(agent: DeliveryAgent, commands: ControlCommands) {
+    /// - Returns: what happened, also kept for `tlsrelayctl status` (`commands.lastReload`).
+    @discardableResult
+    func reload(agent: DeliveryAgent, commands: ControlCommands) -> ReloadOutcome {
         ServiceNotifier.notify("RELOADING=1")
         defer { ServiceNotifier.notify("READY=1") }
-        guard let path = configurationPath else { return }
+        let now = Date().timeIntervalSince1970
+        func finish(_ outcome: ReloadOutcome) -> ReloadOutcome {
+            commands.lastReload.withLockedValue { $0 = outcome }
+            return outcome
+        }
+        guard let path = configurationPath else {
+            return finish(ReloadOutcome(time: now, applied: false, message: "started without a configuration file: nothing to re-read"))
+        }
         let fresh: RelayConfiguration
         do {
             fresh = try ConfigurationLoader.load(path: path)
         } catch {
             logger.error("reload: configuration not changed: \(error)")
-            return
+            return finish(ReloadOutcome(time: now, applied: false, message: "configuration not changed: \(error)"))
         }
         if let level = Logger.Level(rawValue: fresh.logLevel) { LogLevelControl.shared.level = level }
         agent.update { settings in
@@ -65,10 +74,14 @@ public final class Daemon: Sendable {
         var unchanged = fresh
         unchanged.policy = configuration.policy
         unchanged.logLevel = configuration.logLevel
+        var message = "configuration re-read from \(path): log_level \(fresh.logLevel), \(fresh.policy.domains.count) local level(s), downgrade_memory \(fresh.policy.downgradeMemory.rawValue)"
         if unchanged != configuration {
             logger.warning("reload: only log_level and [policy] are applied on reload; other changes need a restart")
+            message += "; other changes need a restart"
         }
-        logger.notice("reload: configuration re-read from \(path): log_level \(fresh.logLevel), \(fresh.policy.domains.count) local level(s), downgrade_memory \(fresh.policy.downgradeMemory.rawValue)")
+        for warning in ConfigurationCheck.warnings(fresh, now: now) { logger.warning("reload: \(warning)") }
+        logger.notice("reload: \(message)")
+        return finish(ReloadOutcome(time: now, applied: true, message: message))
     }
 
     /// Start-up self-test of DNSSEC validation: `dns.check_secure_name` must validate as secure
@@ -196,6 +209,7 @@ public final class Daemon: Sendable {
         defer { selfTest.cancel() }
         let commands = ControlCommands(configuration: NIOLockedValueBox(configuration), spool: spool, scheduler: scheduler, stsCache: stsCache,
                                        memory: memoryStore, alerts: alerts, startTime: Date().timeIntervalSince1970)
+        commands.reloader.withLockedValue { $0 = { [self] in self.reload(agent: agent, commands: commands) } }
         let control = ControlServer(path: configuration.stateDirectory + "/control.sock", group: group,
                                     dispatch: { await commands.handle($0) })
         let statusReporter = Task {

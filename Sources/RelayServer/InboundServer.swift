@@ -39,15 +39,15 @@ public final class InboundServer: Sendable {
                 }
             }
         var bound: [SocketAddress] = []
-        do {
-            for address in addresses {
+        for address in addresses {
+            do {
                 let channel = try await bootstrap.bind(host: address.address.description, port: address.port).get()
                 listeners.append(channel)
                 if let local = channel.localAddress { bound.append(local) }
+            } catch {
+                await stopAccepting()
+                throw ListenError(address: address.description, underlying: error)
             }
-        } catch {
-            await stopAccepting()
-            throw error
         }
         return bound
     }
@@ -78,4 +78,16 @@ final class ListenerSet: Sendable {
     private let box = NIOLockedValueBox<[Channel]>([])
     func append(_ channel: Channel) { box.withLockedValue { $0.append(channel) } }
     func takeAll() -> [Channel] { box.withLockedValue { all in defer { all = [] }; return all } }
+}
+
+/// A listening socket could not be opened: names the address and the system's reason
+/// ("cannot listen on 127.0.0.1:10030: Address already in use").
+public struct ListenError: Error, CustomStringConvertible {
+    public let address: String
+    public let underlying: Error
+
+    public var description: String {
+        if let io = underlying as? IOError { return "cannot listen on \(address): \(String(cString: strerror(io.errnoCode)))" }
+        return "cannot listen on \(address): \(underlying)"
+    }
 }

@@ -3,6 +3,8 @@ import RelayDaemon
 import Foundation
 import RelayConfig
 import RelayControl
+import RelayDelivery
+import RelayPolicy
 import RelayQueue
 
 /// `tlsrelayctl`: operate tlsrelay — the queue (like mailq, postqueue -f, postsuper -h/-H/-d),
@@ -12,14 +14,40 @@ struct TLSRelayCtl: AsyncParsableCommand {
     /// The entry point: the arguments are read so that a preloaded library cannot make them
     /// vanish (see `ProcessArguments`).
     static func main() async {
-        await main(ProcessArguments.afterProgramName())
+        await main(globalOptionsLast(ProcessArguments.afterProgramName()))
     }
 
     static let configuration = CommandConfiguration(
         commandName: "tlsrelayctl",
-        abstract: "Operate tlsrelay: queue, status, policies, and checking a domain.",
-        discussion: "Talks to tlsrelayd over the control socket in state_directory (root or the tlsrelay user only). Exit status: 0 done, 1 the request was refused (check: would defer), 2 error.",
-        subcommands: [Status.self, Queue.self, Policy.self, Check.self])
+        abstract: "Operate tlsrelay: queue, status, reload, policies, and checking a domain.",
+        discussion: "Talks to tlsrelayd over the control socket in state_directory (root or the tlsrelay user only); queue list, queue show and policy show read state_directory themselves when the daemon is not running. --config and --json may stand before or after the command (tlsrelayctl --config FILE status). Exit status: 0 done, 1 the request was refused (reload: file refused; check: a delivery would defer or bounce), 2 error, 64 usage error.",
+        version: TLSRelayVersion.string,
+        subcommands: [Status.self, Queue.self, Reload.self, Policy.self, Check.self])
+
+    /// Moves `--config FILE`, `--config=FILE` and `--json` written before the command's name to
+    /// the end, where the subcommands' options are parsed (as `postqueue -c DIR -p` reads).
+    static func globalOptionsLast(_ arguments: [String]) -> [String] {
+        var front: [String] = []
+        var moved: [String] = []
+        var index = 0
+        while index < arguments.count {
+            let argument = arguments[index]
+            if argument == "--config", index + 1 < arguments.count {
+                moved += [argument, arguments[index + 1]]
+                index += 2
+            } else if argument.hasPrefix("--config=") || argument == "--json" {
+                moved.append(argument)
+                index += 1
+            } else if argument.hasPrefix("-") {
+                front.append(argument)
+                index += 1
+            } else {
+                // The command's name: everything from here on is the command's own.
+                return front + arguments[index...] + moved
+            }
+        }
+        return front + moved
+    }
 }
 
 struct Options: ParsableArguments {
@@ -30,6 +58,9 @@ struct Options: ParsableArguments {
     var json = false
 
     func settings() throws -> RelayConfiguration {
+        guard FileManager.default.fileExists(atPath: config) else {
+            throw Failure("configuration file \(config) does not exist; name another with --config FILE")
+        }
         do {
             return try ConfigurationLoader.load(path: config)
         } catch let error as ConfigurationError {
@@ -37,8 +68,19 @@ struct Options: ParsableArguments {
         }
     }
 
-    func call(_ request: [String: String]) throws -> Any {
-        let socket = try settings().stateDirectory + "/control.sock"
+    /// - Parameter anyConfiguration: reach the daemon even when the file is invalid (its
+    ///   `state_directory` read leniently): `reload` must let the daemon refuse the file.
+    func call(_ request: [String: String], anyConfiguration: Bool = false) throws -> Any {
+        let directory: String
+        if anyConfiguration {
+            guard FileManager.default.fileExists(atPath: config) else {
+                throw Failure("configuration file \(config) does not exist; name another with --config FILE")
+            }
+            directory = ConfigurationLoader.stateDirectory(path: config)
+        } else {
+            directory = try settings().stateDirectory
+        }
+        let socket = directory + "/control.sock"
         do {
             return try ControlClient.call(socketPath: socket, request: request)
         } catch let failure as ControlClient.Failure {
@@ -75,6 +117,30 @@ extension ParsableCommand {
     }
 }
 
+/// A size for people: bytes below 1 KiB, else KiB or MiB with one decimal.
+func byteCount(_ bytes: Int) -> String {
+    if bytes < 1024 { return "\(bytes) byte\(bytes == 1 ? "" : "s")" }
+    if bytes < 1024 * 1024 { return String(format: "%.1f KiB", Double(bytes) / 1024) }
+    return String(format: "%.1f MiB", Double(bytes) / 1_048_576)
+}
+
+struct Reload: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Re-read the configuration (log_level and [policy]) and wait for the daemon's answer.",
+        discussion: "Exit 0 when applied, 1 when the daemon refused the file (it keeps running with the old configuration), 2 on error. The systemd unit's ExecReload runs this, so a refused file makes `systemctl reload` fail.")
+    @OptionGroup var options: Options
+
+    func run() throws {
+        try guarded {
+            let result = try options.call(["command": "reload"], anyConfiguration: true)
+            if options.json { options.printJSON(result) }
+            guard let outcome = result as? [String: Any] else { throw Failure("unexpected answer from tlsrelayd") }
+            guard outcome["applied"] as? Bool == true else { throw Failure("reload refused: \(outcome["message"] ?? "")", code: 1) }
+            if !options.json { print("reload: \(outcome["message"] ?? "")") }
+        }
+    }
+}
+
 func pad(_ text: String, _ width: Int) -> String {
     text.count >= width ? text + " " : text + String(repeating: " ", count: width - text.count)
 }
@@ -91,12 +157,17 @@ struct Status: ParsableCommand {
 
     func run() throws {
         try guarded {
-            let result = try options.call(["command": "status"])
+            let result = try options.call(["command": "status"], anyConfiguration: true)
             if options.json { options.printJSON(result); return }
             guard let status = result as? [String: Any] else { return }
             let queue = status["queue"] as? [String: Any] ?? [:]
             print("tlsrelayd \(status["version"] ?? "?") on \(status["hostname"] ?? "?"), up \(status["uptime_seconds"] ?? 0) s")
             print("queue: \(queue["active"] ?? 0) active, \(queue["deferred"] ?? 0) deferred, \(queue["held"] ?? 0) held")
+            if let reload = status["last_reload"] as? [String: Any] {
+                print("last reload: \(date(reload["time"])) \(reload["applied"] as? Bool == true ? "applied" : "REFUSED"): \(reload["message"] ?? "")")
+            } else {
+                print("last reload: none since start")
+            }
             let alerts = status["recent_alerts"] as? [[String: Any]] ?? []
             print("recent alerts: \(alerts.isEmpty ? "none" : "")")
             for alert in alerts { print("  \(date(alert["time"]))  \(alert["message"] ?? "")") }
@@ -139,7 +210,7 @@ struct Queue: ParsableCommand {
                         print(line)
                     }
                 }
-                print("-- \(total / 1024) KiB in \(entries.count) message(s).")
+                print("-- \(byteCount(total)) in \(entries.count) message(s).")
             }
         }
 
@@ -172,8 +243,24 @@ struct Queue: ParsableCommand {
 
         func run() throws {
             try guarded {
-                guard QueueID(id) != nil else { throw Failure("'\(id)' is not a queue id", code: 1) }
-                let result = try options.call(["command": "queue.show", "id": id])
+                guard let queueID = QueueID(id) else { throw Failure("'\(id)' is not a queue id", code: 1) }
+                let result: Any
+                do {
+                    result = try options.call(["command": "queue.show", "id": id])
+                } catch let failure as Failure where failure.description.contains("is not running") {
+                    // Without the daemon, read the spool directly.
+                    let settings = try options.settings()
+                    guard FileManager.default.fileExists(atPath: settings.stateDirectory + "/spool/queue") else {
+                        throw Failure("no spool at \(settings.stateDirectory)/spool (has tlsrelayd run with this configuration?)")
+                    }
+                    let spool = try Spool(stateDirectory: settings.stateDirectory)
+                    let held = (try? spool.deliveryRecord(of: queueID))??.held ?? false
+                    guard let entry = StateReports.message(queueID, spool: spool, withContent: true, held: held, inDelivery: false) else {
+                        throw Failure("no queued message \(id)", code: 1)
+                    }
+                    FileHandle.standardError.write(Data("tlsrelayctl: tlsrelayd is not running; read from the spool\n".utf8))
+                    result = entry
+                }
                 if options.json { options.printJSON(result); return }
                 guard let entry = result as? [String: Any] else { return }
                 print("queue id:   \(entry["queue_id"] ?? "")")
@@ -240,14 +327,25 @@ struct Policy: ParsableCommand {
 
         func run() throws {
             try guarded {
-                let result = try options.call(["command": "policy.show", "domain": domain])
+                let result: Any
+                do {
+                    result = try options.call(["command": "policy.show", "domain": domain])
+                } catch let failure as Failure where failure.description.contains("is not running") {
+                    // Without the daemon, read state_directory directly (read-only).
+                    let settings = try options.settings()
+                    result = StateReports.policy(domain: domain.lowercased(), configuration: settings,
+                                                 stsCache: try STSPolicyCache(stateDirectory: settings.stateDirectory, readOnly: true),
+                                                 memory: try DowngradeMemoryStore(stateDirectory: settings.stateDirectory, readOnly: true),
+                                                 now: Date().timeIntervalSince1970)
+                    FileHandle.standardError.write(Data("tlsrelayctl: tlsrelayd is not running; read from \(settings.stateDirectory)\n".utf8))
+                }
                 if options.json { options.printJSON(result); return }
                 guard let entry = result as? [String: Any] else { return }
                 print("domain:            \(entry["domain"] ?? domain)")
                 if let level = entry["local_level"] as? [String: Any] {
                     print("local level:       \(level["level"] ?? "")\((level["reason"] as? String).map { " (\($0))" } ?? "")\((level["expires"] as? String).map { ", until \($0)" } ?? "")\(level["expired"] as? Bool == true ? " [EXPIRED, not applied]" : "")")
                 } else {
-                    print("local level:       none")
+                    print("local level:       (no local level)")
                 }
                 if let sts = entry["mta_sts"] as? [String: Any] {
                     print("MTA-STS (cached):  mode \(sts["mode"] ?? ""), id \(sts["id"] ?? ""), mx \((sts["mx"] as? [String])?.joined(separator: " ") ?? ""), fetched \(date(sts["fetched_at"])), expires \(date(sts["expires_at"]))")

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import Logging
 import RelayConfig
 import RelayDaemon
@@ -18,7 +19,8 @@ struct TLSRelayD: AsyncParsableCommand {
 
     static let configuration = CommandConfiguration(
         commandName: "tlsrelayd",
-        abstract: "A relayhost that delivers mail only over the TLS that DANE and MTA-STS require.")
+        abstract: "A relayhost that delivers mail only over the TLS that DANE and MTA-STS require.",
+        version: TLSRelayVersion.string)
 
     @Option(name: .long, help: "Configuration file (TOML).")
     var config = "/etc/tlsrelay/tlsrelay.toml"
@@ -26,9 +28,16 @@ struct TLSRelayD: AsyncParsableCommand {
     @Flag(name: .long, help: "Validate the configuration, print the effective settings and exit (0 valid, 78 invalid).")
     var checkConfig = false
 
+    @Flag(name: .long, help: "With --check-config: print nothing when the configuration is valid (warnings and errors still go to standard error).")
+    var quiet = false
+
     func run() async throws {
         let settings: RelayConfiguration
         do {
+            guard FileManager.default.fileExists(atPath: config) else {
+                writeStandardError("tlsrelayd: configuration file \(config) does not exist; name another with --config FILE\n")
+                throw ExitCode(DaemonExitCode.config)
+            }
             settings = try ConfigurationLoader.load(path: config)
         } catch let error as ConfigurationError {
             writeStandardError("tlsrelayd: configuration error: \(error)\n")
@@ -39,8 +48,9 @@ struct TLSRelayD: AsyncParsableCommand {
             for problem in problems { writeStandardError("tlsrelayd: configuration error: \(config): \(problem)\n") }
             throw ExitCode(DaemonExitCode.config)
         }
-        for warning in ConfigurationCheck.warnings(settings) { writeStandardError("tlsrelayd: warning: \(config): \(warning)\n") }
+        for warning in ConfigurationCheck.warnings(settings, now: Date().timeIntervalSince1970) { writeStandardError("tlsrelayd: warning: \(config): \(warning)\n") }
         if checkConfig {
+            if quiet { return }
             print("# \(config): configuration is valid; effective settings:")
             print(settings.renderTOML(), terminator: "")
             return

@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 @testable import RelayConfig
 
@@ -125,9 +126,9 @@ struct ConfigurationTests {
         Bad(text: "[server]\nlisten = [\"::1:25\"]\n", line: 2, fragment: "not IP:port"),
         Bad(text: "[server]\nallowed_clients = [\"10.0.0.0/33\"]\n", line: 2, fragment: "not an address"),
         Bad(text: "[server]\nhostname = \"bad host\"\n", line: 2, fragment: "not a valid host name"),
-        Bad(text: "[dns]\nforwarders = [\"1.2.3.4@99999\"]\n", line: 2, fragment: "not IP or IP@port"),
+        Bad(text: "[dns]\nforwarders = [\"1.2.3.4@99999\"]\n", line: 2, fragment: "not IP, IP@port or IP:port"),
         Bad(text: "[dns]\nstub_zones = [{ name = \"test.\" }]\n", line: 2, fragment: "needs addresses"),
-        Bad(text: "[dns]\nstub_zones = [{ name = \"test.\", addresses = [\"x\"] }]\n", line: 2, fragment: "is not IP or IP@port"),
+        Bad(text: "[dns]\nstub_zones = [{ name = \"test.\", addresses = [\"x\"] }]\n", line: 2, fragment: "is not IP, IP@port or IP:port"),
         Bad(text: "[delivery]\nport = 0\n", line: 2, fragment: "between 1 and 65535"),
         Bad(text: "[delivery]\nconnection_cache_time_limit = 301\n", line: 2, fragment: "between 0 and 300"),
         Bad(text: "[delivery]\nconnection_reuse_time_limit = 0\n", line: 2, fragment: "between 1 and 86400"),
@@ -187,5 +188,59 @@ struct ConfigurationTests {
         #expect(!CIDRBlock("::1/128")!.contains(IPAddress("::2")!))
         #expect(CIDRBlock("192.0.2.0/25")!.contains(IPAddress("192.0.2.127")!))
         #expect(!CIDRBlock("192.0.2.0/25")!.contains(IPAddress("192.0.2.128")!))
+    }
+}
+
+@Suite("Configuration: what a first-time administrator trips over")
+struct AdministratorConfigurationTests {
+    @Test("the default listener is 10030 on loopback, off the content-filter ports 10024-10029")
+    func defaultPort() throws {
+        let config = try load("")
+        #expect(config.server.listen.map(\.description) == ["127.0.0.1:10030", "[::1]:10030"])
+    }
+
+    @Test("dns.forwarders and stub zone addresses take IP:port as listen does, IP@port and IP still")
+    func forwarderNotation() throws {
+        let config = try load("""
+            [dns]
+            forwarders = ["127.0.0.1:5353", "[::1]:5354", "127.0.0.2@5355", "127.0.0.3"]
+            stub_zones = [{ name = "test.", addresses = ["127.0.1.53:53"] }]
+            """)
+        #expect(config.dns.forwarders.map(\.unboundNotation) == ["127.0.0.1@5353", "::1@5354", "127.0.0.2@5355", "127.0.0.3@53"])
+        #expect(config.dns.stubZones.first?.addresses.map(\.unboundNotation) == ["127.0.1.53@53"])
+        #expect(throws: ConfigurationError.self) { try load("[dns]\nforwarders = [\"127.0.0.1:99999\"]\n") }
+    }
+
+    @Test("warnings: a non-FQDN host name, an expired local level, a wide listener with loopback-only clients")
+    func warnings() throws {
+        let config = try load("""
+            [server]
+            listen = ["127.0.0.1:10030", "0.0.0.0:10030"]
+            hostname = "vm"
+            [[policy.domain]]
+            name = "stale.example"
+            level = "encrypt"
+            expires = "2020-01-01"
+            [[policy.domain]]
+            name = "current.example"
+            level = "encrypt"
+            expires = "2099-01-01"
+            """)
+        let warnings = ConfigurationCheck.warnings(config, now: 1_800_000_000)
+        #expect(warnings.contains { $0.contains("server.hostname \"vm\" is not a fully qualified domain name") })
+        #expect(warnings.contains { $0.contains("[[policy.domain]] stale.example: level encrypt expired on 2020-01-01") })
+        #expect(!warnings.contains { $0.contains("current.example") })
+        #expect(warnings.contains { $0.contains("server.listen includes 0.0.0.0:10030 but server.allowed_clients admits only loopback") })
+        let quiet = try load("[server]\nhostname = \"relay.example.org\"\n")
+        #expect(ConfigurationCheck.warnings(quiet, now: 1_800_000_000).isEmpty)
+    }
+
+    @Test("the example configuration ships no active host name")
+    func exampleHostname() throws {
+        let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("etc/tlsrelay.toml")
+        let text = try String(contentsOf: url, encoding: .utf8)
+        #expect(!text.split(separator: "\n").contains { $0.hasPrefix("hostname") })
+        #expect(try load(text).server.hostname == RelayConfiguration.systemHostname())
     }
 }
