@@ -32,7 +32,7 @@ def test_memory_enforce_holds_under_sts_testing_when_starttls_is_stripped(world,
     report = json.loads(result.stdout)
     assert result.returncode == 1, result.stdout
     assert report["verdict"]["action"] == "deferred" and report["verdict"]["status"] == "4.7.5", report["verdict"]
-    assert report["downgrade_memory"].startswith("mta-sts (enforce)")
+    assert report["downgrade_memory"]["strongest"] == "mta-sts" and report["downgrade_memory"]["mode"] == "enforce"
     assert report["hosts"][0]["floor"] == "mta-sts" and report["hosts"][0]["rule"] == "memory-enforce", report["hosts"]
     relay.start()
     recipient = scenario["recipient"]
@@ -40,6 +40,8 @@ def test_memory_enforce_holds_under_sts_testing_when_starttls_is_stripped(world,
         send(relay, "sender@plain-mx.test", [recipient], b"Subject: floor\r\n\r\nfloor-token-sts-testing\r\n")
         outcome = wait_for(lambda: attempts(relay, recipient))
         assert outcome[0][1:3] == ("4.7.5", "deferred"), outcome
+        # The reason names the policy that decided.
+        assert f"required by downgrade memory ({domain} was delivered with mta-sts before)" in outcome[0][3], outcome
         for host in scenario["mx"]:
             assert b"floor-token-sts-testing" not in world.cleartext(host["name"])
         alerts = wait_for(lambda: relay.journal_entries(RECIPIENT_DOMAIN=domain, POLICY_SOURCE="tofu") or None, timeout=10)
@@ -84,7 +86,7 @@ reason = "DANE is mandatory for this partner"
         send(relay, "sender@plain-mx.test", [recipient], b"Subject: dane-only\r\n\r\ndane-only-token\r\n")
         outcome = wait_for(lambda: attempts(relay, recipient))
         assert outcome[0][1:3] == ("4.7.5", "deferred"), outcome
-        assert "only unusable TLSA records" in outcome[0][3]
+        assert "only unusable TLSA records" in outcome[0][3] and "local level dane-only" in outcome[0][3]
         assert not [m for m in world.messages(scenario["mx"][0]["name"]) if b"dane-only-token" in m["data_bytes"]]
         alerts = wait_for(lambda: relay.journal_entries(RECIPIENT_DOMAIN=domain) or None, timeout=10)
         assert any(a["TLSRPT_RESULT_TYPE"] == "dane-required" and a["POLICY_SOURCE"] == "local" for a in alerts), alerts
@@ -110,7 +112,7 @@ def test_check_reads_the_daemons_mta_sts_cache_and_writes_nothing(world, tmp_pat
     report = json.loads(result.stdout)
     # Live, testing would deliver; the cached enforce policy defers on the untrusted certificate.
     assert result.returncode == 1, result.stdout
-    assert "mode enforce" in report["mta_sts"] and "(cached)" in report["mta_sts"], report["mta_sts"]
+    assert report["mta_sts"]["mode"] == "enforce" and report["mta_sts"]["cached"] is True, report["mta_sts"]
     assert report["verdict"]["status"] == "4.7.5"
     # A policy check has to fetch (nothing cached) is not stored: the daemon's state is untouched.
     assert ctl(relay, "check", world.scenario("sts-enforce")["domain"], "--json").returncode == 0

@@ -171,3 +171,46 @@ def test_busy_port_names_address_and_reason(tmp_path):
         assert "bind(descriptor" not in result.stderr and "errno" not in result.stderr
     finally:
         first.stop()
+
+
+def test_check_explains_itself(world, tmp_path, world_relay_toml):
+    """check names what it saw: the presented certificate's SPKI SHA-256 beside the TLSA data on
+    a mismatch (a missed key rollover or an attack), OpenSSL's verify code by name, a refused
+    connection as such, a skipped host without empty fields, structured JSON and a verdict always."""
+    relay = Relay(tmp_path / "explains", extra_toml=world_relay_toml)
+    mismatch = world.scenario("dane-tlsa-mismatch")
+    spki = mismatch["mx"][0]["certificate"]["spki_sha256"]
+    text = ctl(relay, "check", mismatch["domain"]).stdout
+    assert f"SPKI SHA-256 {spki} (TLSA 3 1 1 data)" in text, text
+    assert "X509_V_ERR_DANE_NO_MATCH, verify result 65" in text, text
+    assert "required by DANE (TLSA records of mx.dane-tlsa-mismatch.test)" in text, text
+    report = json.loads(ctl(relay, "check", mismatch["domain"], "--json").stdout)
+    host = report["hosts"][0]
+    assert host["policy"]["source"] == "dane" and host["demand"] == {"starttls": "required", "authentication": "dane",
+                                                                     "tlsa_base": "mx.dane-tlsa-mismatch.test", "usable_records": 2}
+    assert all(isinstance(r["usable"], bool) for r in host["tlsa"]) and report["mx"]["dnssec"] == "secure"
+    down = ctl(relay, "check", world.scenario("two-mx-first-down")["domain"]).stdout
+    assert re.search(r"connect failed: Connection refused  \[FAIL\]", down), down
+    assert "no STARTTLS offered -- connect" not in down
+    skipped = ctl(relay, "check", world.scenario("dane-bogus-tlsa")["domain"]).stdout
+    assert re.search(r"host mx\.dane-bogus-tlsa\.test\n  skipped \(4\.7\.5, rule tlsa-unusable\): TLSA records at", skipped), skipped
+    assert "addresses: ;" not in skipped and "[addresses: ]" not in skipped
+    plain = json.loads(ctl(relay, "check", world.scenario("plain-mx")["domain"], "--json").stdout)
+    assert plain["verdict"] == {"action": "delivered", "status": "2.0.0", "reason": "a delivery now would go ahead as its policy requires"}
+    assert plain["mta_sts"] == {"cached": False, "mode": None} and plain["local_level"] is None
+    assert "policy: no policy; opportunistic TLS, no certificate check" in ctl(relay, "check", world.scenario("plain-mx")["domain"]).stdout
+
+
+def test_deferral_reasons_name_the_policy(world, tmp_path, world_relay_toml):
+    relay = Relay(tmp_path / "reasons", extra_toml=world_relay_toml).start()
+    try:
+        send(relay, "sender@plain-mx.test", ["victim@attack-strip-starttls.test", "victim@attack-sts-strip-starttls.test"],
+             b"Subject: reasons\r\n\r\nreasons\r\n")
+        dane = wait_for(lambda: attempts(relay, "victim@attack-strip-starttls.test"))
+        sts = wait_for(lambda: attempts(relay, "victim@attack-sts-strip-starttls.test"))
+        assert "did not offer STARTTLS — required by DANE (TLSA records of mx.attack-strip-starttls.test)" in dane[0][3], dane
+        assert "did not offer STARTTLS — required by MTA-STS enforce (policy of attack-sts-strip-starttls.test)" in sts[0][3], sts
+        listing = ctl(relay, "queue", "list").stdout
+        assert "required by DANE" in listing and "required by MTA-STS enforce" in listing, listing
+    finally:
+        relay.stop()

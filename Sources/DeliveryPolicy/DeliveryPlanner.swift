@@ -72,6 +72,8 @@ public enum PlannerEffect: Sendable, Equatable {
     case remember(security: AchievedSecurity, acceptDowngrade: Bool)
     /// A weaker delivery was refused under `enforce`: start the grace window if not started.
     case noteRefusedDowngrade
+    /// The MTA-STS decision the planner applies (for `check`; delivery logs it as text).
+    case mtaSTS(STSFact)
 }
 
 /// The planner's answer to one event.
@@ -195,9 +197,9 @@ public struct DeliveryPlanner: Sendable {
     /// The MTA-STS decision for the domain (RFC 8461 §3, §5.1).
     public mutating func stsDiscovered(_ fact: STSFact) -> PlannerStep {
         precondition(isState(.sts), "stsDiscovered in \(state)")
-        var effects: [PlannerEffect] = []
+        var effects: [PlannerEffect] = [.mtaSTS(fact)]
         if let failure = fact.temporaryFailure {
-            return finish([], all: .deferred(.directoryServerFailure, "MTA-STS discovery for \(domain) failed temporarily: \(failure)"))
+            return finish(effects, all: .deferred(.directoryServerFailure, "MTA-STS discovery for \(domain) failed temporarily: \(failure)"))
         }
         if let problem = fact.problem {
             effects.append(.alert(PolicyAlert(resultType: problem.resultType, domain: domain, mxHost: nil, address: nil, policySource: .mtaSTS,
@@ -320,9 +322,9 @@ public struct DeliveryPlanner: Sendable {
                 return connect(effects, plan: plan, addressIndex: addressIndex, demand: fallback, kind: .testingFallback)
             }
             // A policy failure: never retried in clear, never a bounce (RFC 7672 §2.2, RFC 8461 §5).
-            lastFailure = .deferred(.cryptographicFailure, lastFailure.reason, remoteMTA: relay)
             let source = attempt.kind == .first ? plan.source : plan.floorSource
             let alertSource: PolicySource = plan.memoryBinding ? .memory : source
+            lastFailure = .deferred(.cryptographicFailure, "\(lastFailure.reason) — required by \(plan.policyName(alertSource))", remoteMTA: relay)
             effects.append(.alert(PolicyAlert(resultType: resultType, domain: domain, mxHost: attempt.host, address: attempt.address,
                                               policySource: alertSource, reason: lastFailure.reason, enforced: true)))
             if plan.memoryBinding { effects.append(.noteRefusedDowngrade) }

@@ -91,6 +91,15 @@ public struct HostConnectPlan: Sendable, Equatable {
     public var dane: DANEState
     /// Alerts that the decision itself raises (reported, never enforced).
     public var alerts: [PolicyAlert]
+    /// What each source that shaped this plan is, in words for deferral reasons
+    /// ("DANE (TLSA records of mx.example.net)", "MTA-STS enforce (policy of example.net)",
+    /// "local level encrypt", "downgrade memory (example.net was delivered with dane before)").
+    public var policyNames: [PolicySource: String] = [:]
+
+    /// The words for `source`.
+    public func policyName(_ source: PolicySource) -> String {
+        policyNames[source] ?? "no policy"
+    }
 }
 
 /// The inputs of one host decision.
@@ -157,6 +166,18 @@ public enum HostPolicy {
         }
     }
 
+    /// The words for every source that applies to `facts` (see `HostConnectPlan.policyNames`).
+    static func policyNames(_ facts: HostFacts) -> [PolicySource: String] {
+        var names: [PolicySource: String] = [:]
+        if case .records(let base, _, _, let usable) = facts.dane {
+            names[.dane] = usable.isEmpty ? "DANE (only unusable TLSA records at \(base))" : "DANE (TLSA records of \(base))"
+        }
+        if let sts = facts.sts { names[.mtaSTS] = "MTA-STS \(sts.mode.rawValue) (policy of \(facts.domain))" }
+        if let memory = facts.memoryFloor { names[.memory] = "downgrade memory (\(facts.domain) was delivered with \(memory.rawValue) before)" }
+        if let local = facts.local { names[.local] = "local level \(local.rawValue)" }
+        return names
+    }
+
     /// Decides one host: the floor rule, written once. Every demand this returns (first try and
     /// testing fallback) guarantees at least the highest floor; cleartext is only possible when
     /// no floor asks for TLS. A local level replaces discovered policy with exactly its level.
@@ -209,7 +230,7 @@ public enum HostPolicy {
         }
         return .connect(HostConnectPlan(host: host, addresses: facts.addresses, demand: first, testingFallback: fallback, floor: floor,
                                         floors: floors, source: source, floorSource: highest?.source ?? .none, rule: rule, memoryBinding: memoryBinding, dane: facts.dane,
-                                        alerts: alerts))
+                                        alerts: alerts, policyNames: policyNames(facts)))
     }
 
     /// A local level: exactly that level, whatever DANE, MTA-STS and memory say (Postfix's
@@ -248,6 +269,6 @@ public enum HostPolicy {
         return .connect(HostConnectPlan(host: host, addresses: facts.addresses, demand: demand, testingFallback: nil, floor: demand.guaranteed,
                                         floors: [PolicyFloor(level: demand.guaranteed, source: .local, rule: .local)], source: .local,
                                         floorSource: .local, rule: .local,
-                                        memoryBinding: false, dane: facts.dane, alerts: []))
+                                        memoryBinding: false, dane: facts.dane, alerts: [], policyNames: policyNames(facts)))
     }
 }

@@ -127,7 +127,7 @@ public final class DeliveryAgent: Sendable {
                 if plan.memoryBinding {
                     logger.info("\(queueID): downgrade memory holds \(host) to \(plan.floor.rawValue) (\(plan.demand))")
                 }
-            case .hostDecided:
+            case .hostDecided, .mtaSTS:
                 break
             case .remember(let security, let acceptDowngrade):
                 do { try memory?.record(domain: domain, security: security, now: now, acceptDowngrade: acceptDowngrade) } catch {

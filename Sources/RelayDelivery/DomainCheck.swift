@@ -1,4 +1,5 @@
 import Foundation
+import MTASTSCore
 import RelayConfig
 import RelayDNS
 import RelayPolicy
@@ -11,46 +12,60 @@ import SMTPCore
 public struct DomainCheckReport: Sendable {
     public struct Connection: Sendable {
         public var address: String
-        /// The attempt's kind (first, testing-fallback, clear-retry) and exact TLS demand.
-        public var attempt: String
-        public var demand: String
+        /// The attempt's kind: first, testing fallback, clear retry.
+        public var attempt: PlannedAttempt.Kind
+        /// The attempt's exact TLS demand.
+        public var demand: TLSDemand
+        /// The TCP connection was made.
+        public var connected: Bool
         /// True when the connection met the attempt's policy (a delivery would have gone ahead).
         public var acceptable: Bool
         public var tls: TLSSessionInfo?
         public var offeredSTARTTLS: Bool
-        /// Why it was not acceptable, if so.
+        /// Why it was not acceptable, if so (for a failed connect: the system's reason).
         public var problem: String?
     }
 
     public struct Host: Sendable {
         public var name: String
-        public var addresses: [String]
-        public var tlsa: [String]
-        /// The source of the host's policy: dane, mta-sts, mta-sts (testing), local, tofu, opportunistic, or skipped.
-        public var policy: String
-        /// The planner's rule (its row in the policy table).
-        public var rule: String
-        /// The first attempt's TLS demand.
-        public var requirement: String
-        /// The highest policy floor: none, tls, mta-sts, dane.
-        public var floor: String
-        public var skippedBecause: String?
+        public var decision: HostDecision
         public var connections: [Connection]
+
+        /// The host's addresses (empty when skipped).
+        public var addresses: [String] {
+            if case .connect(let plan) = decision { return plan.addresses }
+            return []
+        }
+    }
+
+    public struct MX: Sendable {
+        public var preference: Int
+        /// The exchange, "." for a null MX.
+        public var exchange: String
     }
 
     public var domain: String
-    public var mxStatus: String
-    public var mxRecords: [String]
-    public var mtaSTS: String
-    public var localLevel: String?
-    /// The downgrade memory in force, as the daemon keeps it.
-    public var memory: String?
+    /// DNSSEC status of the MX answer; nil when the lookup failed.
+    public var mxStatus: DNSSECStatus?
+    /// data, nodata (implicit MX), nxdomain, null-mx or failed.
+    public var mxResult: String
+    public var mx: [MX]
+    /// The MTA-STS decision the planner applied (nil: MTA-STS not consulted, e.g. a local level).
+    public var mtaSTS: STSFact?
+    public var localLevel: PolicySettings.DomainLevel?
+    public var localLevelExpired: Bool
+    /// The downgrade memory in force, as the daemon keeps it, and its mode.
+    public var memory: DomainMemory?
+    public var memoryMode: PolicySettings.DowngradeMemory
+    public var memoryGrace: Double
     public var hosts: [Host]
     /// Alerts a delivery would raise now.
     public var alerts: [PolicyAlert]
     /// nil when a delivery would go ahead; else the outcome a delivery would get.
     public var wouldFail: RecipientOutcome?
     public var deliverable: Bool { wouldFail == nil }
+    /// When the check ran (seconds since the epoch).
+    public var time: Double
 }
 
 extension DeliveryAgent {
@@ -58,49 +73,40 @@ extension DeliveryAgent {
     /// cache and downgrade memory as the agent's (read-only in `tlsrelayctl check`), and a live
     /// connection per planned attempt up to the second EHLO, clear retries included. Sends no
     /// mail, raises no alerts, writes no state.
+    /// - Parameter rawDomain: the destination domain (trailing dot and case ignored).
     public func check(domain rawDomain: String) async -> DomainCheckReport {
         let domain = (rawDomain.hasSuffix(".") ? String(rawDomain.dropLast()) : rawDomain).lowercased()
         let settings = self.settings
         let now = Date().timeIntervalSince1970
-        var report = DomainCheckReport(domain: domain, mxStatus: "-", mxRecords: [], mtaSTS: "none", localLevel: nil, memory: nil,
-                                       hosts: [], alerts: [], wouldFail: nil)
         let localEntry = settings.localLevel(for: domain)
-        if let entry = localEntry {
-            report.localLevel = entry.isExpired(at: now) ? "\(entry.level.rawValue) (expired \(entry.expiresText ?? ""), not applied)"
-                : entry.level.rawValue + (entry.reason.map { " (\($0))" } ?? "")
-        }
         let remembered = settings.downgradeMemory == .off ? nil : memory?.memory(of: domain)
-        if let remembered {
-            report.memory = "\(remembered.strongest.rawValue) (\(settings.downgradeMemory.rawValue))"
-                + (remembered.downgradeFirstSeen.map { ", downgrade first refused \(Int(now - $0)) s ago, grace \(Int(settings.downgradeGrace)) s" } ?? "")
-        }
-        // The MX and MTA-STS facts for display: looked up once more here (the planner gets its own).
+        var report = DomainCheckReport(domain: domain, mxStatus: nil, mxResult: "failed", mx: [], mtaSTS: nil, localLevel: localEntry,
+                                       localLevelExpired: localEntry?.isExpired(at: now) ?? false, memory: remembered,
+                                       memoryMode: settings.downgradeMemory, memoryGrace: settings.downgradeGrace,
+                                       hosts: [], alerts: [], wouldFail: nil, time: now)
+        // The MX records for display (the planner gets its own answer, from libunbound's cache).
         if let answer = try? await resolver.mx(domain) {
-            report.mxStatus = answer.status.rawValue + (answer.isNXDomain ? ", NXDOMAIN" : answer.records.isEmpty ? ", no MX records" : "")
-            report.mxRecords = answer.records.map { "\($0.preference) \($0.exchange.isEmpty ? "." : $0.exchange)" }
-        } else {
-            report.mxStatus = "lookup failed"
+            report.mxStatus = answer.status
+            report.mx = answer.records.map { DomainCheckReport.MX(preference: Int($0.preference), exchange: $0.exchange.isEmpty ? "." : $0.exchange) }
+            report.mxResult = answer.status == .bogus ? "data" : answer.isNXDomain ? "nxdomain"
+                : answer.records.isEmpty ? "nodata" : answer.records.contains(where: \.isNullMX) ? "null-mx" : "data"
         }
         var planner = DeliveryPlanner(domain: domain, recipients: [], settings: settings.planner(mtaSTS: sts != nil),
                                       local: localEntry.map(LocalPolicyFact.init), memory: remembered?.fact, now: now, probe: true)
-        var stsText: String?
         let finished = await drive(&planner, effect: { effect in
             switch effect {
-            case .log(_, let text):
-                if text.hasPrefix("MTA-STS policy of") { stsText = text }
-            case .alert(let alert):
-                report.alerts.append(alert)
-            case .hostDecided(let host, let decision):
-                report.hosts.append(Self.describe(host: host, decision))
-            case .remember, .noteRefusedDowngrade:
-                break
+            case .alert(let alert): report.alerts.append(alert)
+            case .hostDecided(let host, let decision): report.hosts.append(DomainCheckReport.Host(name: host, decision: decision, connections: []))
+            case .mtaSTS(let fact): report.mtaSTS = fact
+            case .log, .remember, .noteRefusedDowngrade: break
             }
         }, attempt: { attempt in
             let (result, connection) = await self.run(attempt, envelope: nil, content: [], queueID: nil, probe: true)
-            var entry = DomainCheckReport.Connection(address: attempt.address, attempt: attempt.kind.rawValue, demand: attempt.demand.description,
-                                                     acceptable: false, tls: connection?.tls, offeredSTARTTLS: result.offeredSTARTTLS, problem: nil)
+            var entry = DomainCheckReport.Connection(address: attempt.address, attempt: attempt.kind, demand: attempt.demand,
+                                                     connected: result.connectFailure == nil, acceptable: false, tls: connection?.tls,
+                                                     offeredSTARTTLS: result.offeredSTARTTLS, problem: nil)
             if let failure = result.connectFailure {
-                entry.problem = "connect: \(failure)"
+                entry.problem = failure
             } else if let failure = result.failure {
                 entry.problem = AttemptOutcomes.outcome(for: failure, relay: attempt.relay).reason
             } else {
@@ -111,27 +117,7 @@ extension DeliveryAgent {
             }
             return result
         })
-        if let stsText { report.mtaSTS = String(stsText.dropFirst("MTA-STS policy of \(domain)".count)).trimmingCharacters(in: .whitespaces) }
-        else if let problem = report.alerts.first(where: { $0.policySource == .mtaSTS && $0.mxHost == nil }) {
-            report.mtaSTS = "none usable: \(problem.resultType.rawValue): \(problem.reason)"
-        }
         report.wouldFail = finished.deliverable ? nil : finished.lastFailure
         return report
-    }
-
-    static func describe(host: String, _ decision: HostDecision) -> DomainCheckReport.Host {
-        switch decision {
-        case .skip(let rule, let outcome, _, _):
-            return DomainCheckReport.Host(name: host, addresses: [], tlsa: [], policy: "skipped", rule: rule.rawValue, requirement: "-",
-                                          floor: "-", skippedBecause: outcome.reason, connections: [])
-        case .connect(let plan):
-            var tlsa: [String] = []
-            if case .records(_, _, let all, let usable) = plan.dane {
-                tlsa = all.map { $0.description + (usable.contains($0) ? "" : " (unusable)") }
-            }
-            let policy = plan.source == .none ? "opportunistic" : plan.source.rawValue + (plan.testingFallback != nil ? " (testing)" : "")
-            return DomainCheckReport.Host(name: host, addresses: plan.addresses, tlsa: tlsa, policy: policy, rule: plan.rule.rawValue,
-                                          requirement: plan.demand.description, floor: plan.floor.rawValue, skippedBecause: nil, connections: [])
-        }
     }
 }

@@ -203,9 +203,9 @@ final class SMTPClientHandler: ChannelInboundHandler {
             perform(session.tlsFailed("cannot start TLS: \(error)"), context: context)
             return
         }
-        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let loopBound = NIOLoopBound((self, context, tls), eventLoop: context.eventLoop)
         handshake.futureResult.whenComplete { result in
-            let (handler, context) = loopBound.value
+            let (handler, context, tls) = loopBound.value
             switch result {
             case .success(let info):
                 handler.tlsInfo = info
@@ -214,7 +214,7 @@ final class SMTPClientHandler: ChannelInboundHandler {
                 let reason: String
                 if let tlsError = error as? TLSHandshakeError {
                     handler.tlsError = tlsError
-                    reason = "\(tlsError)"
+                    reason = "\(tlsError)" + (tls.presentedCertificate.map { "; \($0)" } ?? "")
                 } else {
                     reason = "\(error)"
                 }

@@ -32,7 +32,7 @@ public final class STSPolicyService: Sendable {
         let cached = cache.policy(for: domain)
         let usable = cached.flatMap { $0.isExpired(now: now) ? nil : $0 }
         func fromCache(_ problem: (TLSRPTResultType, String)?) -> STSFact {
-            STSFact(policy: usable.flatMap { $0.policy.mode == .none ? nil : $0.policy }, fromCache: true,
+            STSFact(policy: usable.flatMap { $0.policy.mode == .none ? nil : $0.policy }, fromCache: usable != nil,
                     problem: problem.map { STSFact.STSProblem(resultType: $0.0, reason: $0.1) })
         }
         // §3.1: the TXT record announces a policy and its id.

@@ -74,6 +74,11 @@ public final class OpenSSLClientHandler: ChannelDuplexHandler {
     ///     `.webPKI`: its host name). Ignored for `.dane`, whose SNI is the TLSA base domain
     ///     (RFC 7672 §8.1). A trailing dot is removed; address literals are not sent.
     ///   - handshakeCompleted: completed once, on the channel's event loop.
+    /// After an authentication failure: the certificate the server presented, as "server
+    /// certificate subject ..., SPKI SHA-256 ... (TLSA 3 1 1 data)" — what tells a missed key
+    /// rollover from an attack. Nil otherwise.
+    public private(set) var presentedCertificate: String?
+
     public init(context: TLSClientContext, authentication: TLSPeerAuthentication, serverName: String?,
                 handshakeCompleted: EventLoopPromise<TLSSessionInfo>) {
         self.tlsContext = context
@@ -345,6 +350,7 @@ public final class OpenSSLClientHandler: ChannelDuplexHandler {
     private func classifyHandshakeFailure(ssl: OpaquePointer, code: Int32, reasons: [String]) -> TLSHandshakeError {
         let verifyResult = Int(SSL_get_verify_result(ssl))
         if plan.verifiesPeer && verifyResult != Int(X509_V_OK) {
+            presentedCertificate = OpenSSLText.presentedCertificate(ssl)
             return .authenticationFailed(verifyResult: verifyResult, reason: OpenSSLText.verifyResultText(verifyResult))
         }
         if !reasons.isEmpty {
@@ -379,12 +385,14 @@ public final class OpenSSLClientHandler: ChannelDuplexHandler {
         if plan.verifiesPeer {
             if verifyResult != Int(X509_V_OK) || peer == nil {
                 let code = verifyResult != Int(X509_V_OK) ? verifyResult : Int(X509_V_ERR_UNSPECIFIED)
+                presentedCertificate = OpenSSLText.presentedCertificate(ssl)
                 fail(context: context, handshakeError: .authenticationFailed(verifyResult: code, reason: OpenSSLText.verifyResultText(code)),
                      connectionError: nil)
                 return
             }
             if plan.applied == .dane && daneMatch == nil {
                 let code = Int(X509_V_ERR_DANE_NO_MATCH)
+                presentedCertificate = OpenSSLText.presentedCertificate(ssl)
                 fail(context: context, handshakeError: .authenticationFailed(verifyResult: code, reason: OpenSSLText.verifyResultText(code)),
                      connectionError: nil)
                 return
@@ -396,6 +404,7 @@ public final class OpenSSLClientHandler: ChannelDuplexHandler {
             cipher: SSL_get_current_cipher(ssl).flatMap { SSL_CIPHER_get_name($0) }.map { String(cString: $0) } ?? "",
             peerCertificateSubject: peer.flatMap { OpenSSLText.name(X509_get_subject_name($0)) },
             peerCertificateIssuer: peer.flatMap { OpenSSLText.name(X509_get_issuer_name($0)) },
+            peerSPKISHA256: peer.flatMap { OpenSSLText.spkiSHA256($0) },
             verified: plan.verifiesPeer,
             verifyResult: verifyResult,
             verifyResultText: OpenSSLText.verifyResultText(verifyResult),

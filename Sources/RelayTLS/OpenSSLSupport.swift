@@ -28,6 +28,34 @@ enum OpenSSLErrors {
 }
 
 enum OpenSSLText {
+    /// SHA-256 of a certificate's DER SubjectPublicKeyInfo, lowercase hex (a `3 1 1` TLSA record's data).
+    static func spkiSHA256(_ certificate: OpaquePointer) -> String? {
+        var der: UnsafeMutablePointer<UInt8>?
+        let length = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(certificate), &der)
+        guard length > 0, let der else { return nil }
+        defer { tlsrelay_OPENSSL_free(der) }
+        guard let digest = try? TLSADigest.digest(Array(UnsafeBufferPointer(start: der, count: Int(length))), sha512: false) else { return nil }
+        return HexCoding.encode(digest)
+    }
+
+    /// "server certificate subject ..., SPKI SHA-256 ..." for the leaf the server presented
+    /// (also when verification failed: then it is the first certificate of the chain), or nil.
+    static func presentedCertificate(_ ssl: OpaquePointer) -> String? {
+        var leaf = SSL_get1_peer_certificate(ssl)
+        if leaf == nil, let chain = SSL_get_peer_cert_chain(ssl), OPENSSL_sk_num(chain) > 0,
+           let first = OPENSSL_sk_value(chain, 0) {
+            let certificate = OpaquePointer(first)
+            X509_up_ref(certificate)
+            leaf = certificate
+        }
+        guard let leaf else { return nil }
+        defer { X509_free(leaf) }
+        var text = "server certificate"
+        if let subject = name(X509_get_subject_name(leaf)) { text += " subject \(subject)" }
+        if let spki = spkiSHA256(leaf) { text += ", SPKI SHA-256 \(spki) (TLSA 3 1 1 data)" }
+        return text
+    }
+
     /// `X509_verify_cert_error_string`.
     static func verifyResultText(_ code: Int) -> String {
         guard let text = X509_verify_cert_error_string(code) else { return "unknown verify result \(code)" }

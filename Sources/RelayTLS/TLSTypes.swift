@@ -85,6 +85,9 @@ public struct TLSSessionInfo: Sendable, Equatable {
     /// The server certificate's subject and issuer (RFC 2253 form), nil when none was sent.
     public let peerCertificateSubject: String?
     public let peerCertificateIssuer: String?
+    /// SHA-256 of the server certificate's SubjectPublicKeyInfo in lowercase hex: the data of a
+    /// matching `3 1 1` TLSA record (what tells a missed key rollover from an attack).
+    public let peerSPKISHA256: String?
     /// True only when the requested authentication (`.dane` with at least one usable record, or
     /// `.webPKI`) succeeded. Always false for `.opportunistic` and `.encryptOnly`.
     public let verified: Bool
@@ -100,12 +103,13 @@ public struct TLSSessionInfo: Sendable, Equatable {
     public let unusableTLSARecords: Int
 
     public init(protocolVersion: String, cipher: String, peerCertificateSubject: String?, peerCertificateIssuer: String?,
-                verified: Bool, verifyResult: Int, verifyResultText: String, daneMatch: DANEMatch?,
+                peerSPKISHA256: String? = nil, verified: Bool, verifyResult: Int, verifyResultText: String, daneMatch: DANEMatch?,
                 authenticationApplied: TLSAuthenticationApplied, unusableTLSARecords: Int) {
         self.protocolVersion = protocolVersion
         self.cipher = cipher
         self.peerCertificateSubject = peerCertificateSubject
         self.peerCertificateIssuer = peerCertificateIssuer
+        self.peerSPKISHA256 = peerSPKISHA256
         self.verified = verified
         self.verifyResult = verifyResult
         self.verifyResultText = verifyResultText
@@ -118,6 +122,31 @@ public struct TLSSessionInfo: Sendable, Equatable {
 /// Why a TLS handshake did not complete. Once the handler reports one of these, no application
 /// byte has been (or will be) sent on the connection.
 public enum TLSHandshakeError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// OpenSSL's name of an `X509_V_ERR_*` code (x509_vfy.h), for logs that an administrator
+    /// can search for.
+    public static func verifyResultName(_ code: Int) -> String {
+        switch code {
+        case 0: return "X509_V_OK"
+        case 2: return "X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT"
+        case 7: return "X509_V_ERR_CERT_SIGNATURE_FAILURE"
+        case 9: return "X509_V_ERR_CERT_NOT_YET_VALID"
+        case 10: return "X509_V_ERR_CERT_HAS_EXPIRED"
+        case 18: return "X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT"
+        case 19: return "X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN"
+        case 20: return "X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY"
+        case 21: return "X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE"
+        case 23: return "X509_V_ERR_CERT_REVOKED"
+        case 24: return "X509_V_ERR_INVALID_CA"
+        case 26: return "X509_V_ERR_INVALID_PURPOSE"
+        case 62: return "X509_V_ERR_HOSTNAME_MISMATCH"
+        case 65: return "X509_V_ERR_DANE_NO_MATCH"
+        case 66: return "X509_V_ERR_EE_KEY_TOO_SMALL"
+        case 67: return "X509_V_ERR_CA_KEY_TOO_SMALL"
+        case 68: return "X509_V_ERR_CA_MD_TOO_WEAK"
+        default: return "X509_V_ERR #\(code)"
+        }
+    }
+
     /// The peer's certificate did not pass the requested check. `verifyResult` is OpenSSL's
     /// `X509_V_ERR_*`: 65 no matching TLSA record, 62 host name mismatch, 18/19/20/21 untrusted,
     /// 10 expired, ...
@@ -133,7 +162,8 @@ public enum TLSHandshakeError: Error, Sendable, Equatable, CustomStringConvertib
 
     public var description: String {
         switch self {
-        case .authenticationFailed(let code, let reason): return "TLS authentication failed: \(reason) (verify result \(code))"
+        case .authenticationFailed(let code, let reason):
+            return "TLS authentication failed: \(reason) (\(TLSHandshakeError.verifyResultName(code)), verify result \(code))"
         case .handshakeFailed(let reason): return "TLS handshake failed: \(reason)"
         case .unexpectedPlaintext: return "plaintext received after the STARTTLS reply, before the TLS handshake"
         case .connectionClosed: return "connection closed during the TLS handshake"

@@ -65,67 +65,161 @@ struct Check: AsyncParsableCommand {
         throw ExitCode(report.deliverable ? 0 : 1)
     }
 
+    static func demandJSON(_ demand: TLSDemand) -> [String: Any] {
+        var result: [String: Any] = ["starttls": "\(demand.requirement)"]
+        switch demand.authentication {
+        case .none: result["authentication"] = "none"
+        case .webPKI(let name): result["authentication"] = "webpki"; result["name"] = name
+        case .dane(let base, _, let records): result["authentication"] = "dane"; result["tlsa_base"] = base; result["usable_records"] = records.count
+        }
+        return result
+    }
+
+    static func tlsJSON(_ tls: TLSSessionInfo) -> [String: Any] {
+        var info: [String: Any] = ["protocol": tls.protocolVersion, "cipher": tls.cipher, "verified": tls.verified,
+                                   "peer_subject": tls.peerCertificateSubject ?? "", "peer_issuer": tls.peerCertificateIssuer ?? ""]
+        if let spki = tls.peerSPKISHA256 { info["spki_sha256"] = spki }
+        if let match = tls.daneMatch {
+            info["dane_match"] = ["usage": match.usage, "selector": match.selector, "matching_type": match.matchingType,
+                                  "data": match.dataHex, "depth": match.depth] as [String: Any]
+        }
+        return info
+    }
+
     static func json(_ report: DomainCheckReport) -> [String: Any] {
         var result: [String: Any] = [
-            "domain": report.domain, "mx_status": report.mxStatus, "mx": report.mxRecords, "mta_sts": report.mtaSTS,
-            "deliverable": report.deliverable,
-            "hosts": report.hosts.map { host -> [String: Any] in
-                var entry: [String: Any] = ["name": host.name, "addresses": host.addresses, "tlsa": host.tlsa, "policy": host.policy,
-                                            "rule": host.rule, "requirement": host.requirement, "floor": host.floor]
-                if let reason = host.skippedBecause { entry["skipped_because"] = reason }
-                entry["connections"] = host.connections.map { connection -> [String: Any] in
-                    var item: [String: Any] = ["address": connection.address, "attempt": connection.attempt, "demand": connection.demand,
-                                               "acceptable": connection.acceptable, "starttls_offered": connection.offeredSTARTTLS]
-                    if let problem = connection.problem { item["problem"] = problem }
-                    if let tls = connection.tls {
-                        var info: [String: Any] = ["protocol": tls.protocolVersion, "cipher": tls.cipher, "verified": tls.verified,
-                                                   "peer_subject": tls.peerCertificateSubject ?? "", "peer_issuer": tls.peerCertificateIssuer ?? ""]
-                        if let match = tls.daneMatch {
-                            info["dane_match"] = "\(match.usage) \(match.selector) \(match.matchingType) \(match.dataHex) at depth \(match.depth)"
-                        }
-                        item["tls"] = info
-                    }
-                    return item
-                }
-                return entry
-            },
+            "domain": report.domain, "checked_at": report.time, "deliverable": report.deliverable,
+            "mx": ["dnssec": report.mxStatus.map { $0.rawValue as Any } ?? NSNull(), "result": report.mxResult,
+                   "records": report.mx.map { ["preference": $0.preference, "exchange": $0.exchange] as [String: Any] }] as [String: Any],
         ]
-        if let level = report.localLevel { result["local_level"] = level }
-        if let memory = report.memory { result["downgrade_memory"] = memory }
+        if let sts = report.mtaSTS {
+            var entry: [String: Any] = ["cached": sts.fromCache]
+            if let policy = sts.policy { entry["mode"] = policy.mode.rawValue; entry["mx"] = policy.mx; entry["max_age"] = policy.maxAge }
+            else { entry["mode"] = NSNull() }
+            if let problem = sts.problem { entry["problem"] = ["result_type": problem.resultType.rawValue, "reason": problem.reason] }
+            if let failure = sts.temporaryFailure { entry["temporary_failure"] = failure }
+            result["mta_sts"] = entry
+        } else {
+            result["mta_sts"] = NSNull()
+        }
+        if let level = report.localLevel {
+            var entry: [String: Any] = ["level": level.level.rawValue, "expired": report.localLevelExpired]
+            if let reason = level.reason { entry["reason"] = reason }
+            if let expires = level.expiresText { entry["expires"] = expires }
+            result["local_level"] = entry
+        } else {
+            result["local_level"] = NSNull()
+        }
+        if let memory = report.memory {
+            var entry: [String: Any] = ["mode": report.memoryMode.rawValue, "strongest": memory.strongest.rawValue, "grace_seconds": report.memoryGrace]
+            if let first = memory.downgradeFirstSeen { entry["downgrade_first_refused"] = first }
+            result["downgrade_memory"] = entry
+        } else {
+            result["downgrade_memory"] = NSNull()
+        }
+        result["hosts"] = report.hosts.map { host -> [String: Any] in
+            var entry: [String: Any] = ["name": host.name, "addresses": host.addresses]
+            switch host.decision {
+            case .skip(let rule, let outcome, _, _):
+                entry["skipped"] = true
+                entry["rule"] = rule.rawValue
+                entry["skip_reason"] = outcome.reason
+                entry["skip_status"] = outcome.status.description
+            case .connect(let plan):
+                entry["skipped"] = false
+                entry["rule"] = plan.rule.rawValue
+                entry["policy"] = ["source": plan.source.rawValue, "testing": plan.testingFallback != nil, "name": plan.policyName(plan.source)] as [String: Any]
+                entry["floor"] = plan.floor.rawValue
+                entry["demand"] = demandJSON(plan.demand)
+                if case .records(_, _, let all, let usable) = plan.dane {
+                    entry["tlsa"] = all.map { ["record": $0.description, "usable": usable.contains($0)] as [String: Any] }
+                } else {
+                    entry["tlsa"] = [Any]()
+                }
+            }
+            entry["connections"] = host.connections.map { connection -> [String: Any] in
+                var item: [String: Any] = ["address": connection.address, "attempt": connection.attempt.rawValue,
+                                           "demand": demandJSON(connection.demand), "connected": connection.connected,
+                                           "acceptable": connection.acceptable, "starttls_offered": connection.offeredSTARTTLS]
+                if let problem = connection.problem { item["problem"] = problem }
+                if let tls = connection.tls { item["tls"] = tlsJSON(tls) }
+                return item
+            }
+            return entry
+        }
         result["alerts"] = report.alerts.map { alert -> [String: Any] in
             ["result_type": alert.resultType.rawValue, "policy_source": alert.policySource.rawValue, "enforced": alert.enforced,
-             "mx_host": alert.mxHost ?? "", "reason": alert.reason]
+             "mx_host": alert.mxHost.map { $0 as Any } ?? NSNull(), "reason": alert.reason]
         }
         if let failure = report.wouldFail {
             result["verdict"] = ["action": failure.kind.rawValue, "status": failure.status.description, "reason": failure.reason]
+        } else {
+            result["verdict"] = ["action": "delivered", "status": "2.0.0", "reason": "a delivery now would go ahead as its policy requires"]
         }
         return result
     }
 
     static func printTable(_ report: DomainCheckReport) {
         print("domain:     \(report.domain)")
-        print("MX:         \(report.mxRecords.isEmpty ? "-" : report.mxRecords.joined(separator: ", ")) [DNSSEC: \(report.mxStatus)]")
-        print("MTA-STS:    \(report.mtaSTS)")
-        if let level = report.localLevel { print("local:      \(level)") }
-        if let memory = report.memory { print("memory:     \(memory)") }
+        let mx = report.mx.map { "\($0.preference) \($0.exchange)" }.joined(separator: ", ")
+        let mxText: String
+        switch report.mxResult {
+        case "failed": mxText = "lookup failed"
+        case "nxdomain": mxText = "the domain does not exist (NXDOMAIN)"
+        case "nodata": mxText = "no MX records: the domain itself is the host"
+        default: mxText = mx
+        }
+        print("MX:         \(mxText)\(report.mxStatus.map { " [DNSSEC: \($0.rawValue)]" } ?? "")")
+        if let sts = report.mtaSTS {
+            var text: String
+            if let failure = sts.temporaryFailure {
+                text = "discovery failed: \(failure)"
+            } else if let policy = sts.policy {
+                text = "mode \(policy.mode.rawValue), mx \(policy.mx.joined(separator: " ")), max_age \(policy.maxAge)\(sts.fromCache ? " (cached)" : "")"
+            } else {
+                text = "none"
+            }
+            if let problem = sts.problem { text += " [\(problem.resultType.rawValue): \(problem.reason)]" }
+            print("MTA-STS:    \(text)")
+        } else if report.localLevel != nil && !report.localLevelExpired {
+            print("MTA-STS:    not consulted (a local level applies)")
+        }
+        if let level = report.localLevel {
+            print("local:      \(level.level.rawValue)\(level.reason.map { " (\($0))" } ?? "")\(level.expiresText.map { ", until \($0)" } ?? "")\(report.localLevelExpired ? " [EXPIRED, not applied]" : "")")
+        }
+        if let memory = report.memory {
+            print("memory:     \(memory.strongest.rawValue) (\(report.memoryMode.rawValue))" + (memory.downgradeFirstSeen.map {
+                ", downgrade first refused \(Int(report.time - $0)) s ago, grace \(Int(report.memoryGrace)) s" } ?? ""))
+        }
         for host in report.hosts {
             print("")
-            print("host \(host.name) [addresses: \(host.addresses.joined(separator: ", "))]")
-            if let reason = host.skippedBecause {
-                print("  skipped: \(reason)")
+            switch host.decision {
+            case .skip(let rule, let outcome, _, _):
+                print("host \(host.name)")
+                print("  skipped (\(outcome.status), rule \(rule.rawValue)): \(outcome.reason)")
                 continue
-            }
-            print("  policy: \(host.policy); \(host.requirement) [rule \(host.rule), floor \(host.floor)]")
-            for record in host.tlsa { print("  TLSA \(record)") }
-            for connection in host.connections {
-                var line = "  \(connection.address)\(connection.attempt == "first" ? "" : " (\(connection.attempt): \(connection.demand))"): "
-                if let tls = connection.tls {
-                    line += "\(tls.verified ? "Verified" : "Untrusted") \(tls.protocolVersion) \(tls.cipher), peer \(tls.peerCertificateSubject ?? "?")"
-                    if let match = tls.daneMatch { line += ", DANE TLSA \(match.usage) \(match.selector) \(match.matchingType) matched at depth \(match.depth)" }
-                } else {
-                    line += connection.offeredSTARTTLS ? "no TLS" : "no STARTTLS offered"
+            case .connect(let plan):
+                print("host \(host.name) [addresses: \(plan.addresses.joined(separator: ", "))]")
+                let policy = plan.source == .none ? "no policy" : plan.source.rawValue + (plan.testingFallback != nil ? " (testing)" : "")
+                print("  policy: \(policy); \(plan.demand) [rule \(plan.rule.rawValue), floor \(plan.floor.rawValue)]")
+                if case .records(_, _, let all, let usable) = plan.dane {
+                    for record in all { print("  TLSA \(record)\(usable.contains(record) ? "" : " (unusable)")") }
                 }
-                if let problem = connection.problem { line += " -- \(problem)" }
+            }
+            for connection in host.connections {
+                var line = "  \(connection.address)\(connection.attempt == .first ? "" : " (\(connection.attempt.rawValue): \(connection.demand))"): "
+                if !connection.connected {
+                    line += "connect failed: \(connection.problem ?? "?")"
+                } else {
+                    if let tls = connection.tls {
+                        line += "\(tls.verified ? "Verified" : "Untrusted") \(tls.protocolVersion) \(tls.cipher), peer \(tls.peerCertificateSubject ?? "?")"
+                        if let spki = tls.peerSPKISHA256 { line += ", SPKI SHA-256 \(spki)" }
+                        if let match = tls.daneMatch { line += ", DANE TLSA \(match.usage) \(match.selector) \(match.matchingType) matched at depth \(match.depth)" }
+                    } else if connection.problem == nil {
+                        line += connection.offeredSTARTTLS ? "no TLS (STARTTLS offered, not used)" : "no STARTTLS offered: in clear"
+                    }
+                    if let problem = connection.problem { line += (connection.tls == nil ? "" : " -- ") + problem }
+                }
                 line += connection.acceptable ? "  [ok]" : "  [FAIL]"
                 print(line)
             }
