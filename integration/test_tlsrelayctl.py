@@ -196,7 +196,10 @@ def test_check_explains_itself(world, tmp_path, world_relay_toml):
     assert re.search(r"host mx\.dane-bogus-tlsa\.test\n  skipped \(4\.7\.5, rule tlsa-unusable\): TLSA records at", skipped), skipped
     assert "addresses: ;" not in skipped and "[addresses: ]" not in skipped
     plain = json.loads(ctl(relay, "check", world.scenario("plain-mx")["domain"], "--json").stdout)
-    assert plain["verdict"] == {"action": "delivered", "status": "2.0.0", "reason": "a delivery now would go ahead as its policy requires"}
+    assert plain["verdict"] == {"action": "delivered", "status": "2.0.0", "in_clear": False,
+                                "reason": "a delivery now would go ahead as its policy requires"}
+    clear = json.loads(ctl(relay, "check", world.scenario("no-tls")["domain"], "--json").stdout)
+    assert clear["verdict"]["in_clear"] is True and "IN CLEAR" in ctl(relay, "check", world.scenario("no-tls")["domain"]).stdout
     assert plain["mta_sts"] == {"cached": False, "mode": None} and plain["local_level"] is None
     assert "policy: no policy; opportunistic TLS, no certificate check" in ctl(relay, "check", world.scenario("plain-mx")["domain"]).stdout
 

@@ -100,6 +100,8 @@ stub_zones = [{{ name = "{S.ZONE}.", addresses = ["{dns}"] }}]
 [delivery]
 port = 25
 tls_ca_file = "{d}/pki/ca.pem"
+# The world's senders live in the world: DSNs go to their domains' MX, not to an upstream Postfix.
+dsn_relay = ""
 '''
 
 

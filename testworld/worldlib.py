@@ -65,9 +65,10 @@ class World:
     def toml_file(self) -> str:
         return self.data["relay"]["toml_file"]
 
-    def relay_sections(self, dns_extra: str = "", delivery_extra: str = "") -> str:
+    def relay_sections(self, dns_extra: str = "", delivery_extra: str = "", dsn_relay: str = "") -> str:
         """tlsrelayd's [dns] and [delivery] sections for this world (its zone, trust anchor and
-        test CA), with extra lines for each section."""
+        test CA), with extra lines for each section. ``dsn_relay`` "" sends DSNs to the senders'
+        domains in the world."""
         dns = self.data["dns"]
         return ("[dns]\n"
                 f'trust_anchor_file = "{dns["trust_anchor_file"]}"\n'
@@ -75,6 +76,8 @@ class World:
                 + dns_extra
                 + "[delivery]\n"
                 f'tls_ca_file = "{self.data["pki"]["ca_file"]}"\n'
+                # The world's senders live in the world: DSNs go to their domains' MX.
+                f'dsn_relay = "{dsn_relay}"\n'
                 + delivery_extra)
 
     @property

@@ -3,6 +3,11 @@ import SMTPCore
 
 /// The settings the planner applies.
 public struct PlannerSettings: Sendable, Equatable {
+    public static func == (lhs: PlannerSettings, rhs: PlannerSettings) -> Bool {
+        lhs.port == rhs.port && lhs.daneForInsecureMX == rhs.daneForInsecureMX && lhs.mtaSTS == rhs.mtaSTS && lhs.memoryMode == rhs.memoryMode
+            && lhs.downgradeGrace == rhs.downgradeGrace && lhs.dsnRelay?.address == rhs.dsnRelay?.address && lhs.dsnRelay?.port == rhs.dsnRelay?.port
+    }
+
     /// MX port, for `host[address]:port` in reasons (RFC 5321 §4.5.4.2: 25).
     public var port: Int
     /// Hold a DNSSEC-secure MX host to its TLSA records even when the MX RRset is insecure
@@ -13,9 +18,13 @@ public struct PlannerSettings: Sendable, Equatable {
     public var memoryMode: MemoryMode
     /// Seconds a downgrade is refused under `memoryMode == .enforce`, from the first refusal.
     public var downgradeGrace: Double
+    /// The MTA that takes the DSNs tlsrelay writes (`delivery.dsn_relay`, usually the upstream
+    /// Postfix): an IP address and port; nil sends them to the sender domain's MX.
+    public var dsnRelay: (address: String, port: Int)?
 
     public init(port: Int = 25, daneForInsecureMX: Bool = true, mtaSTS: Bool = true, memoryMode: MemoryMode = .report,
-                downgradeGrace: Double = 86400) {
+                downgradeGrace: Double = 86400, dsnRelay: (address: String, port: Int)? = nil) {
+        self.dsnRelay = dsnRelay
         self.port = port
         self.daneForInsecureMX = daneForInsecureMX
         self.mtaSTS = mtaSTS
@@ -37,6 +46,8 @@ public struct PlannedAttempt: Sendable, Equatable {
 
     public var host: String
     public var address: String
+    /// The TCP port (the MX port, or the DSN relay's).
+    public var port: Int
     public var demand: TLSDemand
     public var kind: Kind
     /// The recipient indexes to send to.
@@ -76,6 +87,14 @@ public enum PlannerEffect: Sendable, Equatable {
     case mtaSTS(STSFact)
 }
 
+/// What kind of message a delivery carries.
+public enum MessageKind: String, Sendable, CaseIterable {
+    /// Mail received over SMTP, for its recipients' domains.
+    case relayed
+    /// A DSN tlsrelay wrote (a bounce): to `dsnRelay` when one is set.
+    case deliveryStatusNotification = "dsn"
+}
+
 /// The planner's answer to one event.
 public struct PlannerStep: Sendable, Equatable {
     public var effects: [PlannerEffect]
@@ -101,6 +120,8 @@ public struct DeliveryPlanner: Sendable {
     let memory: MemoryFact?
     let memoryFloor: AchievedSecurity?
     let graceOver: Bool
+    /// The DSN relay this message goes to instead of MX hosts (a DSN, with `dsnRelay` set).
+    let route: (address: String, port: Int)?
 
     enum State: Sendable {
         case idle
@@ -128,9 +149,15 @@ public struct DeliveryPlanner: Sendable {
     ///   - local: the local level entry for the domain, expired or not.
     ///   - memory: the domain's downgrade memory, if any.
     ///   - now: seconds since the epoch.
+    ///   - message: relayed mail, or a DSN tlsrelay wrote.
     public init(domain: String, recipients: [Int], settings: PlannerSettings, local: LocalPolicyFact?, memory: MemoryFact?,
-                now: Double, probe: Bool = false) {
+                now: Double, probe: Bool = false, message: MessageKind = .relayed) {
         self.domain = domain
+        // A DSN goes to the DSN relay when one is set: no recipient policy applies to it.
+        let route = message == .deliveryStatusNotification ? settings.dsnRelay : nil
+        self.route = route
+        let local = route == nil ? local : nil
+        let memory = route == nil ? memory : nil
         self.settings = settings
         self.probe = probe
         self.now = now
@@ -159,6 +186,17 @@ public struct DeliveryPlanner: Sendable {
             } else {
                 effects.append(.log(.notice, "local policy level \(entry.level.rawValue) for \(domain) overrides discovered policy\(entry.reason.map { ": \($0)" } ?? "")\(entry.expiresText.map { " (until \($0))" } ?? "")"))
             }
+        }
+        if let route {
+            // RFC 3461 §6.2: the DSN goes back the way the mail came, to the MTA that knows the
+            // sender; it is never held to the recipient domain's TLS policy.
+            hosts = [route.address]
+            let plan = HostConnectPlan(host: route.address, addresses: [route.address], demand: .opportunistic, testingFallback: nil,
+                                       floor: .none, floors: [], source: .none, floorSource: .none, rule: .dsnRelay, memoryBinding: false,
+                                       dane: .notLooked, alerts: [], policyNames: [:])
+            effects.append(.log(.info, "DSN to \(domain) goes to the DSN relay [\(route.address)]:\(route.port)"))
+            effects.append(.hostDecided(host: route.address, .connect(plan)))
+            return connect(effects, plan: plan, addressIndex: 0, demand: plan.demand, kind: .first)
         }
         guard domain.utf8.allSatisfy({ $0 < 0x80 }) else {
             return finish(effects, all: .deferred(.directoryServerFailure, "internationalized domain \(domain) needs IDNA conversion, which this version does not do"))
@@ -393,8 +431,9 @@ public struct DeliveryPlanner: Sendable {
                           kind: PlannedAttempt.Kind) -> PlannerStep {
         state = .attempting(plan, addressIndex: addressIndex)
         let address = plan.addresses[addressIndex]
-        let relay = "\(plan.host)[\(address)]:\(settings.port)"
-        let attempt = PlannedAttempt(host: plan.host, address: address, demand: demand, kind: kind, recipients: remaining,
+        let port = route?.port ?? settings.port
+        let relay = "\(plan.host)[\(address)]:\(port)"
+        let attempt = PlannedAttempt(host: plan.host, address: address, port: port, demand: demand, kind: kind, recipients: remaining,
                                      floor: plan.floor, relay: relay)
         return PlannerStep(effects: effects, action: .connect(attempt))
     }
@@ -409,7 +448,7 @@ public struct DeliveryPlanner: Sendable {
     /// Downgrade memory after a delivery: what it achieved, an alert when that is weaker than
     /// remembered (reported: under enforce within grace no attempt can end weaker).
     func rememberDelivery(attempt: PlannedAttempt, result: AttemptResult) -> [PlannerEffect] {
-        guard local == nil, settings.memoryMode != .off else { return [] }
+        guard local == nil, route == nil, settings.memoryMode != .off else { return [] }
         let achieved = Self.achieved(demand: attempt.demand, tls: result.tls)
         var effects: [PlannerEffect] = []
         if let memory, achieved < memory.strongest {

@@ -54,6 +54,8 @@ public enum HostRule: String, Sendable, CaseIterable {
     case localDaneOnlyRefused = "local-dane-only-refused"
     /// No floor: opportunistic STARTTLS, clear when not offered (RFC 7435).
     case opportunistic = "opportunistic"
+    /// A DSN to the DSN relay (`delivery.dsn_relay`): no recipient policy applies (RFC 3461 §6.2).
+    case dsnRelay = "dsn-relay"
 }
 
 /// The planner's decision for one MX host.

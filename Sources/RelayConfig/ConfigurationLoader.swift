@@ -280,8 +280,18 @@ public enum ConfigurationLoader {
             let section = "delivery"
             try checkKeys(table, section: section, allowed: [
                 "port", "tls_ca_file", "concurrency", "destination_concurrency", "min_backoff", "max_backoff", "queue_lifetime", "connect_timeout", "command_timeout", "hold",
-                "connection_cache_time_limit", "connection_reuse_time_limit",
+                "connection_cache_time_limit", "connection_reuse_time_limit", "dsn_relay",
             ])
+            if let value = try string(table, section, "dsn_relay") {
+                if value.isEmpty {
+                    delivery.dsnRelay = nil
+                } else {
+                    guard let address = SocketAddressText.parseNextHop(value) else {
+                        throw error(section, "dsn_relay", "'delivery.dsn_relay' must be \"[IP]:port\" (for example \"[127.0.0.1]:25\", the upstream Postfix) or \"\" to send DSNs to the sender domain's MX, got \"\(value)\"")
+                    }
+                    delivery.dsnRelay = address
+                }
+            }
             if let value = try integer(table, section, "concurrency", range: 1...1000) { delivery.concurrency = value }
             if let value = try integer(table, section, "destination_concurrency", range: 1...1000) { delivery.destinationConcurrency = value }
             if let value = try integer(table, section, "min_backoff", range: 1...86400) { delivery.minBackoff = value }

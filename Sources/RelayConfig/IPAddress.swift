@@ -136,6 +136,16 @@ public struct SocketAddressText: Sendable, Hashable, CustomStringConvertible {
         return SocketAddressText(address: address, port: port)
     }
 
+    /// Parses a next hop as Postfix writes one: `[127.0.0.1]:25`, `[::1]:25`, or `127.0.0.1:25`
+    /// (an IP address, never a name to look up).
+    public static func parseNextHop(_ text: String) -> SocketAddressText? {
+        if text.hasPrefix("["), let close = text.firstIndex(of: "]"),
+           let address = IPAddress(String(text[text.index(after: text.startIndex)..<close])), address.isIPv4 {
+            return parseListen(String(text[text.index(after: text.startIndex)..<close]) + String(text[text.index(after: close)...]))
+        }
+        return parseListen(text)
+    }
+
     /// `IP:port` with brackets around IPv6.
     public var description: String { address.isIPv4 ? "\(address):\(port)" : "[\(address)]:\(port)" }
     /// `IP@port`, as libunbound takes it.

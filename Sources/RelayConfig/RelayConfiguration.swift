@@ -98,6 +98,11 @@ public struct RelayConfiguration: Sendable, Equatable {
         public var connectionReuseTimeLimit = 300
         /// Accept and queue but deliver nothing: every message is held. Default false.
         public var hold = false
+        /// Where the DSNs tlsrelay writes (bounces) go: this MTA, usually the upstream Postfix
+        /// that knows the senders' own domains (virtual mailboxes, internal domains), instead of
+        /// the sender domain's MX. Never subject to recipient TLS policy. nil (`""`): to the
+        /// sender domain's MX. Default `[127.0.0.1]:25`: the Postfix of the quick-start topology.
+        public var dsnRelay: SocketAddressText? = SocketAddressText(address: IPAddress("127.0.0.1")!, port: 25)
     }
 
     static func systemHostname() -> String {
@@ -161,6 +166,7 @@ public struct RelayConfiguration: Sendable, Equatable {
         lines.append("connection_cache_time_limit = \(delivery.connectionCacheTimeLimit)")
         lines.append("connection_reuse_time_limit = \(delivery.connectionReuseTimeLimit)")
         lines.append("hold = \(delivery.hold)")
+        lines.append("dsn_relay = \(quote(delivery.dsnRelay.map { $0.address.isIPv4 ? "[\($0.address)]:\($0.port)" : $0.description } ?? ""))")
         lines.append("")
         lines.append("[policy]")
         lines.append("downgrade_memory = \(quote(policy.downgradeMemory.rawValue))")

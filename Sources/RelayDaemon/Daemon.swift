@@ -165,7 +165,8 @@ public final class Daemon: Sendable {
                             daneForInsecureMX: configuration.policy.daneForInsecureMX, localLevels: configuration.policy.domains,
                             downgradeMemory: configuration.policy.downgradeMemory, downgradeGrace: Double(configuration.policy.downgradeGrace),
                             connectionCacheTime: Double(configuration.delivery.connectionCacheTimeLimit),
-                            connectionReuseTimeLimit: Double(configuration.delivery.connectionReuseTimeLimit)),
+                            connectionReuseTimeLimit: Double(configuration.delivery.connectionReuseTimeLimit),
+                            dsnRelay: configuration.delivery.dsnRelay.map { (address: $0.address.description, port: $0.port) }),
             logger: logger,
             sts: sts, memory: memoryStore,
             onAlert: { alert, queueID in

@@ -41,8 +41,10 @@ public final class DeliveryAgent: Sendable {
         /// The planner's settings.
         func planner(mtaSTS: Bool) -> PlannerSettings {
             PlannerSettings(port: port, daneForInsecureMX: daneForInsecureMX, mtaSTS: mtaSTS, memoryMode: downgradeMemory,
-                            downgradeGrace: downgradeGrace)
+                            downgradeGrace: downgradeGrace, dsnRelay: dsnRelay.map { (address: $0.address, port: $0.port) })
         }
+        /// Where DSNs that tlsrelay writes go (`delivery.dsn_relay`); nil: the sender domain's MX.
+        public var dsnRelay: (address: String, port: Int)?
         public var downgradeGrace: Double = 86400
         /// Seconds an SMTP connection stays open and idle after a message, for the next message
         /// to the same MX address under the same TLS policy (Postfix's
@@ -54,7 +56,9 @@ public final class DeliveryAgent: Sendable {
 
         public init(heloName: String, port: Int, timeouts: ClientTimeouts = ClientTimeouts(), daneForInsecureMX: Bool = true,
                     localLevels: [PolicySettings.DomainLevel] = [], downgradeMemory: PolicySettings.DowngradeMemory = .report,
-                    downgradeGrace: Double = 86400, connectionCacheTime: Double = 2, connectionReuseTimeLimit: Double = 300) {
+                    downgradeGrace: Double = 86400, connectionCacheTime: Double = 2, connectionReuseTimeLimit: Double = 300,
+                    dsnRelay: (address: String, port: Int)? = nil) {
+            self.dsnRelay = dsnRelay
             self.connectionCacheTime = connectionCacheTime
             self.connectionReuseTimeLimit = connectionReuseTimeLimit
             self.downgradeMemory = downgradeMemory
@@ -109,7 +113,8 @@ public final class DeliveryAgent: Sendable {
         let settings = self.settings
         var planner = DeliveryPlanner(domain: domain, recipients: recipientIndexes, settings: settings.planner(mtaSTS: sts != nil),
                                       local: settings.localLevel(for: domain).map(LocalPolicyFact.init),
-                                      memory: settings.downgradeMemory == .off ? nil : memory?.memory(of: domain)?.fact, now: now)
+                                      memory: settings.downgradeMemory == .off ? nil : memory?.memory(of: domain)?.fact, now: now,
+                                      message: envelope.generated == .deliveryStatusNotification ? .deliveryStatusNotification : .relayed)
         let finished = await drive(&planner, effect: { effect in
             switch effect {
             case .log(let level, let text):
@@ -184,7 +189,7 @@ public final class DeliveryAgent: Sendable {
         let authentication = TLSPeerAuthentication(attempt.demand.authentication, requirement: attempt.demand.requirement)
         let report: ConnectionReport
         do {
-            report = try await connect(address: attempt.address, host: attempt.demand.serverName(host: attempt.host), job: job, content: content,
+            report = try await connect(address: attempt.address, port: attempt.port, host: attempt.demand.serverName(host: attempt.host), job: job, content: content,
                                        authentication: authentication)
         } catch {
             return (AttemptResult(connectFailure: describe(error)), nil)
@@ -238,9 +243,9 @@ public final class DeliveryAgent: Sendable {
     /// that turns out dead before the content was sent (closed, 421) is dropped and the message
     /// goes on a new connection.
     /// - Throws: the connect error (refused, unreachable, timeout) of a new connection.
-    func connect(address: String, host: String, job: ClientSession.Job, content: [UInt8],
+    func connect(address: String, port: Int, host: String, job: ClientSession.Job, content: [UInt8],
                  authentication: TLSPeerAuthentication) async throws -> ConnectionReport {
-        let key = ConnectionKey(address: address, port: settings.port, serverName: host, tls: job.tls, authentication: authentication)
+        let key = ConnectionKey(address: address, port: port, serverName: host, tls: job.tls, authentication: authentication)
         if job.keepOpen {
             while let entry = connections.take(key) {
                 guard let report = try? await entry.run(job: job, content: content) else { continue }
@@ -252,7 +257,7 @@ public final class DeliveryAgent: Sendable {
                 return report
             }
         }
-        let socketAddress = try SocketAddress(ipAddress: address, port: settings.port)
+        let socketAddress = try SocketAddress(ipAddress: address, port: port)
         let eventLoop = group.next()
         let promise = eventLoop.makePromise(of: ConnectionReport.self)
         let handlerPromise = eventLoop.makePromise(of: NIOLoopBound<SMTPClientHandler>.self)

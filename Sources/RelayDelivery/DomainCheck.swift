@@ -64,6 +64,11 @@ public struct DomainCheckReport: Sendable {
     /// nil when a delivery would go ahead; else the outcome a delivery would get.
     public var wouldFail: RecipientOutcome?
     public var deliverable: Bool { wouldFail == nil }
+    /// The first acceptable attempt — the one a delivery would use — went without TLS.
+    public var deliversInClear: Bool {
+        guard deliverable, let first = hosts.lazy.flatMap(\.connections).first(where: \.acceptable) else { return false }
+        return first.tls == nil
+    }
     /// When the check ran (seconds since the epoch).
     public var time: Double
 }

@@ -332,8 +332,10 @@ public actor Scheduler {
                 parameters.body = .eightBitMIME
                 parameters.smtputf8 = envelope.transaction.parameters.smtputf8
                 let transaction = MailTransaction(sender: nil, parameters: parameters, recipients: [Recipient(mailbox: sender, notify: DSNNotify(never: true))])
-                try writer.commit(envelope: QueuedEnvelope(queueID: writer.queueID, arrivalTime: now, clientAddress: "127.0.0.1",
-                                                           heloName: hostname, transaction: transaction, size: writer.contentLength))
+                var dsn = QueuedEnvelope(queueID: writer.queueID, arrivalTime: now, clientAddress: "127.0.0.1",
+                                         heloName: hostname, transaction: transaction, size: writer.contentLength)
+                dsn.generated = .deliveryStatusNotification
+                try writer.commit(envelope: dsn)
                 dsnID = writer.queueID
             }
             try spool.finish(id)

@@ -9,7 +9,8 @@ import Glibc
 public struct SecurityAlert: Sendable, Equatable {
     /// Kinds of alert, each with a fixed journald MESSAGE_ID (see systemd/tlsrelay.catalog).
     public enum Kind: String, Sendable, CaseIterable {
-        /// An enforced policy (DANE, MTA-STS enforce) failed: mail deferred.
+        /// An enforced policy (DANE, MTA-STS enforce) failed on a connection: nothing sent to that
+        /// host (another MX host may still take the mail; else it is deferred).
         case policyFailure = "policy-failure"
         /// DNSSEC validation failed (bogus) for data a policy depends on.
         case dnssecFailure = "dnssec-failure"
@@ -74,7 +75,7 @@ public struct SecurityAlert: Sendable, Equatable {
         switch kind {
         case .testingPolicyFailure: text += "; delivered anyway (policy in testing mode)"
         case .downgradeReported: text += "; delivered anyway (policy.downgrade_memory = report)"
-        default: text += "; mail deferred, nothing sent"
+        default: text += "; nothing sent to this host (the next MX host is tried, else the mail is deferred)"
         }
         return text
     }

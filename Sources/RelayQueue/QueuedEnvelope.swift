@@ -15,6 +15,9 @@ public struct QueuedEnvelope: Sendable, Codable, Hashable {
     public var transaction: MailTransaction
     /// Size of the stored content in bytes, including the Received header this relay added.
     public var size: Int
+    /// Set on messages tlsrelay wrote itself; nil for mail received over SMTP. (Absent in
+    /// spools of earlier versions, which read as nil.)
+    public var generated: GeneratedMessage?
 
     public init(queueID: QueueID, arrivalTime: Double, clientAddress: String, heloName: String,
                 transaction: MailTransaction, size: Int) {
@@ -25,4 +28,10 @@ public struct QueuedEnvelope: Sendable, Codable, Hashable {
         self.transaction = transaction
         self.size = size
     }
+}
+
+/// A message tlsrelay wrote itself.
+public enum GeneratedMessage: String, Sendable, Codable, Hashable {
+    /// A delivery status notification (RFC 3464): a bounce.
+    case deliveryStatusNotification = "dsn"
 }

@@ -154,7 +154,8 @@ struct Check: AsyncParsableCommand {
         if let failure = report.wouldFail {
             result["verdict"] = ["action": failure.kind.rawValue, "status": failure.status.description, "reason": failure.reason]
         } else {
-            result["verdict"] = ["action": "delivered", "status": "2.0.0", "reason": "a delivery now would go ahead as its policy requires"]
+            result["verdict"] = ["action": "delivered", "status": "2.0.0", "in_clear": report.deliversInClear,
+                                 "reason": "a delivery now would go ahead as its policy requires" + (report.deliversInClear ? ", in clear" : "")]
         }
         return result
     }
@@ -200,8 +201,13 @@ struct Check: AsyncParsableCommand {
                 continue
             case .connect(let plan):
                 print("host \(host.name) [addresses: \(plan.addresses.joined(separator: ", "))]")
-                let policy = plan.source == .none ? "no policy" : plan.source.rawValue + (plan.testingFallback != nil ? " (testing)" : "")
-                print("  policy: \(policy); \(plan.demand) [rule \(plan.rule.rawValue), floor \(plan.floor.rawValue)]")
+                let policy = plan.source == .none ? "no policy" : plan.source == .memory ? "downgrade memory (tofu)"
+                    : plan.source.rawValue + (plan.testingFallback != nil ? " (testing)" : "")
+                if let fallback = plan.testingFallback {
+                    print("  policy: \(policy); tries \(plan.demand), reports a failure, then \(fallback) [rule \(plan.rule.rawValue), floor \(plan.floor.rawValue)]")
+                } else {
+                    print("  policy: \(policy); \(plan.demand) [rule \(plan.rule.rawValue), floor \(plan.floor.rawValue)]")
+                }
                 if case .records(_, _, let all, let usable) = plan.dane {
                     for record in all { print("  TLSA \(record)\(usable.contains(record) ? "" : " (unusable)")") }
                 }
@@ -216,7 +222,7 @@ struct Check: AsyncParsableCommand {
                         if let spki = tls.peerSPKISHA256 { line += ", SPKI SHA-256 \(spki)" }
                         if let match = tls.daneMatch { line += ", DANE TLSA \(match.usage) \(match.selector) \(match.matchingType) matched at depth \(match.depth)" }
                     } else if connection.problem == nil {
-                        line += connection.offeredSTARTTLS ? "no TLS (STARTTLS offered, not used)" : "no STARTTLS offered: in clear"
+                        line += connection.offeredSTARTTLS ? "no TLS (STARTTLS offered, not used): in clear" : "no STARTTLS offered: in clear"
                     }
                     if let problem = connection.problem { line += (connection.tls == nil ? "" : " -- ") + problem }
                 }
@@ -231,6 +237,8 @@ struct Check: AsyncParsableCommand {
         print("")
         if let failure = report.wouldFail {
             print("verdict: a delivery now would be \(failure.kind.rawValue) (\(failure.status)): \(failure.reason)")
+        } else if report.deliversInClear {
+            print("verdict: deliverable as its policy requires, IN CLEAR (no policy asks for TLS here)")
         } else {
             print("verdict: deliverable as its policy requires")
         }

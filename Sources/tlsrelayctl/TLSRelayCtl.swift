@@ -169,7 +169,7 @@ struct Status: ParsableCommand {
                 print("last reload: none since start")
             }
             let alerts = status["recent_alerts"] as? [[String: Any]] ?? []
-            print("recent alerts: \(alerts.isEmpty ? "none" : "")")
+            print(alerts.isEmpty ? "recent alerts: none" : "recent alerts:")
             for alert in alerts { print("  \(date(alert["time"]))  \(alert["message"] ?? "")") }
         }
     }

@@ -16,7 +16,15 @@ struct Oracle {
     /// Downgrade memory raises the floor above every discovered policy.
     var memoryBinding = false
 
+    /// A DSN to the DSN relay: one attempt there, no recipient policy at all.
+    var dsnRelay = false
+
     init(_ i: Inputs) {
+        if i.message == .deliveryStatusNotification {
+            dsnRelay = true
+            floor = AchievedSecurity.none
+            return
+        }
         let localApplies = i.local != .absent && i.local != .expired
         if i.mxStatus == .failed { noAttemptStatus = .directoryServerFailure; return }
         if i.mxStatus == .bogus { noAttemptStatus = .cryptographicFailure; return }
@@ -69,7 +77,7 @@ struct ExhaustivePlannerTests {
     @Test("floor rule and outcome rules on the whole product of inputs")
     func exhaustive() {
         let all = Inputs.all
-        #expect(all.count == 8 * 64 * 5 * 7 * 6 * 8)
+        #expect(all.count == 2 * 8 * 64 * 5 * 7 * 6 * 8)
         var violations: [String] = []
         func violate(_ inputs: Inputs, _ rule: String, _ t: Transcript) {
             if violations.count < 25 {
@@ -86,6 +94,17 @@ struct ExhaustivePlannerTests {
                 if !t.attempts.isEmpty { violate(inputs, "connected where no connection is allowed", t) }
                 if outcome.kind != .deferred || outcome.status != oracle.noAttemptStatus { violate(inputs, "wrong deferral without attempts", t) }
                 if oracle.memoryBinding && !t.notedRefusal { violate(inputs, "refused downgrade without starting the grace window", t) }
+                continue
+            }
+            if oracle.dsnRelay {
+                // RFC 3461 §6.2: back to the upstream MTA, whatever the recipient domain's policy says.
+                let lookups = t.actions.contains { if case .connect = $0 { return false }; if case .finish = $0 { return false }; return true }
+                if lookups { violate(inputs, "a DSN to the DSN relay looked up the recipient domain", t) }
+                if t.attempts.first.map({ $0.attempt.address != Inputs.dsnRelay.address || $0.attempt.port != Inputs.dsnRelay.port }) ?? true {
+                    violate(inputs, "a DSN not sent to the DSN relay", t)
+                }
+                if !t.alerts.isEmpty || !t.remembered.isEmpty || t.notedRefusal { violate(inputs, "a DSN raised alerts or touched memory", t) }
+                if inputs.mx != .bytesAfter220 && outcome.kind != .delivered { violate(inputs, "DSN to the relay not delivered", t) }
                 continue
             }
             // The floor rule: no attempt can end below the highest floor; clear only without one.

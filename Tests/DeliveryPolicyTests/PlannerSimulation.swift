@@ -30,9 +30,11 @@ struct Inputs: Sendable, CustomStringConvertible {
     var sts: STS
     var memory: Memory
     var mx: MX
+    /// Relayed mail, or a DSN tlsrelay wrote (with a DSN relay configured).
+    var message: MessageKind = .relayed
 
     var description: String {
-        "local=\(local.rawValue) mx=\(mxStatus.rawValue) a=\(addressStatus.rawValue) tlsa=\(tlsaStatus.rawValue)/\(tlsa.rawValue) sts=\(sts.rawValue) memory=\(memory.rawValue) mx-does=\(mx.rawValue)"
+        "message=\(message.rawValue) local=\(local.rawValue) mx=\(mxStatus.rawValue) a=\(addressStatus.rawValue) tlsa=\(tlsaStatus.rawValue)/\(tlsa.rawValue) sts=\(sts.rawValue) memory=\(memory.rawValue) mx-does=\(mx.rawValue)"
     }
 
     static let domain = "example.net"
@@ -40,6 +42,7 @@ struct Inputs: Sendable, CustomStringConvertible {
     static let address = "192.0.2.25"
     static let now = 1_000_000.0
     static let grace = 86400.0
+    static let dsnRelay = (address: "127.0.0.1", port: 10025)
 
     static let leafRecord = TLSAEntry(usage: 3, selector: 1, matchingType: 1, data: Array(repeating: 0xAB, count: 32))
     static let caRecord = TLSAEntry(usage: 2, selector: 1, matchingType: 1, data: Array(repeating: 0xCD, count: 32))
@@ -112,7 +115,8 @@ struct Inputs: Sendable, CustomStringConvertible {
     /// All combinations, in a fixed order.
     static var all: [Inputs] {
         var result: [Inputs] = []
-        result.reserveCapacity(860_160)
+        result.reserveCapacity(2 * 860_160)
+        for message in MessageKind.allCases {
         for local in Local.allCases {
             for mxStatus in Status.allCases {
                 for addressStatus in Status.allCases {
@@ -122,7 +126,7 @@ struct Inputs: Sendable, CustomStringConvertible {
                                 for memory in Memory.allCases {
                                     for mx in MX.allCases {
                                         result.append(Inputs(local: local, mxStatus: mxStatus, addressStatus: addressStatus, tlsaStatus: tlsaStatus,
-                                                             tlsa: tlsa, sts: sts, memory: memory, mx: mx))
+                                                             tlsa: tlsa, sts: sts, memory: memory, mx: mx, message: message))
                                     }
                                 }
                             }
@@ -130,6 +134,7 @@ struct Inputs: Sendable, CustomStringConvertible {
                     }
                 }
             }
+        }
         }
         return result
     }
@@ -206,9 +211,9 @@ func simulate(_ mx: Inputs.MX, demand: TLSDemand, recipients: [Int], records: [T
 /// Runs one delivery of one recipient through the planner, answering every action from `inputs`.
 func run(_ inputs: Inputs, settings overrides: PlannerSettings? = nil, probe: Bool = false) -> Transcript {
     let settings = overrides ?? PlannerSettings(port: 25, daneForInsecureMX: true, mtaSTS: true, memoryMode: inputs.memoryMode,
-                                                downgradeGrace: Inputs.grace)
+                                                downgradeGrace: Inputs.grace, dsnRelay: Inputs.dsnRelay)
     var planner = DeliveryPlanner(domain: Inputs.domain, recipients: probe ? [] : [0], settings: settings, local: inputs.localFact,
-                                  memory: inputs.memoryFact, now: Inputs.now, probe: probe)
+                                  memory: inputs.memoryFact, now: Inputs.now, probe: probe, message: inputs.message)
     var transcript = Transcript()
     var step = planner.start()
     for _ in 0..<64 {

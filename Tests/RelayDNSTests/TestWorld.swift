@@ -82,7 +82,9 @@ final class TestWorld: Sendable {
         let started = Date()
         while true {
             let t0 = Date()
-            let (status, output) = try await worldPy(["up", "--dir", dir.path], outputDir: parent)
+            // A free address slot: another world (started by hand or by a parallel suite) may
+            // hold slot 0.
+            let (status, output) = try await worldPy(["up", "--dir", dir.path, "--slot", "auto"], outputDir: parent)
             if status == 0 {
                 let waited = t0.timeIntervalSince(started)
                 if waited > 1 { print("[RelayDNSTests] waited \(Int(waited)) s for another world to release its addresses") }
