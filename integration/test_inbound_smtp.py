@@ -201,8 +201,18 @@ def test_client_outside_allowed_clients_gets_554(relay_factory):
     relay = relay_factory(allowed_clients=["127.0.0.1/32"])
     c = RawSMTP(relay.port, source="127.0.0.2")
     assert c.code().startswith("554 5.7.1")
+    # RFC 5321 §3.1: the server waits for QUIT and answers anything else with 503.
+    assert c.command("EHLO intruder.example").startswith("503 5.5.1")
+    assert c.command("MAIL FROM:<a@example.org>").startswith("503 5.5.1")
+    assert c.command("QUIT").startswith("221")
     assert c.closed()
     assert "554 5.7.1" in relay.log_text()
+    # A refused client that never says QUIT is closed after server's bound (10 s).
+    silent = RawSMTP(relay.port, source="127.0.0.2")
+    assert silent.code().startswith("554 5.7.1")
+    started = time.time()
+    assert silent.closed(wait=20)
+    assert time.time() - started < 15
     ok = RawSMTP(relay.port, source="127.0.0.1")
     assert ok.code().startswith("220 ")
 

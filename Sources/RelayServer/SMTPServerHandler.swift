@@ -59,6 +59,13 @@ final class SMTPServerHandler: ChannelInboundHandler {
         }
         perform(session.start(clientAllowed: allowed, overConnectionLimit: allowed && !admitted), context: context)
         context.flush()
+        if session.isRefused {
+            // RFC 5321 §3.1: wait for QUIT after the 554, but not for long.
+            let channel = context.channel
+            channel.eventLoop.scheduleTask(in: .seconds(Int64(settings.limits.refusedSessionSeconds))) {
+                channel.close(promise: nil)
+            }
+        }
         context.fireChannelActive()
     }
 

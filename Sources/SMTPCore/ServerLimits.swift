@@ -18,6 +18,11 @@ public struct ServerLimits: Sendable, Hashable {
     /// Seconds a session may stay idle between commands or data chunks before 421 4.4.2
     /// (RFC 5321 §4.5.3.2.7 asks servers to wait at least 5 minutes).
     public var idleTimeoutSeconds: Int = 300
+    /// A client refused with 554 at connect may send this many commands (each answered 503)
+    /// before QUIT, and the session lasts at most `refusedSessionSeconds` (RFC 5321 §3.1: the
+    /// server waits for QUIT; the bounds keep refused clients from holding connections).
+    public var refusedSessionCommands: Int = 10
+    public var refusedSessionSeconds: Int = 10
     /// Concurrent inbound sessions; above it new clients get 421 4.7.0 at connect.
     public var maxConnections: Int = 100
 

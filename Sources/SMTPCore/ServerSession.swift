@@ -50,6 +50,8 @@ public struct ServerSession: Sendable {
     enum State: Sendable, Equatable {
         case awaitingGreeting
         case rejected
+        /// 554 at connect: waiting for QUIT, every other command gets 503 (RFC 5321 §3.1).
+        case refused(commandsLeft: Int)
         case ready                       // no HELO/EHLO yet
         case greeted                     // HELO/EHLO done, no transaction
         case mail(MailTransaction)       // MAIL accepted; RCPTs may follow
@@ -83,16 +85,40 @@ public struct ServerSession: Sendable {
 
     public var isClosed: Bool { state == .closed || state == .rejected }
 
+    /// True after a 554 at connect, while the session waits for QUIT.
+    public var isRefused: Bool {
+        if case .refused = state { return true }
+        return false
+    }
+
+    /// A command (or malformed line) from a refused client: QUIT ends the session, anything
+    /// else is 503 until the command budget is spent (RFC 5321 §3.1).
+    mutating func refusedCommand(isQuit: Bool, commandsLeft: Int) -> [Action] {
+        if isQuit {
+            state = .closed
+            return [.reply(Reply(221, .ok, "Bye")), .close]
+        }
+        if commandsLeft <= 1 {
+            state = .closed
+            return [.reply(Reply(503, .invalidCommand, "Error: access denied; closing")), .close]
+        }
+        state = .refused(commandsLeft: commandsLeft - 1)
+        return [.reply(Reply(503, .invalidCommand, "Error: access denied; only QUIT is accepted"))]
+    }
+
     /// The connection opened.
     /// - Parameters:
     ///   - clientAllowed: false when the client address is outside `allowed_clients`: the reply
-    ///     is 554 5.7.1 and the connection closes (RFC 5321 §3.1 allows 554 instead of 220).
+    ///     is 554 5.7.1 instead of 220, and the session then waits for QUIT, answering every
+    ///     other command with 503 5.5.1 (RFC 5321 §3.1), for at most
+    ///     `limits.refusedSessionCommands` commands (`isRefused` tells the handler to bound its
+    ///     time by `limits.refusedSessionSeconds`).
     ///   - overConnectionLimit: true when the concurrent session limit is reached: 421 4.7.0.
     public mutating func start(clientAllowed: Bool, overConnectionLimit: Bool = false) -> [Action] {
         guard state == .awaitingGreeting else { return [] }
         if !clientAllowed {
-            state = .rejected
-            return [.reply(Reply(554, .deliveryNotAuthorized, "\(hostname) Access denied: relaying not permitted for your address")), .close]
+            state = .refused(commandsLeft: limits.refusedSessionCommands)
+            return [.reply(Reply(554, .deliveryNotAuthorized, "\(hostname) Access denied: relaying not permitted for your address"))]
         }
         if overConnectionLimit {
             state = .rejected
@@ -104,6 +130,7 @@ public struct ServerSession: Sendable {
 
     /// A command line that broke the framing rules arrived (bare CR or LF, or too long).
     public mutating func receiveMalformedLine(_ problem: LineProblem) -> [Action] {
+        if case .refused(let left) = state { return refusedCommand(isQuit: false, commandsLeft: left) }
         switch problem {
         case .bareLineEnding:
             return fail(Reply(500, .syntaxError, "Bare CR or LF in command is not allowed (RFC 5321 section 2.3.8)"))
@@ -132,6 +159,9 @@ public struct ServerSession: Sendable {
     public mutating func receiveLine(_ line: String) -> [Action] {
         switch state {
         case .ready, .greeted, .mail: break
+        case .refused(let left):
+            let isQuit = (try? CommandParser.parse(line)).map { if case .quit = $0 { return true } else { return false } } ?? false
+            return refusedCommand(isQuit: isQuit, commandsLeft: left)
         default: return []
         }
         let command: Command

@@ -25,7 +25,19 @@ struct ServerSessionTests {
         var denied = ServerSession(hostname: "relay.example.org", limits: ServerLimits())
         let deniedActions = denied.start(clientAllowed: false)
         #expect(replies(deniedActions) == ["554 5.7.1"])
-        #expect(deniedActions.last == .close)
+        // RFC 5321 §3.1: the session waits for QUIT; other commands get 503, within a budget.
+        #expect(deniedActions.last != .close && denied.isRefused)
+        #expect(replies(denied.receiveLine("EHLO client.example.org")) == ["503 5.5.1"])
+        #expect(replies(denied.receiveLine("MAIL FROM:<a@example.org>")) == ["503 5.5.1"])
+        #expect(replies(denied.receiveMalformedLine(.bareLineEnding)) == ["503 5.5.1"])
+        let quit = denied.receiveLine("QUIT")
+        #expect(replies(quit) == ["221 2.0.0"] && quit.last == .close)
+        var limits = ServerLimits()
+        limits.refusedSessionCommands = 2
+        var chatty = ServerSession(hostname: "relay.example.org", limits: limits)
+        _ = chatty.start(clientAllowed: false)
+        #expect(chatty.receiveLine("NOOP").last != .close)
+        #expect(chatty.receiveLine("NOOP").last == .close)
         var full = ServerSession(hostname: "relay.example.org", limits: ServerLimits())
         #expect(replies(full.start(clientAllowed: true, overConnectionLimit: true)) == ["421 4.7.0"])
     }
