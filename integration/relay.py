@@ -65,10 +65,15 @@ class Relay:
             lines.append(f"{key} = {json.dumps(value)}")
         self.config.write_text("\n".join(lines) + "\n" + self.extra_toml)
 
-    def start(self, wait=True, env=None):
+    def start(self, wait=True, env=None, user=None):
+        """Starts tlsrelayd; ``user`` ("nobody:nogroup") runs it without privileges, as the
+        systemd unit does."""
         assert BINARY.exists(), f"{BINARY} missing: run swift build first"
         self.log = open(self.log_path, "ab")
         command = [str(BINARY), "--config", str(self.config)]
+        if user:
+            name, group = user.split(":")
+            command = ["setpriv", f"--reuid={name}", f"--regid={group}", "--clear-groups", "--inh-caps=-all", "--"] + command
         if self.journal_dir:
             command = [str(ROOT / "scripts" / "journal_namespace.sh"), str(self.journal_dir)] + command
         self.process = subprocess.Popen(command, stdout=self.log, stderr=self.log, env=dict(os.environ, **(env or {})))
