@@ -118,3 +118,43 @@ def test_check_reads_the_daemons_mta_sts_cache_and_writes_nothing(world, tmp_pat
     assert ctl(relay, "check", world.scenario("sts-enforce")["domain"], "--json").returncode == 0
     assert sorted(p.name for p in relay.state.rglob("*")) == before
     assert json.loads((cache / f"{domain}.json").read_text()) == entry
+
+
+def test_unreadable_state_never_lowers_protection(world, tmp_path, world_relay_toml):
+    """A memory file or an MTA-STS cache file that cannot be read is never taken as "nothing
+    remembered" / "no policy": the memory counts as dane, the lost policy defers, both are said
+    in the log, and the relay never overwrites what it could not read with something weaker."""
+    relay = Relay(tmp_path / "unreadable", extra_toml=world_relay_toml + '\n[policy]\ndowngrade_memory = "enforce"\n')
+    (relay.state / "memory").mkdir(parents=True)
+    memory_file = relay.state / "memory" / "attack-strip-nopolicy.test.json"
+    memory_file.write_text('{"domain": "attack-strip-nopolicy.test", "strongest": "dane", "achievedAt": ')   # truncated
+    hostile = relay.state / "memory" / "plain-mx.test.json"
+    hostile.write_text(json.dumps({"domain": "plain-mx.test", "strongest": "dane", "achievedAt": 1, "downgradeFirstSeen": 1e300}))
+    sts = world.scenario("attack-sts-strip-starttls")
+    (relay.state / "mta-sts").mkdir(parents=True)
+    cache_file = relay.state / "mta-sts" / f"{sts['domain']}.json"
+    cache_file.write_text('{"domain": "' + sts["domain"] + '", "id": ')
+    world.set_sts(sts["domain"], "404")
+    relay.start()
+    try:
+        send(relay, "sender@plain-mx2.test", ["user@attack-strip-nopolicy.test", "user@plain-mx.test", sts["recipient"]],
+             b"Subject: unreadable\r\n\r\nunreadable-token\r\n")
+        stripped = wait_for(lambda: attempts(relay, "user@attack-strip-nopolicy.test"))
+        assert stripped[0][1:3] == ("4.7.5", "deferred"), stripped
+        assert "downgrade memory" in stripped[0][3]
+        # A time past Int.max does not crash the daemon; the record is implausible, so dane holds.
+        plain = wait_for(lambda: attempts(relay, "user@plain-mx.test"))
+        assert plain[0][1:3] == ("4.7.5", "deferred"), plain
+        assert relay.process.poll() is None
+        lost = wait_for(lambda: attempts(relay, sts["recipient"]))
+        assert lost[0][1:3] == ("4.4.3", "deferred") and "cached MTA-STS policy" in lost[0][3] and "unreadable" in lost[0][3], lost
+        log = relay.log_text()
+        assert "the downgrade memory of attack-strip-nopolicy.test is unreadable" in log
+        for host in ("mx.attack-strip-nopolicy.test", sts["mx"][0]["name"]):
+            assert b"unreadable-token" not in world.cleartext(host)
+        assert memory_file.read_text().endswith('"achievedAt": ')   # untouched
+        check = json.loads(ctl(relay, "check", "attack-strip-nopolicy.test", "--json").stdout)
+        assert check["downgrade_memory"]["unreadable"] and check["verdict"]["status"] == "4.7.5"
+    finally:
+        relay.stop()
+        world.set_sts(sts["domain"], "good")

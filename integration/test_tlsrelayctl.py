@@ -202,6 +202,8 @@ def test_check_explains_itself(world, tmp_path, world_relay_toml):
     assert clear["verdict"]["in_clear"] is True and "IN CLEAR" in ctl(relay, "check", world.scenario("no-tls")["domain"]).stdout
     assert plain["mta_sts"] == {"cached": False, "mode": None} and plain["local_level"] is None
     assert "policy: no policy; opportunistic TLS, no certificate check" in ctl(relay, "check", world.scenario("plain-mx")["domain"]).stdout
+    bad = ctl(relay, "check", "plain-mx.test..")
+    assert bad.returncode == 2 and "is not a domain name" in bad.stderr
 
 
 def test_deferral_reasons_name_the_policy(world, tmp_path, world_relay_toml):

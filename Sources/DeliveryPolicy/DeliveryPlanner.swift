@@ -198,6 +198,9 @@ public struct DeliveryPlanner: Sendable {
             effects.append(.hostDecided(host: route.address, .connect(plan)))
             return connect(effects, plan: plan, addressIndex: 0, demand: plan.demand, kind: .first)
         }
+        if let reason = memory?.unreadable {
+            effects.append(.log(.warning, "the downgrade memory of \(domain) is unreadable (\(reason)); it is treated as dane until the file is mended or removed"))
+        }
         guard domain.utf8.allSatisfy({ $0 < 0x80 }) else {
             return finish(effects, all: .deferred(.directoryServerFailure, "internationalized domain \(domain) needs IDNA conversion, which this version does not do"))
         }

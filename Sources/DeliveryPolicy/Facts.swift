@@ -58,15 +58,28 @@ public struct TLSAEntry: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// DANE-TA(2) or DANE-EE(3), selector 0 or 1, matching type 0/1/2 with the right digest
-    /// length (RFC 7672 §3.1.3, RFC 6698 §2.1).
+    /// length, or for matching type 0 a DER SEQUENCE (a certificate or SubjectPublicKeyInfo) that
+    /// spans the whole data (RFC 7672 §3.1.3, RFC 6698 §2.1). Anything else cannot authenticate.
     public var isUsable: Bool {
         guard wellFormed, usage == 2 || usage == 3, selector <= 1 else { return false }
         switch matchingType {
-        case 0: return !data.isEmpty
+        case 0: return Self.isDERSequence(data)
         case 1: return data.count == 32
         case 2: return data.count == 64
         default: return false
         }
+    }
+
+    /// A DER SEQUENCE whose length field matches the data exactly (X.690 §8.1.3).
+    static func isDERSequence(_ bytes: [UInt8]) -> Bool {
+        guard bytes.count >= 2, bytes[0] == 0x30 else { return false }
+        let first = Int(bytes[1])
+        if first < 0x80 { return first > 0 && bytes.count == 2 + first }
+        let octets = first & 0x7F
+        guard (1...4).contains(octets), bytes.count > 2 + octets else { return false }
+        var length = 0
+        for byte in bytes[2..<(2 + octets)] { length = length << 8 | Int(byte) }
+        return length >= 0x80 && bytes.count == 2 + octets + length
     }
 
     public var description: String {
@@ -155,10 +168,14 @@ public struct MemoryFact: Sendable, Equatable {
     public var strongest: AchievedSecurity
     /// When a weaker delivery was first refused (seconds since the epoch): the grace window's start.
     public var firstRefused: Double?
+    /// Set when the memory file exists but cannot be read: `strongest` is then `dane`, the
+    /// strongest level it may have held (indeterminate state never lowers protection).
+    public var unreadable: String?
 
-    public init(strongest: AchievedSecurity, firstRefused: Double? = nil) {
+    public init(strongest: AchievedSecurity, firstRefused: Double? = nil, unreadable: String? = nil) {
         self.strongest = strongest
         self.firstRefused = firstRefused
+        self.unreadable = unreadable
     }
 }
 

@@ -212,7 +212,8 @@ public enum HostPolicy {
         guard let demand = demand(meeting: floor, host: host, dane: facts.dane) else {
             // Only downgrade memory can ask for DANE where no usable TLSA record exists.
             let first = facts.memoryFirstRefused ?? facts.now
-            let reason = "\(domain) was delivered with \(floor.rawValue) before; MX host \(host) now offers at best \(discoveredFloor.rawValue) (downgrade refused until \(Int(max(0, facts.grace - (facts.now - first)))) s from now)"
+            let left = min(max(0, facts.grace - (facts.now - first)), facts.grace)
+            let reason = "downgrade memory: \(domain) was delivered with \(floor.rawValue) before; MX host \(host) now offers at best \(discoveredFloor.rawValue) (downgrade refused until \(left.isFinite ? Int(left) : 0) s from now)"
             return .skip(rule: .memoryDANERefused, outcome: .deferred(.cryptographicFailure, reason),
                          alert: PolicyAlert(resultType: .validationFailure, domain: domain, mxHost: host, address: nil, policySource: .memory,
                                             reason: reason, enforced: true), noteRefusedDowngrade: true)

@@ -101,7 +101,9 @@ public struct STSPolicy: Sendable, Equatable, Codable {
         var name = host.lowercased()
         if name.hasSuffix(".") { name.removeLast() }
         if name.hasPrefix("[") || IPLiteral.isIP(name) { return false }
-        for pattern in mx {
+        for raw in mx {
+            var pattern = raw.lowercased()
+            if pattern.hasSuffix(".") { pattern.removeLast() }
             if pattern.hasPrefix("*.") {
                 let suffix = pattern.dropFirst(1)   // ".example.com"
                 guard name.hasSuffix(suffix) else { continue }

@@ -18,6 +18,8 @@ public enum StateReports {
     public static func policy(domain: String, configuration: RelayConfiguration, stsCache: STSPolicyCache, memory: DowngradeMemoryStore,
                               now: Double) -> [String: Any] {
         var result: [String: Any] = ["domain": domain]
+        if case .unreadable(let reason) = stsCache.lookup(domain) { result["mta_sts_unreadable"] = reason }
+        if case .unreadable(let reason) = memory.lookup(domain) { result["downgrade_memory_unreadable"] = reason }
         if let cached = stsCache.policy(for: domain) {
             result["mta_sts"] = ["id": cached.id, "mode": cached.policy.mode.rawValue, "max_age": cached.policy.maxAge,
                                  "mx": cached.policy.mx, "fetched_at": cached.fetchedAt, "expires_at": cached.expiresAt,

@@ -113,7 +113,7 @@ public final class DeliveryAgent: Sendable {
         let settings = self.settings
         var planner = DeliveryPlanner(domain: domain, recipients: recipientIndexes, settings: settings.planner(mtaSTS: sts != nil),
                                       local: settings.localLevel(for: domain).map(LocalPolicyFact.init),
-                                      memory: settings.downgradeMemory == .off ? nil : memory?.memory(of: domain)?.fact, now: now,
+                                      memory: settings.downgradeMemory == .off ? nil : memory?.lookup(domain).fact, now: now,
                                       message: envelope.generated == .deliveryStatusNotification ? .deliveryStatusNotification : .relayed)
         let finished = await drive(&planner, effect: { effect in
             switch effect {

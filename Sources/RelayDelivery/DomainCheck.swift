@@ -56,6 +56,8 @@ public struct DomainCheckReport: Sendable {
     public var localLevelExpired: Bool
     /// The downgrade memory in force, as the daemon keeps it, and its mode.
     public var memory: DomainMemory?
+    /// Why the domain's memory file cannot be read (it is then treated as `dane`).
+    public var memoryUnreadable: String?
     public var memoryMode: PolicySettings.DowngradeMemory
     public var memoryGrace: Double
     public var hosts: [Host]
@@ -84,9 +86,11 @@ extension DeliveryAgent {
         let settings = self.settings
         let now = Date().timeIntervalSince1970
         let localEntry = settings.localLevel(for: domain)
-        let remembered = settings.downgradeMemory == .off ? nil : memory?.memory(of: domain)
+        let lookup = settings.downgradeMemory == .off ? MemoryLookup.nothing : memory?.lookup(domain) ?? .nothing
+        let remembered = lookup.memory
         var report = DomainCheckReport(domain: domain, mxStatus: nil, mxResult: "failed", mx: [], mtaSTS: nil, localLevel: localEntry,
                                        localLevelExpired: localEntry?.isExpired(at: now) ?? false, memory: remembered,
+                                       memoryUnreadable: lookup.fact?.unreadable,
                                        memoryMode: settings.downgradeMemory, memoryGrace: settings.downgradeGrace,
                                        hosts: [], alerts: [], wouldFail: nil, time: now)
         // The MX records for display (the planner gets its own answer, from libunbound's cache).
@@ -97,7 +101,7 @@ extension DeliveryAgent {
                 : answer.records.isEmpty ? "nodata" : answer.records.contains(where: \.isNullMX) ? "null-mx" : "data"
         }
         var planner = DeliveryPlanner(domain: domain, recipients: [], settings: settings.planner(mtaSTS: sts != nil),
-                                      local: localEntry.map(LocalPolicyFact.init), memory: remembered?.fact, now: now, probe: true)
+                                      local: localEntry.map(LocalPolicyFact.init), memory: lookup.fact, now: now, probe: true)
         let finished = await drive(&planner, effect: { effect in
             switch effect {
             case .alert(let alert): report.alerts.append(alert)

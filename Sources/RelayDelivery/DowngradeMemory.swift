@@ -21,6 +21,37 @@ public struct DomainMemory: Sendable, Codable, Equatable {
 
     /// The planner's view of this memory.
     public var fact: MemoryFact { MemoryFact(strongest: strongest, firstRefused: downgradeFirstSeen) }
+
+    /// Plausible values only: finite times, not in the far future (a hostile or corrupt file must
+    /// not decide anything, nor crash the arithmetic on them).
+    func isPlausible(for domain: String, now: Double) -> Bool {
+        guard self.domain == domain.lowercased(), achievedAt.isFinite, achievedAt >= 0, achievedAt <= now + 86400 * 366 else { return false }
+        if let first = downgradeFirstSeen { return first.isFinite && first >= 0 && first <= now + 86400 * 366 }
+        return true
+    }
+}
+
+/// What the memory file of one domain holds.
+public enum MemoryLookup: Sendable, Equatable {
+    case nothing
+    case remembered(DomainMemory)
+    /// The file exists but cannot be read or holds nonsense: never ignored (it may have said
+    /// `dane`), reported, and treated as the strongest level by the planner.
+    case unreadable(reason: String)
+
+    /// The planner's view (nil: nothing remembered).
+    public var fact: MemoryFact? {
+        switch self {
+        case .nothing: return nil
+        case .remembered(let memory): return memory.fact
+        case .unreadable(let reason): return MemoryFact(strongest: .dane, unreadable: reason)
+        }
+    }
+
+    public var memory: DomainMemory? {
+        if case .remembered(let memory) = self { return memory }
+        return nil
+    }
 }
 
 /// Per-domain memory of the strongest transport security achieved ("downgrade memory", a
@@ -52,9 +83,19 @@ public final class DowngradeMemoryStore: Sendable {
         return directory + "/" + name + ".json"
     }
 
-    private func read(_ domain: String) -> DomainMemory? {
-        guard let path = path(domain), let data = FileManager.default.contents(atPath: path) else { return nil }
-        return try? JSONDecoder().decode(DomainMemory.self, from: data)
+    private func read(_ domain: String) -> MemoryLookup {
+        guard let path = path(domain) else { return .nothing }
+        guard FileManager.default.fileExists(atPath: path) else { return .nothing }
+        guard let data = FileManager.default.contents(atPath: path) else { return .unreadable(reason: "\(path) cannot be read") }
+        do {
+            let memory = try JSONDecoder().decode(DomainMemory.self, from: data)
+            guard memory.isPlausible(for: domain, now: Date().timeIntervalSince1970) else {
+                return .unreadable(reason: "\(path) holds implausible values (domain \(memory.domain), times \(memory.achievedAt) / \(memory.downgradeFirstSeen.map { "\($0)" } ?? "-"))")
+            }
+            return .remembered(memory)
+        } catch {
+            return .unreadable(reason: "\(path) is not a valid memory record: \(error)")
+        }
     }
 
     private func write(_ memory: DomainMemory) throws {
@@ -62,8 +103,13 @@ public final class DowngradeMemoryStore: Sendable {
         try StateFile.replace(path, with: try JSONEncoder().encode(memory))
     }
 
-    /// The memory of `domain`, or nil.
+    /// The memory of `domain`, or nil (nothing, or an unreadable file: see `lookup(_:)`).
     public func memory(of domain: String) -> DomainMemory? {
+        lock.withLock { read(domain) }.memory
+    }
+
+    /// What the memory file of `domain` holds, an unreadable file included.
+    public func lookup(_ domain: String) -> MemoryLookup {
         lock.withLock { read(domain) }
     }
 
@@ -85,7 +131,10 @@ public final class DowngradeMemoryStore: Sendable {
     /// - Throws: `StateFile.WriteError`.
     public func record(domain: String, security: AchievedSecurity, now: Double, acceptDowngrade: Bool) throws {
         try lock.withLock {
-            let existing = read(domain)
+            let lookup = read(domain)
+            // An unreadable file is replaced only by the strongest level: it may have said dane.
+            if case .unreadable = lookup, security != .dane { return }
+            let existing = lookup.memory
             // Nothing new to remember (same level, recorded within the hour): no write on the
             // delivery path.
             if let existing, existing.strongest == security, existing.downgradeFirstSeen == nil, now - existing.achievedAt < 3600 {
@@ -106,7 +155,7 @@ public final class DowngradeMemoryStore: Sendable {
     @discardableResult
     public func noteRefusedDowngrade(domain: String, now: Double) throws -> Double {
         try lock.withLock {
-            guard var memory = read(domain) else { return now }
+            guard var memory = read(domain).memory else { return now }
             if let first = memory.downgradeFirstSeen { return first }
             memory.downgradeFirstSeen = now
             try write(memory)

@@ -50,11 +50,42 @@ public final class STSPolicyCache: Sendable {
         return name + ".json"
     }
 
-    /// The cached policy of `domain`, expired or not; nil when none is cached or it is unreadable.
+    /// What the cache holds for one domain.
+    public enum Lookup: Sendable, Equatable {
+        case nothing
+        case cached(CachedSTSPolicy)
+        /// The file exists but cannot be read or holds nonsense: never read as "no policy".
+        case unreadable(reason: String)
+
+        public var policy: CachedSTSPolicy? {
+            if case .cached(let policy) = self { return policy }
+            return nil
+        }
+    }
+
+    /// The cached policy of `domain`, expired or not; nil when none is cached or it is unreadable
+    /// (see `lookup(_:)`).
     public func policy(for domain: String) -> CachedSTSPolicy? {
-        guard let name = Self.fileName(for: domain),
-              let data = FileManager.default.contents(atPath: directory + "/" + name) else { return nil }
-        return try? JSONDecoder().decode(CachedSTSPolicy.self, from: data)
+        lookup(domain).policy
+    }
+
+    /// What the cache file of `domain` holds, an unreadable one included.
+    public func lookup(_ domain: String) -> Lookup {
+        guard let name = Self.fileName(for: domain) else { return .nothing }
+        let path = directory + "/" + name
+        guard FileManager.default.fileExists(atPath: path) else { return .nothing }
+        guard let data = FileManager.default.contents(atPath: path) else { return .unreadable(reason: "\(path) cannot be read") }
+        do {
+            let cached = try JSONDecoder().decode(CachedSTSPolicy.self, from: data)
+            let policy = cached.policy
+            guard cached.domain == domain.lowercased(), cached.fetchedAt.isFinite, cached.expiresAt.isFinite,
+                  (0...STSPolicy.maxAllowedAge).contains(policy.maxAge), cached.expiresAt == cached.fetchedAt + Double(policy.maxAge),
+                  policy.mode == .none || !policy.mx.isEmpty, (1...32).contains(cached.id.count)
+            else { return .unreadable(reason: "\(path) holds an implausible policy") }
+            return .cached(cached)
+        } catch {
+            return .unreadable(reason: "\(path) is not a valid cached policy: \(error)")
+        }
     }
 
     /// Stores (replaces) the policy of its domain; does nothing when `readOnly`.

@@ -29,11 +29,19 @@ public final class STSPolicyService: Sendable {
     /// - Returns: the policy in force (from a fetch or the cache), a problem to report, or a
     ///   temporary failure (nothing usable cached): never throws.
     public func decision(for domain: String, now: Double = Date().timeIntervalSince1970) async -> STSFact {
-        let cached = cache.policy(for: domain)
+        let lookup = cache.lookup(domain)
+        let cached = lookup.policy
         let usable = cached.flatMap { $0.isExpired(now: now) ? nil : $0 }
         func fromCache(_ problem: (TLSRPTResultType, String)?) -> STSFact {
-            STSFact(policy: usable.flatMap { $0.policy.mode == .none ? nil : $0.policy }, fromCache: usable != nil,
-                    problem: problem.map { STSFact.STSProblem(resultType: $0.0, reason: $0.1) })
+            if case .unreadable(let reason) = lookup {
+                // The policy in force is unknown: defer rather than deliver as if there were none.
+                let why = "the cached MTA-STS policy of \(domain) is unreadable (\(reason)) and no fresh policy could be had"
+                logger.error("\(why)")
+                return STSFact(policy: nil, problem: STSFact.STSProblem(resultType: problem?.0 ?? .stsPolicyFetchError, reason: problem?.1 ?? why),
+                               temporaryFailure: why)
+            }
+            return STSFact(policy: usable.flatMap { $0.policy.mode == .none ? nil : $0.policy }, fromCache: usable != nil,
+                           problem: problem.map { STSFact.STSProblem(resultType: $0.0, reason: $0.1) })
         }
         // §3.1: the TXT record announces a policy and its id.
         let record: STSRecord
@@ -62,7 +70,7 @@ public final class STSPolicyService: Sendable {
         }
         // Fetch: a new id, an expired or missing cache, or time to refresh.
         do {
-            let address = await policyHostAddress(domain)
+            let address = try await policyHostAddress(domain)
             let policy = try await fetcher.fetch(domain: domain, address: address)
             let entry = CachedSTSPolicy(domain: domain, id: record.id, policy: policy, fetchedAt: now)
             do { try cache.store(entry) } catch { logger.error("cannot store the MTA-STS policy of \(domain): \(error)") }
@@ -77,12 +85,25 @@ public final class STSPolicyService: Sendable {
         }
     }
 
-    /// The address of `mta-sts.<domain>` from the validating resolver (nil: let the HTTP client
-    /// resolve it). Bogus answers are not used.
-    func policyHostAddress(_ domain: String) async -> String? {
-        guard let answers = try? await resolver.addresses("mta-sts.\(domain)") else { return nil }
-        if answers.ipv4.status != .bogus, let first = answers.ipv4.records.first { return first }
-        if answers.ipv6.status != .bogus, let first = answers.ipv6.records.first { return first }
-        return nil
+    /// The address of `mta-sts.<domain>` from the validating resolver; the fetch never falls back
+    /// to the system's (unvalidated) resolver.
+    /// - Throws: `STSPolicyFetcher.FetchError` (`sts-policy-fetch-error`) when the lookup fails,
+    ///   is bogus, or finds no address.
+    func policyHostAddress(_ domain: String) async throws -> String {
+        let name = "mta-sts.\(domain)"
+        let results = await resolver.addressLookups(name)
+        for result in [results.ipv4, results.ipv6] {
+            if case .success(let answer) = result, answer.status != .bogus, let first = answer.records.first { return first }
+        }
+        let why: String
+        switch (results.ipv4, results.ipv6) {
+        case (.success(let a), _) where a.status == .bogus, (_, .success(let a)) where a.status == .bogus:
+            why = "the address of \(name) failed DNSSEC validation"
+        case (.failure(let error), _):
+            why = "the address lookup of \(name) failed: \(error)"
+        default:
+            why = "\(name) has no address"
+        }
+        throw STSPolicyFetcher.FetchError(reason: why, resultType: .stsPolicyFetchError)
     }
 }

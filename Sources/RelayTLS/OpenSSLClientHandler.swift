@@ -294,14 +294,16 @@ public final class OpenSSLClientHandler: ChannelDuplexHandler {
                     }
                 }
             }
-            if added > 0 {
-                SSL_set_verify(ssl, SSL_VERIFY_PEER, nil)
-                plan = Plan(applied: .dane, verifiesPeer: true, unusableRecords: unusable)
-            } else {
-                // No usable TLSA record: TLS is still mandatory, without authentication.
-                SSL_set_verify(ssl, SSL_VERIFY_NONE, nil)
-                plan = Plan(applied: .encryptOnly, verifiesPeer: false, unusableRecords: unusable)
+            // A DANE request never degrades: without a record OpenSSL can use (all usage 0/1, or
+            // data it refuses, such as matching type 0 with bytes that are no certificate), the
+            // peer cannot be authenticated and the handshake fails. (A host with only unusable
+            // records is asked for `.encryptOnly` by the delivery planner, never for `.dane`.)
+            guard added > 0 else {
+                throw .authenticationFailed(verifyResult: Int(X509_V_ERR_DANE_NO_MATCH),
+                                            reason: "none of the \(records.count) TLSA record(s) can be used by OpenSSL, so DANE cannot authenticate the server")
             }
+            SSL_set_verify(ssl, SSL_VERIFY_PEER, nil)
+            plan = Plan(applied: .dane, verifiesPeer: true, unusableRecords: unusable)
 
         case .webPKI(let hostName):
             let host = DomainName.withoutTrailingDot(hostName)

@@ -37,8 +37,8 @@ public enum TLSPeerAuthentication: Sendable, Hashable {
     case encryptOnly
     /// RFC 7672 DANE. Only DANE-TA(2) and DANE-EE(3) records are given to OpenSSL; PKIX-TA(0) and
     /// PKIX-EE(1) are dropped (and so are records OpenSSL refuses, such as an unknown matching
-    /// type or a digest of the wrong length). With no usable record left the connection behaves
-    /// as `.encryptOnly`, which `TLSSessionInfo.authenticationApplied` reports.
+    /// type or a digest of the wrong length). With no usable record left the handshake fails
+    /// with `authenticationFailed` (65): a DANE request never degrades to `.encryptOnly`.
     ///
     /// SNI is `tlsaBaseDomain` (without a trailing dot). DANE-TA(2) matches are name-checked
     /// against `tlsaBaseDomain` and every name in `hostNames`; DANE-EE(3) matches are not

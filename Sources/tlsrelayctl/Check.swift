@@ -22,6 +22,11 @@ struct Check: AsyncParsableCommand {
     @Argument(help: "Destination domain.") var domain: String
 
     func run() async throws {
+        let name = domain.hasSuffix(".") ? String(domain.dropLast()) : domain
+        guard !name.isEmpty, name.utf8.count <= 253, name.split(separator: ".", omittingEmptySubsequences: false).allSatisfy({ !$0.isEmpty && $0.utf8.count <= 63 }) else {
+            FileHandle.standardError.write(Data("tlsrelayctl: '\(domain)' is not a domain name\n".utf8))
+            throw ExitCode(2)
+        }
         let settings: RelayConfiguration
         do {
             settings = try options.settings()
@@ -114,6 +119,8 @@ struct Check: AsyncParsableCommand {
             var entry: [String: Any] = ["mode": report.memoryMode.rawValue, "strongest": memory.strongest.rawValue, "grace_seconds": report.memoryGrace]
             if let first = memory.downgradeFirstSeen { entry["downgrade_first_refused"] = first }
             result["downgrade_memory"] = entry
+        } else if let unreadable = report.memoryUnreadable {
+            result["downgrade_memory"] = ["mode": report.memoryMode.rawValue, "strongest": "dane", "unreadable": unreadable]
         } else {
             result["downgrade_memory"] = NSNull()
         }
@@ -190,7 +197,9 @@ struct Check: AsyncParsableCommand {
         }
         if let memory = report.memory {
             print("memory:     \(memory.strongest.rawValue) (\(report.memoryMode.rawValue))" + (memory.downgradeFirstSeen.map {
-                ", downgrade first refused \(Int(report.time - $0)) s ago, grace \(Int(report.memoryGrace)) s" } ?? ""))
+                ", downgrade first refused \(Int(max(0, report.time - $0))) s ago, grace \(Int(report.memoryGrace)) s" } ?? ""))
+        } else if let unreadable = report.memoryUnreadable {
+            print("memory:     UNREADABLE, treated as dane (\(report.memoryMode.rawValue)): \(unreadable)")
         }
         for host in report.hosts {
             print("")

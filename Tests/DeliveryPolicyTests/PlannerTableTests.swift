@@ -134,6 +134,26 @@ struct PlannerTableTests {
         }
     }
 
+    @Test("matching type 0 counts only for a DER certificate or key; a digest published as 3 1 0 is unusable")
+    func fullDataRecords() {
+        let der = [UInt8]([0x30, 0x82, 0x01, 0x00]) + Array(repeating: 0x01, count: 256)
+        #expect(TLSAEntry(usage: 3, selector: 1, matchingType: 0, data: der).isUsable)
+        #expect(TLSAEntry(usage: 2, selector: 0, matchingType: 0, data: [0x30, 0x03, 1, 2, 3]).isUsable)
+        for junk: [UInt8] in [[0x00], Array(repeating: 0xAB, count: 32), [0x30, 0x00], [0x30, 0x05, 1], der + [0]] {
+            #expect(!TLSAEntry(usage: 3, selector: 1, matchingType: 0, data: junk).isUsable, "\(junk.prefix(4))")
+        }
+        // Such a record under dane-only defers instead of connecting.
+        var planner = DeliveryPlanner(domain: "example.net", recipients: [0], settings: PlannerSettings(mtaSTS: false),
+                                      local: LocalPolicyFact(level: .daneOnly), memory: nil, now: 0)
+        _ = planner.start()
+        _ = planner.mxResolved(.hosts(["mx.example.net"], secure: true, implicit: false))
+        _ = planner.addressesResolved(AddressFact(ipv4: .answer(records: ["192.0.2.1"], status: .secure, canonicalName: "mx.example.net"),
+                                                  ipv6: .answer(records: [], status: .secure, canonicalName: "mx.example.net")))
+        let step = planner.tlsaResolved(.answer(records: [TLSAEntry(usage: 3, selector: 1, matchingType: 0, data: [0x00])], status: .secure))
+        guard case .finish(let outcomes, _, _) = step.action else { Issue.record("\(step.action)"); return }
+        #expect(outcomes[0]?.status == .cryptographicFailure)
+    }
+
     @Test("a failed AAAA lookup leaves the secure A records usable for DANE")
     func aaaaFailure() {
         var planner = DeliveryPlanner(domain: "example.net", recipients: [0], settings: PlannerSettings(), local: nil, memory: nil, now: 0)

@@ -61,3 +61,40 @@ struct StateFileTests {
         #expect(missing.memory(of: "example.net") == nil && !FileManager.default.fileExists(atPath: dir + "/nothing-here"))
     }
 }
+
+@Suite("Unreadable state files")
+struct UnreadableStateTests {
+    @Test("a memory file that does not decode, names another domain or holds absurd times is unreadable, treated as dane, never overwritten by less")
+    func unreadableMemory() throws {
+        let dir = NSTemporaryDirectory() + "tlsrelay-unreadable-" + UUID().uuidString
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let store = try DowngradeMemoryStore(stateDirectory: dir)
+        let cases = ["{\"domain\": \"example.net\", \"strongest\": \"dane\", \"achievedAt\": ",
+                     "{\"domain\": \"other.example\", \"strongest\": \"tls\", \"achievedAt\": 1}",
+                     "{\"domain\": \"example.net\", \"strongest\": \"tls\", \"achievedAt\": 1, \"downgradeFirstSeen\": 1e300}",
+                     "{\"domain\": \"example.net\", \"strongest\": \"TLS\", \"achievedAt\": 1}"]
+        for text in cases {
+            try Data(text.utf8).write(to: URL(fileURLWithPath: dir + "/memory/example.net.json"))
+            guard case .unreadable = store.lookup("example.net") else { Issue.record("read: \(text)"); continue }
+            #expect(store.lookup("example.net").fact == MemoryFact(strongest: .dane, unreadable: store.lookup("example.net").fact?.unreadable))
+            try store.record(domain: "example.net", security: .tls, now: 10, acceptDowngrade: true)
+            #expect(String(decoding: FileManager.default.contents(atPath: dir + "/memory/example.net.json")!, as: UTF8.self) == text)
+        }
+        try store.record(domain: "example.net", security: .dane, now: 10, acceptDowngrade: false)
+        #expect(store.memory(of: "example.net")?.strongest == .dane)
+    }
+
+    @Test("the planner holds an unreadable memory at dane and names it; huge times do not crash it")
+    func plannerWithUnreadableMemory() {
+        var planner = DeliveryPlanner(domain: "example.net", recipients: [0],
+                                      settings: PlannerSettings(mtaSTS: false, memoryMode: .enforce),
+                                      local: nil, memory: MemoryFact(strongest: .dane, firstRefused: 1e300, unreadable: "broken"), now: 0)
+        let start = planner.start()
+        #expect(start.effects.contains { if case .log(.warning, let text) = $0 { return text.contains("unreadable") } else { return false } })
+        _ = planner.mxResolved(.hosts(["mx.example.net"], secure: false, implicit: false))
+        let step = planner.addressesResolved(AddressFact(ipv4: .answer(records: ["192.0.2.1"], status: .insecure, canonicalName: "mx.example.net"),
+                                                         ipv6: .answer(records: [], status: .insecure, canonicalName: "mx.example.net")))
+        guard case .finish(let outcomes, _, _) = step.action else { Issue.record("\(step.action)"); return }
+        #expect(outcomes[0]?.status == .cryptographicFailure && outcomes[0]?.reason.hasPrefix("downgrade memory:") == true)
+    }
+}

@@ -46,7 +46,7 @@ struct OpenSSLClientHandlerTests {
         let connection = try await TestConnection.open(port: server.port, context: context, authentication: authentication,
                                                        earlyWrite: Self.httpGet)
         let error = await connection.handshakeError()
-        await #expect(throws: TLSHandshakeError.self) { try await connection.earlyWrite.get() }
+        await #expect(throws: (any Error).self) { try await connection.earlyWrite.get() }
         await connection.closed()
         return error
     }
@@ -175,20 +175,31 @@ struct OpenSSLClientHandlerTests {
         #expect(info.daneMatch?.dataHex == pki.tlsa311(.good).dataHex)
     }
 
-    @Test("only PKIX-TA/PKIX-EE (or malformed) records: encrypt only, reported as such (RFC 7672 §3.1.3)")
-    func daneWithoutUsableRecords() async throws {
-        let records = [
-            TLSARecordData(usage: 0, selector: 1, matchingType: 1, data: pki.caSPKISHA256),
-            TLSARecordData(usage: 1, selector: 1, matchingType: 1, data: pki.leafSPKISHA256[.good]!),
-            TLSARecordData(usage: 3, selector: 1, matchingType: 1, data: [0xab]),
-        ]
-        // The server's certificate matches none of them and is from another CA: still delivered, encrypted.
-        let (info, answer) = try await exchange(.otherCA, .dane(tlsaBaseDomain: Self.mxName + ".", hostNames: [Self.mxName], records: records))
-        #expect(info.verified == false)
-        #expect(info.authenticationApplied == .encryptOnly)
-        #expect(info.unusableTLSARecords == 3)
-        #expect(info.daneMatch == nil)
-        #expect(answer.hasPrefix("HTTP/1.0 200 ok"))
+    @Test("a DANE request whose records OpenSSL cannot use fails, never degrades to unauthenticated TLS",
+          arguments: [
+            // PKIX-TA / PKIX-EE only, and a digest of the wrong length.
+            [TLSARecordData(usage: 0, selector: 1, matchingType: 1, data: Array(repeating: 1, count: 32)),
+             TLSARecordData(usage: 1, selector: 1, matchingType: 1, data: Array(repeating: 2, count: 32)),
+             TLSARecordData(usage: 3, selector: 1, matchingType: 1, data: [0xab])],
+            // Matching type 0 ("full") with bytes that are no certificate or key (a digest published as 3 1 0).
+            [TLSARecordData(usage: 3, selector: 1, matchingType: 0, data: [0x00])],
+            [TLSARecordData(usage: 2, selector: 0, matchingType: 0, data: [0x30, 0x00])],
+          ])
+    func daneWithoutUsableRecords(records: [TLSARecordData]) async throws {
+        let marker = "MARKER-\(UUID().uuidString)"
+        let server = try server(.otherCA, mode: .printReceived)
+        defer { server.stop() }
+        let connection = try await TestConnection.open(
+            port: server.port, context: context,
+            authentication: .dane(tlsaBaseDomain: Self.mxName + ".", hostNames: [Self.mxName], records: records),
+            earlyWrite: marker + "\n")
+        guard case .authenticationFailed(65, _)? = await connection.handshakeError() else {
+            Issue.record("a DANE request without a usable record did not fail with 65")
+            return
+        }
+        await #expect(throws: (any Error).self) { try await connection.earlyWrite.get() }
+        await connection.closed()
+        #expect(!server.outputText.contains(marker))
     }
 
     // MARK: WebPKI (MTA-STS)
@@ -298,7 +309,7 @@ struct OpenSSLClientHandlerTests {
                                         records: [TLSARecordData(usage: 3, selector: 1, matchingType: 1, data: Array(repeating: 1, count: 32))]),
              String?.none, String?.some("mx.example.test")),
             (.dane(tlsaBaseDomain: "mx.example.test.", hostNames: [],
-                   records: [TLSARecordData(usage: 1, selector: 1, matchingType: 1, data: Array(repeating: 1, count: 32))]),
+                   records: [TLSARecordData(usage: 2, selector: 1, matchingType: 1, data: Array(repeating: 1, count: 32))]),
              "ignored.example.test", "mx.example.test"),
             (.webPKI(hostName: "mx.example.test."), nil, "mx.example.test"),
             (.opportunistic, "mx.example.test.", "mx.example.test"),
