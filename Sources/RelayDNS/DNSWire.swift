@@ -113,6 +113,43 @@ enum DNSWire {
         TLSARecord(rdata: rdata)
     }
 
+    /// PTR rdata: one domain name (RFC 1035 §3.3.12), lowercased, without trailing dot.
+    static func ptr(_ rdata: [UInt8]) throws -> String {
+        let (name, end) = try readName(rdata, at: 0)
+        guard end == rdata.count else { throw DNSWireError("trailing octets after PTR name") }
+        return name.lowercased()
+    }
+
+    /// The reverse-lookup name of an address: `4.3.2.1.in-addr.arpa` (RFC 1035 §3.5) or the
+    /// nibbles under `ip6.arpa` (RFC 3596 §2.5); nil for anything that is not an address.
+    static func reverseName(_ address: String) -> String? {
+        var v4 = in_addr()
+        if inet_pton(AF_INET, address, &v4) == 1 {
+            let bytes = withUnsafeBytes(of: v4.s_addr) { Array($0) }
+            return bytes.reversed().map { String($0) }.joined(separator: ".") + ".in-addr.arpa"
+        }
+        var v6 = in6_addr()
+        if inet_pton(AF_INET6, address, &v6) == 1 {
+            let bytes = withUnsafeBytes(of: v6) { Array($0) }
+            let digits = Array("0123456789abcdef")
+            var nibbles: [String] = []
+            for byte in bytes.reversed() {
+                nibbles.append(String(digits[Int(byte & 0x0F)]))
+                nibbles.append(String(digits[Int(byte >> 4)]))
+            }
+            return nibbles.joined(separator: ".") + ".ip6.arpa"
+        }
+        return nil
+    }
+
+    /// True when two address texts name the same address (IPv6 spellings differ).
+    static func sameAddress(_ a: String, _ b: String) -> Bool {
+        if a.lowercased() == b.lowercased() { return true }
+        var x = in6_addr(), y = in6_addr()
+        return inet_pton(AF_INET6, a, &x) == 1 && inet_pton(AF_INET6, b, &y) == 1
+            && withUnsafeBytes(of: x, { Array($0) }) == withUnsafeBytes(of: y, { Array($0) })
+    }
+
     /// TXT rdata: one or more length-prefixed character strings (RFC 1035 §3.3.14), concatenated
     /// without separators as RFC 7208 §3.3 and RFC 8461 §3.1 require, decoded as UTF-8 (invalid
     /// sequences become U+FFFD).

@@ -65,6 +65,28 @@ public final class Resolver: Sendable {
         return try await (v4, v6)
     }
 
+    /// The verified reverse name of a client address, as Postfix's smtpd logs it
+    /// (`client=name[address]`): the PTR name (RFC 1035 §3.5, RFC 3596 §2.5) whose own A or AAAA
+    /// records contain the address again (forward-confirmed), or nil ("unknown"). Loopback and
+    /// private ranges are answered by libunbound's built-in local zones, without a query.
+    /// - Parameter address: an IPv4 or IPv6 address in text form.
+    /// - Returns: the name without a trailing dot, lowercased; nil when there is none, it does not
+    ///   confirm, or a lookup fails, times out or is bogus. Never throws.
+    public func verifiedName(of address: String) async -> String? {
+        guard let reverse = DNSWire.reverseName(address),
+              let answer = try? await lookup(reverse, .ptr, parse: { try DNSWire.ptr($0) }), answer.status != .bogus else { return nil }
+        for name in answer.records where !name.isEmpty {
+            let results = await addressLookups(name)
+            for result in [results.ipv4, results.ipv6] {
+                if case .success(let forward) = result, forward.status != .bogus,
+                   forward.records.contains(where: { DNSWire.sameAddress($0, address) }) {
+                    return name
+                }
+            }
+        }
+        return nil
+    }
+
     /// Looks up A and AAAA for `host` concurrently and reports each on its own: one family's
     /// failure (SERVFAIL, timeout) does not hide the other's answer.
     /// - Parameter host: the host name (trailing dot optional).

@@ -197,12 +197,13 @@ public final class Daemon: Sendable {
             queueLifetime: Double(configuration.delivery.queueLifetime))
         let scheduler = Scheduler(spool: spool, agent: agent, settings: schedulerSettings, threadPool: threadPool, logger: logger)
         await scheduler.load(report.queued)
-        let settings = InboundSettings(
+        var settings = InboundSettings(
             hostname: configuration.server.hostname,
             limits: Daemon.limits(from: configuration.server),
             allowedClients: configuration.server.allowedClients,
             spool: spool, threadPool: threadPool, logger: logger,
             onMessageQueued: { envelope in Task { await scheduler.enqueue(envelope.queueID) } })
+        settings.clientName = { await resolver.verifiedName(of: $0) }
         let server = InboundServer(settings: settings, group: group)
         let signals = SignalWaiter(signals: [SIGTERM, SIGINT, SIGHUP])
         let delivery = Task { await scheduler.run() }

@@ -15,6 +15,9 @@ public struct InboundSettings: Sendable {
     public var logger: Logger
     /// Called on every message accepted with 250 (after it is durable).
     public var onMessageQueued: @Sendable (QueuedEnvelope) -> Void
+    /// The verified reverse name of a client address (nil: "unknown"), for Postfix-style
+    /// `client=name[address]` log fields. Looked up while the session runs; never delays it.
+    public var clientName: @Sendable (String) async -> String? = { _ in nil }
 
     public init(hostname: String, limits: ServerLimits, allowedClients: [CIDRBlock], spool: Spool,
                 threadPool: NIOThreadPool, logger: Logger, onMessageQueued: @escaping @Sendable (QueuedEnvelope) -> Void = { _ in }) {

@@ -31,6 +31,10 @@ final class SMTPServerHandler: ChannelInboundHandler {
     private var writer: SpoolWriter?
     private var pending: [UInt8] = []
     private var clientAddress = "unknown"
+    /// The verified reverse name, once looked up ("unknown" until then and without one).
+    private var clientName = "unknown"
+    /// `name[address]`, as Postfix logs a client.
+    private var client: String { "\(clientName)[\(clientAddress)]" }
     private var logger: Logger
     private var closing = false
     private var registered = false
@@ -59,6 +63,16 @@ final class SMTPServerHandler: ChannelInboundHandler {
         }
         perform(session.start(clientAllowed: allowed, overConnectionLimit: allowed && !admitted), context: context)
         context.flush()
+        if admitted {
+            let lookup = settings.clientName
+            let address = clientAddress
+            let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+            let eventLoop = context.eventLoop
+            Task {
+                guard let name = await lookup(address) else { return }
+                eventLoop.execute { handler.value.clientName = name }
+            }
+        }
         if session.isRefused {
             // RFC 5321 §3.1: wait for QUIT after the 554, but not for long.
             let channel = context.channel
@@ -209,7 +223,7 @@ final class SMTPServerHandler: ChannelInboundHandler {
             writer?.abandon()
             writer = nil
             let transaction = dataContext.transaction
-            logger.warning("NOQUEUE: reject: END-OF-MESSAGE from \(dataContext.heloName)[\(clientAddress)]: \(actions.firstReply?.description ?? "rejected"); from=<\(transaction.sender?.address ?? "")> nrcpt=\(transaction.recipients.count)")
+            logger.warning("NOQUEUE: reject: END-OF-MESSAGE from \(client): \(actions.firstReply?.description ?? "rejected"); from=<\(transaction.sender?.address ?? "")> nrcpt=\(transaction.recipients.count) helo=<\(dataContext.heloName)>")
             perform(actions, context: channelContext)
         }
         self.dataContext = dataContext
@@ -224,7 +238,7 @@ final class SMTPServerHandler: ChannelInboundHandler {
             case .reply(let reply):
                 if reply.code >= 400, let command = lastCommand {
                     // Postfix-style refusal line for MAIL, RCPT, DATA and everything else refused.
-                    logger.info("NOQUEUE: reject: \(command) from \(session.heloName ?? "unknown")[\(clientAddress)]: \(reply)")
+                    logger.info("NOQUEUE: reject: \(command) from \(client): \(reply); helo=<\(session.heloName ?? "")>")
                 }
                 var buffer = context.channel.allocator.buffer(capacity: 64)
                 buffer.writeBytes(reply.wireBytes)
@@ -302,7 +316,7 @@ final class SMTPServerHandler: ChannelInboundHandler {
         switch result {
         case .success(let envelope):
             let transaction = envelope.transaction
-            logger.info("\(envelope.queueID): client=\(envelope.heloName)[\(envelope.clientAddress)], from=<\(transaction.sender?.address ?? "")>, size=\(envelope.size), nrcpt=\(transaction.recipients.count) (queued)")
+            logger.info("\(envelope.queueID): client=\(client), helo=<\(envelope.heloName)>, from=<\(transaction.sender?.address ?? "")>, size=\(envelope.size), nrcpt=\(transaction.recipients.count) (queued)")
             perform(session.messageStored(queueID: envelope.queueID.rawValue), context: context)
             settings.onMessageQueued(envelope)
         case .failure(let error):

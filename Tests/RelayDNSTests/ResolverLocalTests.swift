@@ -249,6 +249,12 @@ struct ResolverLocalTests {
         let short = DNSWire.tlsa([3, 1])
         #expect(!short.isWellFormed && short.data == [3, 1] && tlsa.isWellFormed)
         #expect(short.description == "malformed TLSA rdata (2 octets: 0301)")
+        // Reverse names (RFC 1035 §3.5, RFC 3596 §2.5) and PTR rdata.
+        #expect(DNSWire.reverseName("192.0.2.1") == "1.2.0.192.in-addr.arpa")
+        #expect(DNSWire.reverseName("2001:db8::1") == "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa")
+        #expect(DNSWire.reverseName("mx.example") == nil)
+        #expect(try DNSWire.ptr([9] + Array("localhost".utf8) + [0]) == "localhost")
+        #expect(DNSWire.sameAddress("2001:DB8::1", "2001:db8:0::1") && !DNSWire.sameAddress("::1", "::2"))
         // TXT: strings concatenated without separator (RFC 7208 §3.3)
         let txt = try DNSWire.txt([8] + Array("v=STSv1;".utf8) + [7] + Array(" id=42;".utf8) + [0])
         #expect(txt == "v=STSv1; id=42;")
