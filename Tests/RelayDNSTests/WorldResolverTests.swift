@@ -20,27 +20,24 @@ struct WorldResolverTests {
     static func status(_ s: String) -> DNSSECStatus? { DNSSECStatus(rawValue: s) }
 
     /// `\# LENGTH HEX` (RFC 3597 generic rdata) of a record shorter than 3 octets.
-    static func malformedRecord(_ text: String) throws -> TLSARecord {
-        let f = text.split(separator: " ")
-        let hex = Array(f[2].utf8)
+    static func bytes(hex text: Substring) throws -> [UInt8] {
+        let hex = Array(text.utf8)
         var data = [UInt8]()
         var i = 0
         while i + 1 < hex.count {
             data.append(try #require(UInt8(String(decoding: hex[i...i + 1], as: UTF8.self), radix: 16)))
             i += 2
         }
-        return TLSARecord(malformed: data)
+        return data
+    }
+
+    static func malformedRecord(_ text: String) throws -> TLSARecord {
+        TLSARecord(malformed: try bytes(hex: text.split(separator: " ")[2]))
     }
 
     static func tlsaRecord(_ text: String) throws -> TLSARecord {
         let f = text.split(separator: " ")
-        let hex = Array(f[3].utf8)
-        var data = [UInt8]()
-        var i = 0
-        while i + 1 < hex.count {
-            data.append(try #require(UInt8(String(decoding: hex[i...i + 1], as: UTF8.self), radix: 16)))
-            i += 2
-        }
+        let data = try bytes(hex: f[3])
         return TLSARecord(usage: try #require(UInt8(f[0])), selector: try #require(UInt8(f[1])),
                           matchingType: try #require(UInt8(f[2])), data: data)
     }
