@@ -152,6 +152,8 @@ def test_cli_conventions_and_offline_reads(world, tmp_path, world_relay_toml):
     for binary in (CTL, BINARY):
         version = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30)
         assert version.returncode == 0 and re.fullmatch(r"\d+\.\d+\.\d+\n", version.stdout), version
+    quiet = subprocess.run([str(BINARY), "--check-config", "--quiet", "--config", str(relay.config)], capture_output=True, text=True, timeout=30)
+    assert quiet.returncode == 0 and quiet.stdout == "", quiet
     missing = subprocess.run([str(CTL), "status", "--config", str(tmp_path / "nowhere.toml")], capture_output=True, text=True, timeout=30)
     assert missing.returncode == 2 and "does not exist; name another with --config FILE" in missing.stderr, missing
     usage = subprocess.run([str(CTL), "queue", "frobnicate"], capture_output=True, text=True, timeout=30)
