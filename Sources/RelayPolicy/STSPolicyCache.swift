@@ -78,8 +78,11 @@ public final class STSPolicyCache: Sendable {
         do {
             let cached = try JSONDecoder().decode(CachedSTSPolicy.self, from: data)
             let policy = cached.policy
+            // Times must be finite and the lifetime bounded by the largest max_age (plus slack for
+            // a clock set back): nonsense there must not decide anything.
+            let lifetime = cached.expiresAt - cached.fetchedAt
             guard cached.domain == domain.lowercased(), cached.fetchedAt.isFinite, cached.expiresAt.isFinite,
-                  (0...STSPolicy.maxAllowedAge).contains(policy.maxAge), cached.expiresAt == cached.fetchedAt + Double(policy.maxAge),
+                  (0...STSPolicy.maxAllowedAge).contains(policy.maxAge), lifetime >= 0, lifetime <= Double(STSPolicy.maxAllowedAge + 7 * 86400),
                   policy.mode == .none || !policy.mx.isEmpty, (1...32).contains(cached.id.count)
             else { return .unreadable(reason: "\(path) holds an implausible policy") }
             return .cached(cached)
