@@ -67,8 +67,8 @@ fuzz: deps
 	$(SWIFT) build -c release --scratch-path .build-fuzz --product tlsrelay-fuzz -Xswiftc -sanitize=fuzzer -Xswiftc -DLIBFUZZER -Xswiftc -use-ld=lld
 	scripts/fuzz.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
-check-config: release
-	.build/release/tlsrelayd --check-config --config $(CONFIG)
+check-config: build
+	.build/debug/tlsrelayd --check-config --config $(CONFIG)
 
 # All tests: Swift unit tests, the test world's self-check, and the integration suites that
 # drive the real daemon with real Postfix, smtplib and swaks.

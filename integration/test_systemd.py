@@ -116,3 +116,19 @@ def test_unit_file_verifies_and_scores_2_or_better(tmp_path):
     for message_id in ("2b7c1d6e9a1f4c0e8f3d5a6b7c8d9e01", "2b7c1d6e9a1f4c0e8f3d5a6b7c8d9e02", "2b7c1d6e9a1f4c0e8f3d5a6b7c8d9e03",
                        "2b7c1d6e9a1f4c0e8f3d5a6b7c8d9e04", "2b7c1d6e9a1f4c0e8f3d5a6b7c8d9e05", "2b7c1d6e9a1f4c0e8f3d5a6b7c8d9e06"):
         assert f"-- {message_id}" in catalog
+
+
+def test_check_config_refuses_what_would_stop_start_up(tmp_path):
+    """ExecStartPre (--check-config) catches what would make the daemon exit at start-up, so a
+    broken file is a configuration error (78, not restarted) rather than a restart loop."""
+    bad_anchor = tmp_path / "bad.ds"
+    bad_anchor.write_text("garbage\n")
+    cases = {
+        "anchor": (f'state_directory = "{tmp_path}/state"\n[dns]\ntrust_anchor_file = "{bad_anchor}"\n', "[dns]: DNS resolver error"),
+        "state": (f'state_directory = "{tmp_path}/missing/deeper"\n', "does not exist and cannot be created"),
+    }
+    for name, (text, expected) in cases.items():
+        config = tmp_path / f"{name}.toml"
+        config.write_text(text)
+        result = subprocess.run([str(BINARY), "--check-config", "--quiet", "--config", str(config)], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 78 and expected in result.stderr, (name, result)

@@ -1,3 +1,4 @@
+import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -17,6 +18,22 @@ public enum ConfigurationCheck {
         }
         readable(configuration.dns.trustAnchorFile, "dns.trust_anchor_file")
         readable(configuration.delivery.tlsCAFile, "delivery.tls_ca_file")
+        // The state directory must be usable by this user (the unit runs --check-config as the
+        // service user): an existing one writable, a missing one creatable.
+        let state = configuration.stateDirectory
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: state, isDirectory: &isDirectory) {
+            if !isDirectory.boolValue {
+                problems.append("state_directory \"\(state)\" is not a directory")
+            } else if access(state, W_OK | X_OK) != 0 {
+                problems.append("state_directory \"\(state)\": \(String(cString: strerror(errno))) for this user (uid \(getuid()))")
+            }
+        } else {
+            let parent = (state as NSString).deletingLastPathComponent
+            if access(parent, W_OK | X_OK) != 0 {
+                problems.append("state_directory \"\(state)\" does not exist and cannot be created: \(parent): \(String(cString: strerror(errno)))")
+            }
+        }
         return problems
     }
 

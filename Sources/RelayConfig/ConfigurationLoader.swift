@@ -287,7 +287,7 @@ public enum ConfigurationLoader {
                     delivery.dsnRelay = nil
                 } else {
                     guard let address = SocketAddressText.parseNextHop(value) else {
-                        throw error(section, "dsn_relay", "'delivery.dsn_relay' must be \"[IP]:port\" (for example \"[127.0.0.1]:25\", the upstream Postfix) or \"\" to send DSNs to the sender domain's MX, got \"\(value)\"")
+                        throw error(section, "dsn_relay", "'delivery.dsn_relay' must be \"[IP]:port\" or \"IP:port\" (for example \"[127.0.0.1]:25\", the upstream Postfix; \"[IPv6]:port\" for IPv6) or \"\" to send DSNs to the sender domain's MX, got \"\(value)\"")
                     }
                     delivery.dsnRelay = address
                 }

@@ -76,8 +76,14 @@ public final class Daemon: Sendable {
         unchanged.logLevel = configuration.logLevel
         var message = "configuration re-read from \(path): log_level \(fresh.logLevel), \(fresh.policy.domains.count) local level(s), downgrade_memory \(fresh.policy.downgradeMemory.rawValue)"
         if unchanged != configuration {
-            logger.warning("reload: only log_level and [policy] are applied on reload; other changes need a restart")
-            message += "; other changes need a restart"
+            var sections: [String] = []
+            if unchanged.stateDirectory != configuration.stateDirectory { sections.append("state_directory") }
+            if unchanged.server != configuration.server { sections.append("[server]") }
+            if unchanged.dns != configuration.dns { sections.append("[dns]") }
+            if unchanged.delivery != configuration.delivery { sections.append("[delivery]") }
+            let changed = sections.isEmpty ? "other settings" : sections.joined(separator: ", ")
+            logger.warning("reload: only log_level and [policy] are applied on reload; the changes to \(changed) need a restart")
+            message += "; the changes to \(changed) need a restart"
         }
         for warning in ConfigurationCheck.warnings(fresh, now: now) { logger.warning("reload: \(warning)") }
         logger.notice("reload: \(message)")
@@ -106,6 +112,14 @@ public final class Daemon: Sendable {
                 resultType: "dnssec-invalid",
                 reason: "DNSSEC self-test: \(name) should be \(expected.rawValue) but is \(observed); check dns.trust_anchor_file, dns.forwarders, dns.stub_zones and this host's clock"))
         }
+    }
+
+    /// Builds (and drops) a resolver from `dns`, so that `--check-config` refuses what would
+    /// stop start-up, such as a trust anchor file libunbound cannot use.
+    /// - Throws: the resolver's error.
+    public static func checkResolver(_ dns: RelayConfiguration.DNS) throws {
+        let resolver = try RelayDNS.Resolver(configuration: resolverConfiguration(dns))
+        resolver.shutdown()
     }
 
     /// The resolver settings from the `[dns]` section.

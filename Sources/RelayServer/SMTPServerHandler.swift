@@ -33,6 +33,8 @@ final class SMTPServerHandler: ChannelInboundHandler {
     private var clientAddress = "unknown"
     /// The verified reverse name, once looked up ("unknown" until then and without one).
     private var clientName = "unknown"
+    /// Refused with 554 at connect: its commands (all 503) are not logged one by one.
+    private var refusedAtConnect = false
     /// `name[address]`, as Postfix logs a client.
     private var client: String { "\(clientName)[\(clientAddress)]" }
     private var logger: Logger
@@ -57,9 +59,9 @@ final class SMTPServerHandler: ChannelInboundHandler {
         let admitted = allowed && connections.admit(context.channel, limit: settings.limits.maxConnections)
         registered = admitted
         if !allowed {
-            logger.warning("NOQUEUE: reject: CONNECT from [\(clientAddress)]: 554 5.7.1 client address not in server.allowed_clients")
+            logger.warning("NOQUEUE: reject: CONNECT from \(client): 554 5.7.1 client address not in server.allowed_clients")
         } else if !admitted {
-            logger.warning("NOQUEUE: reject: CONNECT from [\(clientAddress)]: 421 4.7.0 too many connections (server.max_connections = \(settings.limits.maxConnections))")
+            logger.warning("NOQUEUE: reject: CONNECT from \(client): 421 4.7.0 too many connections (server.max_connections = \(settings.limits.maxConnections))")
         }
         perform(session.start(clientAllowed: allowed, overConnectionLimit: allowed && !admitted), context: context)
         context.flush()
@@ -74,6 +76,7 @@ final class SMTPServerHandler: ChannelInboundHandler {
             }
         }
         if session.isRefused {
+            refusedAtConnect = true
             // RFC 5321 §3.1: wait for QUIT after the 554, but not for long.
             let channel = context.channel
             channel.eventLoop.scheduleTask(in: .seconds(Int64(settings.limits.refusedSessionSeconds))) {
@@ -236,7 +239,7 @@ final class SMTPServerHandler: ChannelInboundHandler {
         for action in actions {
             switch action {
             case .reply(let reply):
-                if reply.code >= 400, let command = lastCommand {
+                if reply.code >= 400, let command = lastCommand, !refusedAtConnect {
                     // Postfix-style refusal line for MAIL, RCPT, DATA and everything else refused.
                     logger.info("NOQUEUE: reject: \(command) from \(client): \(reply); helo=<\(session.heloName ?? "")>")
                 }

@@ -52,7 +52,7 @@ enum OpenSSLText {
         defer { X509_free(leaf) }
         var text = "server certificate"
         if let subject = name(X509_get_subject_name(leaf)) { text += " subject \(subject)" }
-        if let spki = spkiSHA256(leaf) { text += ", SPKI SHA-256 \(spki) (TLSA 3 1 1 data)" }
+        if let spki = spkiSHA256(leaf) { text += ", SPKI SHA-256 \(spki) (the data of a 3 1 1 TLSA record that would match it)" }
         return text
     }
 

@@ -23,8 +23,12 @@ struct Check: AsyncParsableCommand {
 
     func run() async throws {
         let name = domain.hasSuffix(".") ? String(domain.dropLast()) : domain
-        guard !name.isEmpty, name.utf8.count <= 253, name.split(separator: ".", omittingEmptySubsequences: false).allSatisfy({ !$0.isEmpty && $0.utf8.count <= 63 }) else {
-            FileHandle.standardError.write(Data("tlsrelayctl: '\(domain)' is not a domain name\n".utf8))
+        guard !name.isEmpty, name.utf8.count <= 253, name.split(separator: ".", omittingEmptySubsequences: false).allSatisfy({ label in
+            !label.isEmpty && label.utf8.count <= 63 && label.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }
+        }) else {
+            let hint = name.contains("@") ? " (give the domain, not an address)"
+                : name.unicodeScalars.contains { !$0.isASCII } ? " (internationalized domains are not supported yet: the listener refuses them with 553 5.6.7)" : ""
+            FileHandle.standardError.write(Data("tlsrelayctl: '\(domain)' is not a domain name\(hint)\n".utf8))
             throw ExitCode(2)
         }
         let settings: RelayConfiguration
@@ -169,7 +173,8 @@ struct Check: AsyncParsableCommand {
 
     static func printTable(_ report: DomainCheckReport) {
         print("domain:     \(report.domain)")
-        let mx = report.mx.map { "\($0.preference) \($0.exchange)" }.joined(separator: ", ")
+        let mx = report.mx.sorted { ($0.preference, $0.exchange) < ($1.preference, $1.exchange) }
+            .map { "\($0.preference) \($0.exchange)" }.joined(separator: ", ")
         let mxText: String
         switch report.mxResult {
         case "failed": mxText = "lookup failed"

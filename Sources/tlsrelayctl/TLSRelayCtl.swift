@@ -264,7 +264,7 @@ struct Queue: ParsableCommand {
                 if options.json { options.printJSON(result); return }
                 guard let entry = result as? [String: Any] else { return }
                 print("queue id:   \(entry["queue_id"] ?? "")")
-                print("arrival:    \(date(entry["arrival_time"])) from \(entry["helo"] ?? "")[\(entry["client_address"] ?? "")]")
+                print("arrival:    \(date(entry["arrival_time"])) from [\(entry["client_address"] ?? "")] (helo \(entry["helo"] ?? ""))")
                 print("sender:     <\(entry["sender"] ?? "")>")
                 print("size:       \(entry["size"] ?? 0) bytes, \(entry["attempts"] ?? 0) attempt(s)\(entry["held"] as? Bool == true ? ", held" : "")")
                 if let next = entry["next_attempt"] { print("next try:   \(date(next))") }

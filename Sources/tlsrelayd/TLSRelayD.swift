@@ -43,7 +43,10 @@ struct TLSRelayD: AsyncParsableCommand {
             writeStandardError("tlsrelayd: configuration error: \(error)\n")
             throw ExitCode(DaemonExitCode.config)
         }
-        let problems = ConfigurationCheck.problems(settings)
+        var problems = ConfigurationCheck.problems(settings)
+        if problems.isEmpty {
+            do { try Daemon.checkResolver(settings.dns) } catch { problems.append("[dns]: \(error)") }
+        }
         if !problems.isEmpty {
             for problem in problems { writeStandardError("tlsrelayd: configuration error: \(config): \(problem)\n") }
             throw ExitCode(DaemonExitCode.config)
