@@ -7,6 +7,7 @@ import subprocess
 import pytest
 
 from relay import BINARY, CTL, Relay
+from smtpclient import RawSMTP
 from test_delivery_behaviour import attempts, send, wait_for
 
 
@@ -51,8 +52,12 @@ def test_queue_operations_over_the_control_socket(world, relay):
     assert wait_for(lambda: len(attempts(relay, "victim@attack-strip-starttls.test")) >= 1)
     flushed = ctl(relay, "queue", "flush", "--domain", "attack-strip-starttls.test")
     assert flushed.returncode == 0 and "1 message(s) scheduled" in flushed.stdout
-    shown = ctl(relay, "queue", "show", queue_id)
-    assert "Subject: held" in shown.stdout and "dsn=4.7.5" in shown.stdout
+    shown = ctl(relay, "queue", "show", queue_id.lower())   # ids are case-insensitive for people
+    assert "Subject: held" in shown.stdout and "dsn=4.7.5" in shown.stdout, shown
+    # Operator actions are in the daemon's log.
+    log = relay.log_text()
+    assert f"{queue_id}: put on hold by the operator" in log and f"{queue_id}: released by the operator" in log
+    assert "flush by the operator: 1 message(s) scheduled now" in log
     assert ctl(relay, "queue", "delete", queue_id).returncode == 0
     assert json.loads(ctl(relay, "queue", "list", "--json").stdout) == []
     assert ctl(relay, "queue", "delete", queue_id).returncode == 1
@@ -133,7 +138,15 @@ def test_cli_conventions_and_offline_reads(world, tmp_path, world_relay_toml):
     and policy show without a daemon, a missing configuration file, sizes with units."""
     relay = Relay(tmp_path / "conventions", extra_toml=world_relay_toml).start()
     try:
-        queue_id = send(relay, "sender@plain-mx.test", ["victim@attack-strip-starttls.test"], b"Subject: c\r\n\r\nconventions\r\n")
+        c = RawSMTP(relay.port)
+        c.code()
+        c.command("EHLO client.example.org")
+        assert c.command("MAIL FROM:<sender@plain-mx.test> RET=HDRS ENVID=conv-1").startswith("250")
+        assert c.command("RCPT TO:<victim@attack-strip-starttls.test> NOTIFY=FAILURE,DELAY ORCPT=rfc822;victim@attack-strip-starttls.test").startswith("250")
+        assert c.command("DATA").startswith("354")
+        c.send(b"Subject: c\r\n\r\nconventions\r\n.\r\n")
+        queue_id = c.code().split()[-1]
+        c.command("QUIT")
         wait_for(lambda: attempts(relay, "victim@attack-strip-starttls.test"))
         before = subprocess.run([str(CTL), "--config", str(relay.config), "status"], capture_output=True, text=True, timeout=30)
         assert before.returncode == 0 and "queue: 0 active, 1 deferred" in before.stdout, before
@@ -147,6 +160,8 @@ def test_cli_conventions_and_offline_reads(world, tmp_path, world_relay_toml):
     # Without the daemon: the spool and the state directory are read directly.
     shown = ctl(relay, "queue", "show", queue_id)
     assert shown.returncode == 0 and f"queue id:   {queue_id}" in shown.stdout and "read from the spool" in shown.stderr, shown
+    assert "DSN:        RET=HDRS ENVID=conv-1" in shown.stdout
+    assert "[NOTIFY=FAILURE,DELAY ORCPT=rfc822;victim@attack-strip-starttls.test]" in shown.stdout, shown.stdout
     policy = ctl(relay, "policy", "show", "plain-mx.test")
     assert policy.returncode == 0 and "local level:       (no local level)" in policy.stdout, policy
     for binary in (CTL, BINARY):

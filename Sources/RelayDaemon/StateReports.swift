@@ -52,6 +52,11 @@ public enum StateReports {
             var entry: [String: Any] = ["address": recipient.mailbox.address, "status": state?.status.rawValue ?? "pending"]
             if let reason = state?.lastReason { entry["last_reason"] = reason }
             if let code = state?.lastStatusCode { entry["dsn"] = code }
+            if let notify = recipient.notify {
+                entry["notify"] = notify.never ? "NEVER" : [notify.success ? "SUCCESS" : nil, notify.failure ? "FAILURE" : nil, notify.delay ? "DELAY" : nil]
+                    .compactMap { $0 }.joined(separator: ",")
+            }
+            if let original = recipient.originalRecipient { entry["orcpt"] = "\(original.addressType);\(original.address)" }
             recipients.append(entry)
         }
         var entry: [String: Any] = [
@@ -61,6 +66,8 @@ public enum StateReports {
         ]
         if let next = record?.nextAttempt, !held { entry["next_attempt"] = next }
         if withContent {
+            if let ret = envelope.transaction.parameters.ret { entry["ret"] = ret == .headers ? "HDRS" : "FULL" }
+            if let envid = envelope.transaction.parameters.envelopeID { entry["envid"] = envid }
             entry["client_address"] = envelope.clientAddress
             entry["helo"] = envelope.heloName
             if let content = try? spool.content(of: id) {

@@ -62,7 +62,8 @@ public enum DeliveryStatusNotification {
         text += "Content-Type: text/plain; charset=utf-8\r\n\r\n"
         text += "This is the mail relay at host \(reportingMTA).\r\n\r\n"
         text += "Your message (queue id \(envelope.queueID.rawValue)) could not be delivered to one or more\r\n"
-        text += "recipients. It is attached below.\r\n\r\n"
+        text += envelope.transaction.parameters.ret == .headers
+            ? "recipients. Its headers are attached below.\r\n\r\n" : "recipients. It is attached below.\r\n\r\n"
         for item in failed {
             text += "<\(item.recipient.mailbox.address)>: \(item.diagnostic)\r\n"
         }

@@ -93,6 +93,7 @@ public actor Scheduler {
             count += 1
         }
         wakeup?.yield()
+        if count > 0 { logger.info("flush by the operator: \(count) message(s) scheduled now\(ids.map { ids in ids.count == 1 ? " (\(ids[0]))" : "" } ?? "")") }
         return count
     }
 
@@ -118,6 +119,7 @@ public actor Scheduler {
         try updateRecord(id) { $0.held = true }
         due[id] = nil
         held.insert(id)
+        logger.info("\(id): put on hold by the operator")
     }
 
     /// Releases a held message (`postsuper -H`) and makes it due now.
@@ -132,6 +134,7 @@ public actor Scheduler {
         held.remove(id)
         due[id] = 0
         wakeup?.yield()
+        logger.info("\(id): released by the operator")
     }
 
     /// Deletes a message without a DSN (`postsuper -d`).

@@ -243,10 +243,10 @@ struct Queue: ParsableCommand {
 
         func run() throws {
             try guarded {
-                guard let queueID = QueueID(id) else { throw Failure("'\(id)' is not a queue id", code: 1) }
+                guard let queueID = QueueID(id) ?? QueueID(id.uppercased()) else { throw Failure("'\(id)' is not a queue id", code: 1) }
                 let result: Any
                 do {
-                    result = try options.call(["command": "queue.show", "id": id])
+                    result = try options.call(["command": "queue.show", "id": queueID.rawValue])
                 } catch let failure as Failure where failure.description.contains("is not running") {
                     // Without the daemon, read the spool directly.
                     let settings = try options.settings()
@@ -268,8 +268,12 @@ struct Queue: ParsableCommand {
                 print("sender:     <\(entry["sender"] ?? "")>")
                 print("size:       \(entry["size"] ?? 0) bytes, \(entry["attempts"] ?? 0) attempt(s)\(entry["held"] as? Bool == true ? ", held" : "")")
                 if let next = entry["next_attempt"] { print("next try:   \(date(next))") }
+                if entry["ret"] != nil || entry["envid"] != nil {
+                    print("DSN:        RET=\(entry["ret"] ?? "-") ENVID=\(entry["envid"] ?? "-")")
+                }
                 for recipient in entry["recipients"] as? [[String: Any]] ?? [] {
-                    print("recipient:  <\(recipient["address"] ?? "")> \(recipient["status"] ?? "")\(recipient["dsn"].map { " dsn=\($0)" } ?? "")\((recipient["last_reason"] as? String).map { " (\($0))" } ?? "")")
+                    let dsnParameters = [recipient["notify"].map { "NOTIFY=\($0)" }, recipient["orcpt"].map { "ORCPT=\($0)" }].compactMap { $0 }
+                    print("recipient:  <\(recipient["address"] ?? "")> \(recipient["status"] ?? "")\(recipient["dsn"].map { " dsn=\($0)" } ?? "")\((recipient["last_reason"] as? String).map { " (\($0))" } ?? "")\(dsnParameters.isEmpty ? "" : " [\(dsnParameters.joined(separator: " "))]")")
                 }
                 print("")
                 print(entry["headers"] as? String ?? "", terminator: "")

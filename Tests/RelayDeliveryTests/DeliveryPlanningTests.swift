@@ -59,6 +59,7 @@ struct DeliveryPlanningTests {
         #expect(report.contains("Original-Recipient: rfc822; b@example.net\r\n"))
         #expect(report.contains("Final-Recipient: rfc822; b@example.net\r\nAction: failed\r\nStatus: 5.1.1\r\nRemote-MTA: dns; mx.example.net\r\nDiagnostic-Code: smtp; 550 5.1.1 no such user\r\n"))
         #expect(report.contains("Content-Type: text/rfc822-headers\r\n\r\nSubject: hello\r\n"))
+        #expect(report.contains("Its headers are attached below.") && !report.contains("It is attached below."))
         #expect(!report.contains("secret body"))
         #expect(report.hasSuffix("--\r\n"))
         #expect(DeliveryStatusNotification.wantsFailureReport(sender: Mailbox(localPart: "a", domain: "b"), recipient: recipient))
