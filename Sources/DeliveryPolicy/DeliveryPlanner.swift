@@ -192,7 +192,7 @@ public struct DeliveryPlanner: Sendable {
             // sender; it is never held to the recipient domain's TLS policy.
             hosts = [route.address]
             let plan = HostConnectPlan(host: route.address, addresses: [route.address], demand: .opportunistic, testingFallback: nil,
-                                       floor: .none, floors: [], source: .none, floorSource: .none, rule: .dsnRelay, memoryBinding: false,
+                                       floor: .none, floors: [], source: .none, floorSource: .none, rule: .dsnRelay,
                                        dane: .notLooked, alerts: [], policyNames: [:])
             effects.append(.log(.info, "DSN to \(domain) goes to the DSN relay [\(route.address)]:\(route.port)"))
             effects.append(.hostDecided(host: route.address, .connect(plan)))

@@ -87,8 +87,9 @@ public struct HostConnectPlan: Sendable, Equatable {
     /// The rule that decided the demand.
     public var rule: HostRule
     /// True when downgrade memory raised the demand above every discovered policy: a failure is
-    /// then a refused downgrade.
-    public var memoryBinding: Bool
+    /// then a refused downgrade. (A memory floor equal to a discovered one is not the floor's
+    /// source: `floors` lists discovered sources first.)
+    public var memoryBinding: Bool { floorSource == .memory }
     /// The DANE state, for logs and `check`.
     public var dane: DANEState
     /// Alerts that the decision itself raises (reported, never enforced).
@@ -208,7 +209,6 @@ public enum HostPolicy {
         let discovered = floors.filter { $0.source != .memory }
         let discoveredFloor = discovered.map(\.level).max() ?? .none
         let floor = floors.map(\.level).max() ?? .none
-        let memoryBinding = floor > discoveredFloor
         guard let demand = demand(meeting: floor, host: host, dane: facts.dane) else {
             // Only downgrade memory can ask for DANE where no usable TLSA record exists.
             let first = facts.memoryFirstRefused ?? facts.now
@@ -232,7 +232,7 @@ public enum HostPolicy {
             source = .mtaSTS
         }
         return .connect(HostConnectPlan(host: host, addresses: facts.addresses, demand: first, testingFallback: fallback, floor: floor,
-                                        floors: floors, source: source, floorSource: highest?.source ?? .none, rule: rule, memoryBinding: memoryBinding, dane: facts.dane,
+                                        floors: floors, source: source, floorSource: highest?.source ?? .none, rule: rule, dane: facts.dane,
                                         alerts: alerts, policyNames: policyNames(facts)))
     }
 
@@ -272,6 +272,6 @@ public enum HostPolicy {
         return .connect(HostConnectPlan(host: host, addresses: facts.addresses, demand: demand, testingFallback: nil, floor: demand.guaranteed,
                                         floors: [PolicyFloor(level: demand.guaranteed, source: .local, rule: .local)], source: .local,
                                         floorSource: .local, rule: .local,
-                                        memoryBinding: false, dane: facts.dane, alerts: [], policyNames: policyNames(facts)))
+                                        dane: facts.dane, alerts: [], policyNames: policyNames(facts)))
     }
 }
