@@ -88,6 +88,21 @@ struct Options: ParsableArguments {
         }
     }
 
+    /// The spool of `state_directory`, read while the daemon is not running.
+    /// - Throws: `Failure` when there is no spool there.
+    func offlineSpool() throws -> Spool {
+        let settings = try settings()
+        guard FileManager.default.fileExists(atPath: settings.stateDirectory + "/spool/queue") else {
+            throw Failure("no spool at \(settings.stateDirectory)/spool (has tlsrelayd run with this configuration?)")
+        }
+        return try Spool(stateDirectory: settings.stateDirectory)
+    }
+
+    /// Whether the delivery record of `id` says held (what the daemon would say).
+    static func isHeld(_ id: QueueID, in spool: Spool) -> Bool {
+        ((try? spool.deliveryRecord(of: id)) ?? nil)?.held ?? false
+    }
+
     func printJSON(_ value: Any) {
         if let data = try? JSONSerialization.data(withJSONObject: value, options: [.prettyPrinted, .sortedKeys]) {
             print(String(decoding: data, as: UTF8.self))
@@ -215,23 +230,9 @@ struct Queue: ParsableCommand {
         }
 
         func offlineList() throws -> [[String: Any]] {
-            let settings = try options.settings()
-            guard FileManager.default.fileExists(atPath: settings.stateDirectory + "/spool/queue") else {
-                throw Failure("no spool at \(settings.stateDirectory)/spool (has tlsrelayd run with this configuration?)")
-            }
-            let spool = try Spool(stateDirectory: settings.stateDirectory)
+            let spool = try options.offlineSpool()
             return try spool.list().compactMap { id in
-                guard let envelope = try? spool.envelope(of: id) else { return nil }
-                let record = try? spool.deliveryRecord(of: id)
-                let recipients: [[String: Any]] = envelope.transaction.recipients.indices.map { index in
-                    var entry: [String: Any] = ["address": envelope.transaction.recipients[index].mailbox.address,
-                                                "status": record?.recipients[index].status.rawValue ?? "pending"]
-                    if let reason = record?.recipients[index].lastReason { entry["last_reason"] = reason }
-                    return entry
-                }
-                return ["queue_id": id.rawValue, "size": envelope.size, "arrival_time": envelope.arrivalTime,
-                        "sender": envelope.transaction.sender?.address ?? "", "recipients": recipients,
-                        "held": record?.held ?? false, "in_delivery": false]
+                StateReports.message(id, spool: spool, withContent: false, held: Options.isHeld(id, in: spool), inDelivery: false)
             }
         }
     }
@@ -249,13 +250,9 @@ struct Queue: ParsableCommand {
                     result = try options.call(["command": "queue.show", "id": queueID.rawValue])
                 } catch let failure as Failure where failure.description.contains("is not running") {
                     // Without the daemon, read the spool directly.
-                    let settings = try options.settings()
-                    guard FileManager.default.fileExists(atPath: settings.stateDirectory + "/spool/queue") else {
-                        throw Failure("no spool at \(settings.stateDirectory)/spool (has tlsrelayd run with this configuration?)")
-                    }
-                    let spool = try Spool(stateDirectory: settings.stateDirectory)
-                    let held = (try? spool.deliveryRecord(of: queueID))??.held ?? false
-                    guard let entry = StateReports.message(queueID, spool: spool, withContent: true, held: held, inDelivery: false) else {
+                    let spool = try options.offlineSpool()
+                    guard let entry = StateReports.message(queueID, spool: spool, withContent: true, held: Options.isHeld(queueID, in: spool),
+                                                           inDelivery: false) else {
                         throw Failure("no queued message \(id)", code: 1)
                     }
                     FileHandle.standardError.write(Data("tlsrelayctl: tlsrelayd is not running; read from the spool\n".utf8))
