@@ -158,6 +158,9 @@ def test_cli_conventions_and_offline_reads(world, tmp_path, world_relay_toml):
     finally:
         relay.stop()
     # Without the daemon: the spool and the state directory are read directly.
+    offline = json.loads(ctl(relay, "queue", "list", "--json").stdout)
+    assert [(e["queue_id"], e["held"], e["in_delivery"]) for e in offline] == [(queue_id, False, False)], offline
+    assert offline[0]["recipients"][0]["status"] == "pending" and "did not offer STARTTLS" in offline[0]["recipients"][0]["last_reason"]
     shown = ctl(relay, "queue", "show", queue_id)
     assert shown.returncode == 0 and f"queue id:   {queue_id}" in shown.stdout and "read from the spool" in shown.stderr, shown
     assert "DSN:        RET=HDRS ENVID=conv-1" in shown.stdout
