@@ -197,12 +197,10 @@ public struct AttemptResult: Sendable, Equatable {
         public var verified: Bool
         /// A DANE TLSA record matched.
         public var daneMatched: Bool
-        public var protocolVersion: String
 
-        public init(verified: Bool, daneMatched: Bool, protocolVersion: String) {
+        public init(verified: Bool, daneMatched: Bool) {
             self.verified = verified
             self.daneMatched = daneMatched
-            self.protocolVersion = protocolVersion
         }
     }
 

@@ -211,7 +211,7 @@ public final class DeliveryAgent: Sendable {
         var verifyResult: Int?
         if case .authenticationFailed(let code, _)? = report.tlsError { verifyResult = code }
         let result = AttemptResult(recipients: recipients, failure: report.result.failure, verifyResult: verifyResult,
-                                   tls: report.tls.map { AttemptResult.TLS(verified: $0.verified, daneMatched: $0.daneMatch != nil, protocolVersion: $0.protocolVersion) },
+                                   tls: report.tls.map { AttemptResult.TLS(verified: $0.verified, daneMatched: $0.daneMatch != nil) },
                                    offeredSTARTTLS: report.result.offeredSTARTTLS)
         return (result, report)
     }

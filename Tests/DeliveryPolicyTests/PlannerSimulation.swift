@@ -203,7 +203,7 @@ func simulate(_ mx: Inputs.MX, demand: TLSDemand, recipients: [Int], records: [T
         case .webPKI: verified = true
         case .dane: verified = daneMatched
         }
-        return AttemptResult(recipients: delivered, tls: .init(verified: verified, daneMatched: daneMatched, protocolVersion: "TLSv1.3"),
+        return AttemptResult(recipients: delivered, tls: .init(verified: verified, daneMatched: daneMatched),
                              offeredSTARTTLS: true)
     }
 }
