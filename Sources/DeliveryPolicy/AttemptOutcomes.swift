@@ -30,9 +30,17 @@ public enum AttemptOutcomes {
         case .tlsFailed(let reason): return .deferred(.cryptographicFailure, "TLS with \(relay) failed: \(reason)", remoteMTA: relay)
         case .serviceClosing(let reply): return .deferred(reply.enhanced ?? .systemNotAccepting, "host \(relay) said: \(reply)", remoteMTA: relay)
         case .protocolError(let reason): return .deferred(.protocolTemporary, "protocol error with \(relay): \(reason)", remoteMTA: relay)
-        case .connectionLost(let stage): return .deferred(.timeout, "lost connection with \(relay) while waiting for \(stage.rawValue)", remoteMTA: relay)
-        case .timeout(let stage): return .deferred(.timeout, "conversation with \(relay) timed out while waiting for \(stage.rawValue)", remoteMTA: relay)
+        case .connectionLost(let stage):
+            return .deferred(.timeout, "lost connection with \(relay) while waiting for \(stage.rawValue)\(mayBeDuplicate(stage))", remoteMTA: relay)
+        case .timeout(let stage):
+            return .deferred(.timeout, "conversation with \(relay) timed out while waiting for \(stage.rawValue)\(mayBeDuplicate(stage))", remoteMTA: relay)
         }
+    }
+
+    /// The warning for a connection that ended after the content was sent and before its reply:
+    /// the next hop may have taken the message, so a retry may deliver it twice (RFC 1047).
+    static func mayBeDuplicate(_ stage: ClientSession.Stage) -> String {
+        stage == .dataDone ? "; the message may have been delivered already and may arrive twice (RFC 1047)" : ""
     }
 
     /// The RFC 8460 §4.3 result type of a failure that a required TLS policy cannot accept, or nil

@@ -341,7 +341,8 @@ public struct DeliveryPlanner: Sendable {
         }
         var delivered = false
         for (index, recipientResult) in result.recipients where remaining.contains(index) {
-            let outcome = AttemptOutcomes.outcome(for: recipientResult, relay: relay)
+            var outcome = AttemptOutcomes.outcome(for: recipientResult, relay: relay)
+            if outcome.kind == .delivered { outcome.security = Self.achieved(demand: attempt.demand, tls: result.tls) }
             outcomes[index] = outcome
             delivered = delivered || outcome.kind == .delivered
         }

@@ -111,6 +111,8 @@ public struct RecipientOutcome: Sendable, Equatable {
     public var remoteMTA: String?
     /// The remote's own reply text ("550 5.1.1 ..."), for the DSN's Diagnostic-Code.
     public var remoteReply: String?
+    /// For a delivered recipient: the protection the session had (`none` = in clear).
+    public var security: AchievedSecurity?
 
     public init(kind: Kind, status: EnhancedStatusCode, reason: String, remoteMTA: String? = nil, remoteReply: String? = nil) {
         self.kind = kind

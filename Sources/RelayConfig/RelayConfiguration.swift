@@ -74,10 +74,17 @@ public struct RelayConfiguration: Sendable, Equatable {
         public var port = 25
         /// Extra trusted CA certificates (PEM) for WebPKI checks; empty = system store only.
         public var tlsCAFile = ""
-        /// Messages delivered at the same time. Default 20.
+        /// Outbound SMTP sessions at the same time. Default 20.
         public var concurrency = 20
-        /// Deliveries at the same time to one destination domain. Default 20.
-        public var destinationConcurrency = 20
+        /// Deliveries at the same time to one destination domain (the most a destination's
+        /// slow-start window grows to). Default 5 (Postfix's `default_destination_concurrency_limit`
+        /// is 20 for 100 processes: the same share of a smaller relay).
+        public var destinationConcurrency = 5
+        /// The window of a destination without recent history: deliveries at once before the
+        /// destination has answered. Default 2 (Postfix's `initial_destination_concurrency`).
+        public var initialDestinationConcurrency = 2
+        /// Sessions at the same time to one MX address, whatever the domains behind it. Default 10.
+        public var addressConcurrency = 10
         /// Seconds before the first retry of a deferred message; doubles per attempt. Default 300.
         public var minBackoff = 300
         /// Longest seconds between retries. Default 4000.
@@ -89,6 +96,9 @@ public struct RelayConfiguration: Sendable, Equatable {
         public var connectTimeout = 30
         /// Seconds to wait for each reply (greeting, EHLO, MAIL, RCPT, ...). Default 300.
         public var commandTimeout = 300
+        /// Seconds for the TLS handshake after the 220 to STARTTLS. Default 60 (Postfix's
+        /// `smtp_starttls_timeout`).
+        public var tlsHandshakeTimeout = 60
         /// Seconds a connection to an MX stays open and idle after a message, ready for the next
         /// message to the same address under the same TLS policy; 0 = no connection reuse.
         /// Default 2 (Postfix's `smtp_connection_cache_time_limit`).
@@ -158,11 +168,14 @@ public struct RelayConfiguration: Sendable, Equatable {
         lines.append("tls_ca_file = \(quote(delivery.tlsCAFile))")
         lines.append("concurrency = \(delivery.concurrency)")
         lines.append("destination_concurrency = \(delivery.destinationConcurrency)")
+        lines.append("initial_destination_concurrency = \(delivery.initialDestinationConcurrency)")
+        lines.append("address_concurrency = \(delivery.addressConcurrency)")
         lines.append("min_backoff = \(delivery.minBackoff)")
         lines.append("max_backoff = \(delivery.maxBackoff)")
         lines.append("queue_lifetime = \(delivery.queueLifetime)")
         lines.append("connect_timeout = \(delivery.connectTimeout)")
         lines.append("command_timeout = \(delivery.commandTimeout)")
+        lines.append("tls_handshake_timeout = \(delivery.tlsHandshakeTimeout)")
         lines.append("connection_cache_time_limit = \(delivery.connectionCacheTimeLimit)")
         lines.append("connection_reuse_time_limit = \(delivery.connectionReuseTimeLimit)")
         lines.append("hold = \(delivery.hold)")

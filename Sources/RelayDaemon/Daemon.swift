@@ -166,6 +166,7 @@ public final class Daemon: Sendable {
         var timeouts = ClientTimeouts()
         timeouts.connect = Double(configuration.delivery.connectTimeout)
         timeouts.command = Double(configuration.delivery.commandTimeout)
+        timeouts.tlsHandshake = Double(configuration.delivery.tlsHandshakeTimeout)
         let alerts = AlertJournal(logger: logger)
         let memoryStore = try DowngradeMemoryStore(stateDirectory: configuration.stateDirectory)
         let stsCache = try STSPolicyCache(stateDirectory: configuration.stateDirectory)
@@ -183,6 +184,7 @@ public final class Daemon: Sendable {
                             dsnRelay: configuration.delivery.dsnRelay.map { (address: $0.address.description, port: $0.port) }),
             logger: logger,
             sts: sts, memory: memoryStore,
+            slots: ConnectionSlots(total: configuration.delivery.concurrency, perAddress: configuration.delivery.addressConcurrency),
             onAlert: { alert, queueID in
                 let kind: SecurityAlert.Kind
                 if alert.policySource == .memory {
@@ -202,8 +204,8 @@ public final class Daemon: Sendable {
         }
         defer { alertFlusher.cancel() }
         var schedulerSettings = Scheduler.Settings(hostname: configuration.server.hostname)
-        schedulerSettings.concurrency = configuration.delivery.concurrency
-        schedulerSettings.destinationConcurrency = configuration.delivery.destinationConcurrency
+        schedulerSettings.queue.destinationConcurrency = configuration.delivery.destinationConcurrency
+        schedulerSettings.queue.initialDestinationConcurrency = configuration.delivery.initialDestinationConcurrency
         schedulerSettings.holdAll = configuration.delivery.hold
         if configuration.delivery.hold { logger.warning("delivery.hold is set: mail is accepted and queued, nothing is delivered") }
         schedulerSettings.retry = RetrySchedule(

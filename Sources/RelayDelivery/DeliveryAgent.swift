@@ -82,13 +82,17 @@ public final class DeliveryAgent: Sendable {
     let sts: STSPolicyService?
     let memory: DowngradeMemoryStore?
     let connections = ConnectionCache()
+    /// Session limits overall and per MX address; nil: none (`tlsrelayctl check`).
+    let slots: ConnectionSlots?
 
     /// - Parameter onAlert: called for every policy failure (RFC 8460 result type and whether the
     ///   policy was enforced inside), with the queue id.
     /// - Parameter sts: the MTA-STS service; nil disables MTA-STS.
+    /// - Parameter slots: caps sessions overall and per MX address; nil: no cap.
     public init(resolver: RelayDNS.Resolver, group: EventLoopGroup, tlsContext: TLSClientContext, settings: Settings, logger: Logger,
-                sts: STSPolicyService? = nil, memory: DowngradeMemoryStore? = nil,
+                sts: STSPolicyService? = nil, memory: DowngradeMemoryStore? = nil, slots: ConnectionSlots? = nil,
                 onAlert: @escaping @Sendable (PolicyAlert, QueueID) -> Void = { _, _ in }) {
+        self.slots = slots
         self.sts = sts
         self.memory = memory
         self.resolver = resolver
@@ -103,11 +107,12 @@ public final class DeliveryAgent: Sendable {
     /// out its actions — lookups, connections, alerts, downgrade-memory writes.
     /// - Parameters:
     ///   - envelope: the queued envelope.
-    ///   - content: the message content (with our Received header).
+    ///   - content: the message content (with our Received header), read when the first
+    ///     session needs it.
     ///   - domain: the destination domain of `recipientIndexes`, lowercased.
     ///   - recipientIndexes: indexes into the envelope's recipients, all in `domain`.
     /// - Returns: an outcome for every index in `recipientIndexes`.
-    public func deliver(envelope: QueuedEnvelope, content: [UInt8], domain: String, recipientIndexes: [Int]) async -> [Int: RecipientOutcome] {
+    public func deliver(envelope: QueuedEnvelope, content: MessageContent, domain: String, recipientIndexes: [Int]) async -> [Int: RecipientOutcome] {
         let queueID = envelope.queueID
         let now = Date().timeIntervalSince1970
         let settings = self.settings
@@ -182,14 +187,24 @@ public final class DeliveryAgent: Sendable {
     /// Carries out one planned attempt: the SMTP session with exactly the attempt's TLS demand.
     /// - Returns: the planner's view of the result, and the connection's own report (nil when
     ///   no connection was made).
-    func run(_ attempt: PlannedAttempt, envelope: QueuedEnvelope?, content: [UInt8], queueID: QueueID?,
+    ///
+    /// The session waits for a slot to its address first (`slots`); the content is read once it
+    /// has one.
+    func run(_ attempt: PlannedAttempt, envelope: QueuedEnvelope?, content: MessageContent, queueID: QueueID?,
              probe: Bool = false) async -> (result: AttemptResult, report: ConnectionReport?) {
         var job = makeJob(envelope: envelope, indexes: attempt.recipients, tls: attempt.demand.requirement)
         job.probeOnly = probe
         let authentication = TLSPeerAuthentication(attempt.demand.authentication, requirement: attempt.demand.requirement)
+        if let slots {
+            guard await slots.acquire(attempt.address) else {
+                return (AttemptResult(connectFailure: "delivery stopped (shutdown) before the connection"), nil)
+            }
+        }
+        defer { slots?.release(attempt.address) }
         let report: ConnectionReport
         do {
-            report = try await connect(address: attempt.address, port: attempt.port, host: attempt.demand.serverName(host: attempt.host), job: job, content: content,
+            let bytes = try await content.bytes()
+            report = try await connect(address: attempt.address, port: attempt.port, host: attempt.demand.serverName(host: attempt.host), job: job, content: bytes,
                                        authentication: authentication)
         } catch {
             return (AttemptResult(connectFailure: describe(error)), nil)

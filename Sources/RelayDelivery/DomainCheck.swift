@@ -110,7 +110,7 @@ extension DeliveryAgent {
             case .log, .remember, .noteRefusedDowngrade: break
             }
         }, attempt: { attempt in
-            let (result, connection) = await self.run(attempt, envelope: nil, content: [], queueID: nil, probe: true)
+            let (result, connection) = await self.run(attempt, envelope: nil, content: MessageContent([]), queueID: nil, probe: true)
             var entry = DomainCheckReport.Connection(address: attempt.address, attempt: attempt.kind, demand: attempt.demand,
                                                      connected: result.connectFailure == nil, acceptable: false, tls: connection?.tls,
                                                      offeredSTARTTLS: result.offeredSTARTTLS, problem: nil)

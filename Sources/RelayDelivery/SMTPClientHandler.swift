@@ -166,7 +166,15 @@ final class SMTPClientHandler: ChannelInboundHandler {
                 let stuffed = DotStuffing.encode(content)
                 var buffer = context.channel.allocator.buffer(capacity: stuffed.count)
                 buffer.writeBytes(stuffed)
-                context.write(wrapOutboundOut(buffer), promise: nil)
+                // Only once the dot is written may the final reply count (RFC 5321 §4.1.1.4).
+                let written = context.eventLoop.makePromise(of: Void.self)
+                let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+                written.futureResult.whenSuccess {
+                    let (handler, context) = loopBound.value
+                    guard !handler.closing else { return }
+                    handler.perform(handler.session.contentWritten(), context: context)
+                }
+                context.write(wrapOutboundOut(buffer), promise: written)
             case .startTLS:
                 context.flush()
                 startTLS(context: context)

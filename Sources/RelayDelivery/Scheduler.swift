@@ -4,18 +4,17 @@ import NIOPosix
 import RelayQueue
 import SMTPCore
 
-/// Runs deliveries over the spool: new messages at once, deferred ones by their retry
-/// schedule, at most `concurrency` messages at a time. Per message, recipients are grouped by
-/// destination domain and each group is delivered concurrently. After every attempt the
-/// message's `DeliveryRecord` is saved; when every recipient is delivered or bounced, the
-/// DSN (if any) is queued first and then the message is removed.
+/// Carries out the `QueueManager`'s decisions over the spool: opens a message's round (reads
+/// its envelope and delivery record on the thread pool), delivers each destination's recipients
+/// as a job when the queue manager starts it, and at the end of the round saves the
+/// `DeliveryRecord` with the next retry time — or, when every recipient is delivered or
+/// bounced, queues the DSN (if any) first and then removes the message. Sessions are capped
+/// overall and per MX address by the delivery agent's `ConnectionSlots`.
 public actor Scheduler {
     public struct Settings: Sendable {
         public var retry = RetrySchedule()
-        /// Messages delivered at the same time. Default 20.
-        public var concurrency = 20
-        /// Deliveries at the same time to one destination domain. Default 20.
-        public var destinationConcurrency = 20
+        /// Limits of the queue manager: per destination, messages in rounds at once.
+        public var queue = QueueManager<QueueID, RecipientOutcome>.Limits()
         /// This relay's host name (Reporting-MTA of DSNs).
         public var hostname: String
         /// Accept and queue, deliver nothing (`delivery.hold`): every message stays held until
@@ -25,22 +24,42 @@ public actor Scheduler {
         public init(hostname: String) { self.hostname = hostname }
     }
 
+    /// One open round of one message: what was read, and the jobs (destinations) still running.
+    private struct Round {
+        var envelope: QueuedEnvelope
+        var record: DeliveryRecord
+        let content: MessageContent
+        /// Pending recipient indexes by destination domain.
+        let groups: [String: [Int]]
+        var jobsLeft: Int
+        /// A job was cut short by shutdown: its deferred recipients are not an attempt.
+        var interrupted = false
+    }
+
     private let spool: Spool
     private let agent: DeliveryAgent
     private let settings: Settings
     private let threadPool: NIOThreadPool
     private let logger: Logger
-    private var due: [QueueID: Double] = [:]
-    private var inFlight: Set<QueueID> = []
+    private let clock: @Sendable () -> Double
+    private var core: QueueManager<QueueID, RecipientOutcome>
+    private var rounds: [QueueID: Round] = [:]
     private var wakeup: AsyncStream<Void>.Continuation?
-    private var running = false
 
-    public init(spool: Spool, agent: DeliveryAgent, settings: Settings, threadPool: NIOThreadPool, logger: Logger) {
+    /// - Parameter clock: seconds since the epoch (the wall clock unless a test passes another).
+    public init(spool: Spool, agent: DeliveryAgent, settings: Settings, threadPool: NIOThreadPool, logger: Logger,
+                clock: @escaping @Sendable () -> Double = { Date().timeIntervalSince1970 }) {
         self.spool = spool
         self.agent = agent
         self.settings = settings
         self.threadPool = threadPool
         self.logger = logger
+        self.clock = clock
+        var limits = settings.queue
+        limits.maximumWait = settings.retry.maximumBackoff
+        // A suspended destination is tried again no later than a deferred message would be.
+        limits.suspendTime = min(limits.suspendTime, settings.retry.minimumBackoff)
+        self.core = QueueManager(limits: limits)
     }
 
     /// Queue counts: messages being delivered or due now, deferred until later, held.
@@ -51,13 +70,9 @@ public actor Scheduler {
         public var total: Int { active + deferred + held }
     }
 
-    private var held: Set<QueueID> = []
-    private lazy var limiter = DestinationLimiter(limit: settings.destinationConcurrency)
-
     public func counts() -> Counts {
-        let now = Date().timeIntervalSince1970
-        let dueNow = due.values.filter { $0 <= now }.count
-        return Counts(active: dueNow + inFlight.count, deferred: due.count - dueNow, held: held.count)
+        let counts = core.counts(now: clock())
+        return Counts(active: counts.active, deferred: counts.deferred, held: counts.held)
     }
 
     /// Why an operator request was refused.
@@ -76,31 +91,28 @@ public actor Scheduler {
     }
 
     /// True when the message is being delivered now.
-    public func isInFlight(_ id: QueueID) -> Bool { inFlight.contains(id) }
+    public func isInFlight(_ id: QueueID) -> Bool { core.place(of: id) == .active }
 
     /// True when the message is on hold.
-    public func isHeld(_ id: QueueID) -> Bool { held.contains(id) }
+    public func isHeld(_ id: QueueID) -> Bool { core.place(of: id) == .held }
 
     /// Makes messages due now (like `postqueue -f` / `-i ID`): all deferred ones when `ids` is
     /// nil. Held messages stay held.
     /// - Returns: how many messages were scheduled.
     @discardableResult
     public func flush(_ ids: [QueueID]? = nil) -> Int {
-        let targets = ids ?? Array(due.keys)
-        var count = 0
-        for id in targets where due[id] != nil {
-            due[id] = 0
-            count += 1
-        }
+        let count = core.flush(ids, now: clock())
         wakeup?.yield()
         if count > 0 { logger.info("flush by the operator: \(count) message(s) scheduled now\(ids.map { ids in ids.count == 1 ? " (\(ids[0]))" : "" } ?? "")") }
         return count
     }
 
-    /// Flushes the messages with a pending recipient in `domain`.
+    /// Flushes the deferred messages with a pending recipient in `domain`: those seen in a round
+    /// since start from the queue manager's index, the others read from the spool.
     public func flush(domain: String) -> Int {
         let name = domain.lowercased()
-        let ids = due.keys.filter { id in
+        let (known, unknown) = core.deferred(inDomain: name)
+        let read = unknown.filter { id in
             guard let envelope = try? spool.envelope(of: id) else { return false }
             let record = try? spool.deliveryRecord(of: id)
             return envelope.transaction.recipients.indices.contains { index in
@@ -108,31 +120,29 @@ public actor Scheduler {
                     && (record?.recipients[index].status ?? .pending) == .pending
             }
         }
-        return flush(Array(ids))
+        return flush(known + read)
     }
 
     /// Puts a message on hold (`postsuper -h`): not attempted until released; kept across restarts.
     /// - Throws: `OperationError`.
     public func hold(_ id: QueueID) throws {
-        if inFlight.contains(id) { throw OperationError.inDelivery(id) }
-        guard due[id] != nil || held.contains(id) else { throw OperationError.notQueued(id) }
+        if core.place(of: id) == .active { throw OperationError.inDelivery(id) }
+        guard core.contains(id) else { throw OperationError.notQueued(id) }
         try updateRecord(id) { $0.held = true }
-        due[id] = nil
-        held.insert(id)
+        _ = core.hold(id)
         logger.info("\(id): put on hold by the operator")
     }
 
     /// Releases a held message (`postsuper -H`) and makes it due now.
     /// - Throws: `OperationError`.
     public func release(_ id: QueueID) throws {
-        guard held.contains(id) else {
-            if due[id] != nil || inFlight.contains(id) { throw OperationError.failed("message \(id) is not on hold") }
+        guard core.place(of: id) == .held else {
+            if core.contains(id) { throw OperationError.failed("message \(id) is not on hold") }
             throw OperationError.notQueued(id)
         }
         if settings.holdAll { throw OperationError.failed("delivery.hold is set: nothing is delivered until it is turned off") }
         try updateRecord(id) { $0.held = false; $0.nextAttempt = 0 }
-        held.remove(id)
-        due[id] = 0
+        _ = core.release(id)
         wakeup?.yield()
         logger.info("\(id): released by the operator")
     }
@@ -140,11 +150,10 @@ public actor Scheduler {
     /// Deletes a message without a DSN (`postsuper -d`).
     /// - Throws: `OperationError`.
     public func delete(_ id: QueueID) throws {
-        if inFlight.contains(id) { throw OperationError.inDelivery(id) }
-        guard due[id] != nil || held.contains(id) else { throw OperationError.notQueued(id) }
+        if core.place(of: id) == .active { throw OperationError.inDelivery(id) }
+        guard core.contains(id) else { throw OperationError.notQueued(id) }
         do { try spool.finish(id) } catch { throw OperationError.failed("cannot delete \(id): \(error)") }
-        due[id] = nil
-        held.remove(id)
+        core.remove(id)
         logger.info("\(id): removed by the operator (no DSN)")
     }
 
@@ -165,111 +174,130 @@ public actor Scheduler {
     /// Schedules a message that was just queued (called by the inbound server after the 250).
     public func enqueue(_ id: QueueID) {
         if settings.holdAll {
-            held.insert(id)
+            core.addHeld(id)
             return
         }
-        due[id] = 0
+        core.addFresh(id)
         wakeup?.yield()
     }
 
     /// Loads every queued message with its retry time. Call once before `run`.
     public func load(_ ids: [QueueID]) {
         let withRecords = spool.messagesWithDeliveryRecords()
+        let now = clock()
         for id in ids {
             let record = withRecords.contains(id.rawValue) ? try? spool.deliveryRecord(of: id) : nil
             if record?.held == true || settings.holdAll {
-                held.insert(id)
-                continue
+                core.addHeld(id)
+            } else if let record, record.attempts > 0 {
+                // A retry time further away than max_backoff means the clock was set back since it
+                // was written: never wait longer than max_backoff from now.
+                core.addDeferred(id, due: min(record.nextAttempt, now + settings.retry.maximumBackoff))
+            } else {
+                core.addFresh(id)
             }
-            // A retry time further away than max_backoff means the clock was set back since it
-            // was written: never wait longer than max_backoff from now.
-            due[id] = min(record?.nextAttempt ?? 0, Date().timeIntervalSince1970 + settings.retry.maximumBackoff)
         }
     }
 
     /// Delivers until the task is cancelled; in-flight deliveries are awaited before return.
+    /// Each pass carries out the queue manager's actions, then sleeps until the next event (new
+    /// mail, a finished job, an operator request) or the next due time.
     public func run() async {
         let (stream, continuation) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
         wakeup = continuation
-        running = true
         await withDiscardingTaskGroup { group in
             var iterator = stream.makeAsyncIterator()
-            let ticker = Task {
-                while !Task.isCancelled {
-                    try? await Task.sleep(for: .milliseconds(500))
+            while !Task.isCancelled {
+                let now = clock()
+                for action in core.nextActions(now: now) {
+                    switch action {
+                    case .open(let id):
+                        group.addTask { [self] in await self.open(id) }
+                    case .start(let id, let destination):
+                        group.addTask { [self] in await self.runJob(id, destination: destination) }
+                    case .suspend(let id, let destination, let failure):
+                        group.addTask { [self] in await self.suspendJob(id, destination: destination, failure: failure) }
+                    }
+                }
+                // Sleep until the next due time, at most 1 s (a clock step is noticed within 1 s).
+                let wait = min(1.0, max(0.005, (core.nextWake() ?? now + 1) - now))
+                let timer = Task {
+                    try? await Task.sleep(for: .milliseconds(Int(wait * 1000)))
                     continuation.yield()
                 }
-            }
-            defer { ticker.cancel() }
-            while !Task.isCancelled {
-                let now = Date().timeIntervalSince1970
-                // The wall clock may jump back: no retry waits more than max_backoff from now.
-                for (id, time) in due where time > now + settings.retry.maximumBackoff {
-                    due[id] = now + settings.retry.maximumBackoff
-                }
-                let ready = due.filter { $0.value <= now }.keys.sorted()
-                for id in ready where inFlight.count < settings.concurrency {
-                    due[id] = nil
-                    inFlight.insert(id)
-                    group.addTask { [self] in await self.attempt(id) }
-                }
-                // Wait for a wake-up: new mail, a finished attempt, or the 0.5 s tick.
                 _ = await iterator.next()
+                timer.cancel()
             }
         }
-        running = false
     }
 
-    private func finished(_ id: QueueID, nextAttempt: Double?) {
-        inFlight.remove(id)
-        if let nextAttempt { due[id] = nextAttempt }
-        wakeup?.yield()
-    }
-
-    /// One delivery attempt of one message to all its pending recipients.
-    func attempt(_ id: QueueID) async {
+    /// Opens a round: reads the envelope and delivery record (not the content) and hands the
+    /// pending recipients' destinations to the queue manager.
+    private func open(_ id: QueueID) async {
         let spool = self.spool
         let envelope: QueuedEnvelope
-        let content: [UInt8]
-        var record: DeliveryRecord
+        let record: DeliveryRecord
         do {
-            (envelope, content, record) = try await threadPool.runIfActive {
+            (envelope, record) = try await threadPool.runIfActive {
                 let envelope = try spool.envelope(of: id)
-                let content = try spool.content(of: id)
                 let record = try spool.deliveryRecord(of: id)
                     ?? DeliveryRecord(queueID: id, recipientCount: envelope.transaction.recipients.count, nextAttempt: 0)
-                return (envelope, content, record)
+                return (envelope, record)
             }
         } catch {
             logger.error("\(id): cannot read queued message: \(error)")
-            finished(id, nextAttempt: nil)
+            core.roundFinished(id, nextAttempt: nil)
+            wakeup?.yield()
             return
         }
-        let start = Date().timeIntervalSince1970
         var groups: [String: [Int]] = [:]
         for index in record.pendingIndexes {
             groups[envelope.transaction.recipients[index].mailbox.domain.lowercased(), default: []].append(index)
         }
-        let agent = self.agent
-        let limiter = self.limiter
-        let outcomes = await withTaskGroup(of: [Int: RecipientOutcome].self) { group in
-            for (domain, indexes) in groups {
-                group.addTask {
-                    await limiter.acquire(domain)
-                    let result = await agent.deliver(envelope: envelope, content: content, domain: domain, recipientIndexes: indexes)
-                    await limiter.release(domain)
-                    return result
-                }
-            }
-            var all: [Int: RecipientOutcome] = [:]
-            for await part in group { all.merge(part) { $1 } }
-            return all
+        let threadPool = self.threadPool
+        let content = MessageContent { try await threadPool.runIfActive { try spool.content(of: id) } }
+        rounds[id] = Round(envelope: envelope, record: record, content: content, groups: groups, jobsLeft: groups.count)
+        if groups.isEmpty {
+            await finishRound(id)
+        } else {
+            core.opened(id, destinations: groups.keys.sorted())
         }
-        let now = Date().timeIntervalSince1970
-        record.attempts += 1
-        let expired = settings.retry.hasExpired(arrival: envelope.arrivalTime, now: now)
+        wakeup?.yield()
+    }
+
+    /// Delivers the round's recipients in `destination`.
+    private func runJob(_ id: QueueID, destination: String) async {
+        guard let round = rounds[id], let indexes = round.groups[destination] else { return }
+        let start = clock()
+        let outcomes = await agent.deliver(envelope: round.envelope, content: round.content, domain: destination, recipientIndexes: indexes)
+        await jobEnded(id, destination: destination, outcomes: outcomes, start: start, suspended: false)
+    }
+
+    /// Ends a job of a suspended destination without a connection.
+    private func suspendJob(_ id: QueueID, destination: String, failure: RecipientOutcome) async {
+        guard let round = rounds[id], let indexes = round.groups[destination] else { return }
+        var outcome = failure
+        outcome.reason = "delivery temporarily suspended: \(failure.reason)"
+        outcome.remoteReply = nil
+        var outcomes: [Int: RecipientOutcome] = [:]
+        for index in indexes { outcomes[index] = outcome }
+        await jobEnded(id, destination: destination, outcomes: outcomes, start: clock(), suspended: true)
+    }
+
+    /// Records a job's outcomes in the round (and the log), tells the queue manager how the
+    /// destination did, and ends the round after its last job.
+    private func jobEnded(_ id: QueueID, destination: String, outcomes: [Int: RecipientOutcome], start: Double, suspended: Bool) async {
+        guard var round = rounds[id] else { return }
+        let now = clock()
+        // Shutdown cut the job short: deferrals it caused are not an attempt.
+        let cancelled = Task.isCancelled
+        let expired = settings.retry.hasExpired(arrival: round.envelope.arrivalTime, now: now)
         for (index, outcome) in outcomes.sorted(by: { $0.key < $1.key }) {
-            var state = record.recipients[index]
+            if cancelled && outcome.kind == .deferred {
+                round.interrupted = true
+                continue
+            }
+            var state = round.record.recipients[index]
             state.lastReason = outcome.reason
             state.lastStatusCode = outcome.status.description
             state.remoteMTA = outcome.remoteMTA
@@ -287,28 +315,58 @@ public actor Scheduler {
                     status = "bounced"
                 }
             }
-            record.recipients[index] = state
-            let recipient = envelope.transaction.recipients[index].mailbox.address
-            logger.info("\(id): to=<\(recipient)>, relay=\(outcome.remoteMTA ?? "none"), delay=\(String(format: "%.1f", now - envelope.arrivalTime)), attempt-time=\(String(format: "%.2f", now - start)), dsn=\(state.lastStatusCode ?? outcome.status.description), status=\(status) (\(state.lastReason ?? outcome.reason))")
+            round.record.recipients[index] = state
+            let recipient = round.envelope.transaction.recipients[index].mailbox.address
+            logger.info("\(id): to=<\(recipient)>, relay=\(outcome.remoteMTA ?? "none"), delay=\(String(format: "%.1f", now - round.envelope.arrivalTime)), attempt-time=\(String(format: "%.2f", now - start)), dsn=\(state.lastStatusCode ?? outcome.status.description), status=\(status)\(outcome.security.map { ", tls=\($0.rawValue)" } ?? "") (\(state.lastReason ?? outcome.reason))")
         }
-        record.nextAttempt = now + settings.retry.delay(afterAttempts: record.attempts)
-        let finalRecord = record
+        round.jobsLeft -= 1
+        rounds[id] = round
+        let result: QueueManager<QueueID, RecipientOutcome>.JobResult
+        if suspended {
+            result = .suspended
+        } else if cancelled {
+            result = .answered
+        } else if let silent = outcomes.values.first(where: { $0.kind == .deferred && $0.remoteReply == nil }),
+                  outcomes.values.allSatisfy({ $0.kind == .deferred && $0.remoteReply == nil }) {
+            result = .failed(silent)
+        } else {
+            result = .answered
+        }
+        core.jobFinished(id, destination: destination, result, now: now)
+        if round.jobsLeft <= 0 { await finishRound(id) }
+        wakeup?.yield()
+    }
+
+    /// Saves the round's record with the next retry time, or queues the DSN and removes the
+    /// message when every recipient is done.
+    private func finishRound(_ id: QueueID) async {
+        guard var round = rounds.removeValue(forKey: id) else { return }
+        let now = clock()
+        if round.interrupted {
+            // Not an attempt: retried at once after the restart.
+            round.record.nextAttempt = now
+        } else if !round.groups.isEmpty {
+            round.record.attempts += 1
+            round.record.nextAttempt = now + settings.retry.delay(afterAttempts: round.record.attempts)
+        }
+        let finalRecord = round.record
+        let spool = self.spool
         do {
             if finalRecord.isComplete {
-                try await completeMessage(envelope: envelope, content: content, record: finalRecord)
-                finished(id, nextAttempt: nil)
+                try await completeMessage(envelope: round.envelope, content: round.content, record: finalRecord)
+                core.roundFinished(id, nextAttempt: nil)
             } else {
                 try await threadPool.runIfActive { try spool.saveDeliveryRecord(finalRecord) }
-                finished(id, nextAttempt: finalRecord.nextAttempt)
+                core.roundFinished(id, nextAttempt: finalRecord.nextAttempt)
             }
         } catch {
             logger.error("\(id): cannot save delivery state: \(error); retrying later")
-            finished(id, nextAttempt: now + settings.retry.minimumBackoff)
+            core.roundFinished(id, nextAttempt: now + settings.retry.minimumBackoff)
         }
     }
 
     /// Queues the DSN for bounced recipients that want one, then removes the message.
-    func completeMessage(envelope: QueuedEnvelope, content: [UInt8], record: DeliveryRecord) async throws {
+    func completeMessage(envelope: QueuedEnvelope, content: MessageContent, record: DeliveryRecord) async throws {
         let failed: [DeliveryStatusNotification.FailedRecipient] = record.recipients.indices.compactMap { index in
             let state = record.recipients[index]
             let recipient = envelope.transaction.recipients[index]
@@ -322,13 +380,14 @@ public actor Scheduler {
         let spool = self.spool
         let hostname = settings.hostname
         let id = envelope.queueID
+        let original = failed.isEmpty ? [] : try await content.bytes()
         let dsnID: QueueID? = try await threadPool.runIfActive {
             var dsnID: QueueID?
             if !failed.isEmpty, let sender = envelope.transaction.sender {
                 let writer = try spool.beginMessage()
                 let now = Date().timeIntervalSince1970
                 let report = DeliveryStatusNotification.make(
-                    envelope: envelope, original: content, failed: failed, reportingMTA: hostname,
+                    envelope: envelope, original: original, failed: failed, reportingMTA: hostname,
                     date: MessageDate.format(secondsSinceEpoch: Int(now)), messageID: "\(writer.queueID.rawValue).dsn@\(hostname)")
                 writer.write(report)
                 var parameters = MailParameters()
@@ -346,7 +405,7 @@ public actor Scheduler {
         }
         if let dsnID {
             logger.info("\(id): sender non-delivery notification: \(dsnID)")
-            due[dsnID] = 0
+            core.addFresh(dsnID)
         }
         logger.info("\(id): removed")
     }

@@ -138,8 +138,14 @@ public struct ClientSession: Sendable {
         public var smtputf8 = false
         public var dsn = false
         public var enhancedStatusCodes = false
-        /// SIZE limit in bytes; nil = none announced, 0 = no fixed limit (RFC 1870 §4).
-        public var sizeLimit: Int?
+        /// What the SIZE keyword said (RFC 1870 §4); nil when SIZE was not announced.
+        public var size: SizeAnnouncement?
+
+        /// The SIZE limit in bytes, when the server announced a usable one.
+        public var sizeLimit: Int? {
+            if case .limit(let bytes)? = size { return bytes }
+            return nil
+        }
 
         public init() {}
 
@@ -156,10 +162,31 @@ public struct ClientSession: Sendable {
                 case "SMTPUTF8": smtputf8 = true
                 case "DSN": dsn = true
                 case "ENHANCEDSTATUSCODES": enhancedStatusCodes = true
-                case "SIZE": sizeLimit = words.count > 1 ? Int(words[1]) ?? 0 : 0
+                case "SIZE": size = SizeAnnouncement(parameter: words.count > 1 ? words[1] : nil)
                 default: break
                 }
             }
+        }
+    }
+
+    /// The SIZE keyword of an EHLO reply (RFC 1870 §4: `SIZE [1*DIGIT]`, 0 or no number = no
+    /// fixed limit).
+    public enum SizeAnnouncement: Sendable, Equatable {
+        /// No fixed maximum.
+        case noFixedLimit
+        /// The maximum message size in bytes.
+        case limit(Int)
+        /// A parameter that is not a number we can hold (too long, not digits): the limit is
+        /// unknown — never read as "no limit". SIZE= is still sent and the server decides.
+        case unknown(String)
+
+        /// Reads the keyword's parameter: at most 18 digits (below `Int.max`), else `unknown`.
+        public init(parameter: Substring?) {
+            guard let parameter else { self = .noFixedLimit; return }
+            guard !parameter.isEmpty, parameter.count <= 18, parameter.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
+                  let value = Int(parameter)
+            else { self = .unknown(String(parameter.prefix(40))); return }
+            self = value == 0 ? .noFixedLimit : .limit(value)
         }
     }
 
@@ -171,7 +198,9 @@ public struct ClientSession: Sendable {
         case handshake
         /// Commands sent and awaiting replies, in order.
         case transaction
-        case dataContent
+        /// The content is being written; `written` once the write of the terminating dot
+        /// completed (only then may the final reply come, RFC 5321 §4.1.1.4).
+        case dataContent(written: Bool)
         /// A transaction completed and the connection was kept open (`Job.keepOpen`).
         case idle
         case quit
@@ -201,10 +230,25 @@ public struct ClientSession: Sendable {
     }
 
     /// A complete reply arrived. `bytesFollow` is true when more bytes were already buffered
-    /// after it (relevant only to the 220 for STARTTLS).
+    /// after it.
+    ///
+    /// Replies count only in protocol order (RFC 5321 §4.2, RFC 2920 §3.1): bytes behind a reply
+    /// are allowed only while replies to pipelined commands are still owed. Anywhere else — after
+    /// a reply without PIPELINING, behind the 354, behind the final reply — they are a surplus
+    /// reply and end the connection with a protocol error; behind the 220 to STARTTLS they are
+    /// a plaintext injection (RFC 3207 §4.2). A reply while the content is still being written
+    /// is a protocol error too: nothing is marked delivered by it.
     public mutating func receive(_ reply: Reply, bytesFollow: Bool = false) -> [Action] {
         if reply.code == 421 && state != .quit && state != .done {
             return fail(.serviceClosing(reply))
+        }
+        if bytesFollow, state != .quit, state != .done, !(state == .starttls && reply.code == 220),
+           !(state == .transaction && pending.count > 1) {
+            if case .dataContent(written: true) = state {
+                // The reply to the dot decides; the surplus behind it ends the connection.
+                _ = finishData(reply)
+            }
+            return fail(.protocolError("unexpected data after the reply \(reply.code) to \(stage.rawValue)\(capabilities.pipelining ? "" : " (the server did not offer PIPELINING)") (RFC 5321 section 4.2)"))
         }
         switch state {
         case .greeting:
@@ -250,7 +294,10 @@ public struct ClientSession: Sendable {
             return fail(.plaintextInjection)
         case .transaction:
             return receiveTransactionReply(reply)
-        case .dataContent:
+        case .dataContent(let written):
+            guard written else {
+                return fail(.protocolError("reply \(reply.code) arrived before the end of the message data was sent (RFC 5321 section 4.1.1.4)"))
+            }
             return finishData(reply)
         case .idle:
             // Nothing is expected between transactions (a 421 is handled above).
@@ -262,6 +309,13 @@ public struct ClientSession: Sendable {
         case .done:
             return []
         }
+    }
+
+    /// The write of the content and its terminating dot completed (after `.sendContent`); from
+    /// now on the final reply may come.
+    public mutating func contentWritten() -> [Action] {
+        if case .dataContent(written: false) = state { state = .dataContent(written: true) }
+        return []
     }
 
     /// True when a transaction completed and the connection waits, open, for the next one.
@@ -357,7 +411,7 @@ public struct ClientSession: Sendable {
         if job.needsSMTPUTF8 && !capabilities.smtputf8 {
             return bounceAll(EnhancedStatusCode(5, 6, 7), "SMTPUTF8 is required but not supported by the receiving server (RFC 6531 section 3.4)")
         }
-        if let limit = capabilities.sizeLimit, limit > 0, job.size > limit {
+        if let limit = capabilities.sizeLimit, job.size > limit {
             return bounceAll(EnhancedStatusCode(5, 3, 4), "message size \(job.size) exceeds the receiving server's limit of \(limit) bytes (RFC 1870)")
         }
         state = .transaction
@@ -400,7 +454,7 @@ public struct ClientSession: Sendable {
                     // would be content, so send nothing and drop the connection (RFC 2920 §3.1).
                     return fail(.protocolError("354 to DATA although no recipient was accepted"))
                 }
-                state = .dataContent
+                state = .dataContent(written: false)
                 stage = .dataDone
                 result.contentSent = true
                 return [.sendContent]
@@ -468,7 +522,7 @@ public struct ClientSession: Sendable {
 
     func mailCommand() -> String {
         var text = "MAIL FROM:<\(job.sender?.address ?? "")>"
-        if capabilities.sizeLimit != nil { text += " SIZE=\(job.size)" }
+        if capabilities.size != nil { text += " SIZE=\(job.size)" }
         if job.body == .eightBitMIME && capabilities.eightBitMIME { text += " BODY=8BITMIME" }
         if job.needsSMTPUTF8 && capabilities.smtputf8 { text += " SMTPUTF8" }
         if capabilities.dsn {

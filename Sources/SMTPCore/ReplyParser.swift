@@ -1,5 +1,6 @@
 /// Assembles server replies from the byte stream (RFC 5321 §4.2): lines `code-text` continue a
-/// reply, `code SP text` (or a bare `code`) ends it. Every line must carry the same code.
+/// reply, `code SP text` (or a bare `code`) ends it. Every line must carry the same code. The
+/// text is peer text: control bytes and invalid UTF-8 come out escaped (`PeerText`).
 public struct ReplyParser: Sendable {
     public enum ParseError: Error, Sendable, Equatable {
         /// A line that is not `3DIGIT [("-" / SP) text]`, a code that changes within one reply,
@@ -41,13 +42,13 @@ public struct ReplyParser: Sendable {
             buffer.removeSubrange(...lf)
             guard line.count >= 3, line[0...2].allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }), line[0] >= 0x32, line[0] <= 0x35,
                   !line.contains(13)
-            else { throw ParseError.malformed(String(decoding: line.prefix(80), as: UTF8.self)) }
+            else { throw ParseError.malformed(PeerText.escape(line.prefix(80))) }
             let lineCode = Int(String(decoding: line[0...2], as: UTF8.self))!
             if let code, code != lineCode { throw ParseError.malformed("reply code changed from \(code) to \(lineCode)") }
             code = lineCode
             let separator: UInt8 = line.count > 3 ? line[3] : 32
-            guard separator == 32 || separator == 45 else { throw ParseError.malformed(String(decoding: line.prefix(80), as: UTF8.self)) }
-            let text = line.count > 4 ? String(decoding: line[4...], as: UTF8.self) : ""
+            guard separator == 32 || separator == 45 else { throw ParseError.malformed(PeerText.escape(line.prefix(80))) }
+            let text = line.count > 4 ? PeerText.escape(line[4...]) : ""
             lines.append(text)
             guard lines.count <= maxLines else { throw ParseError.tooLong }
             if separator == 32 {

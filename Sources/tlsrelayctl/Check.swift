@@ -53,6 +53,7 @@ struct Check: AsyncParsableCommand {
             var timeouts = ClientTimeouts()
             timeouts.connect = Double(min(settings.delivery.connectTimeout, 15))
             timeouts.command = Double(min(settings.delivery.commandTimeout, 30))
+            timeouts.tlsHandshake = Double(min(settings.delivery.tlsHandshakeTimeout, 30))
             let agent = DeliveryAgent(
                 resolver: resolver, group: group, tlsContext: tls,
                 settings: .init(heloName: settings.server.hostname, port: settings.delivery.port, timeouts: timeouts,

@@ -94,24 +94,48 @@ struct DeliveryPlanningTests {
     }
 }
 
-@Suite("Destination concurrency")
-struct DestinationLimiterTests {
-    @Test("at most `limit` at once per destination; others wait in order; other destinations unaffected")
-    func limits() async {
-        let limiter = DestinationLimiter(limit: 2)
-        await limiter.acquire("a.example")
-        await limiter.acquire("a.example")
-        #expect(await limiter.running("a.example") == 2)
-        await limiter.acquire("b.example")
-        #expect(await limiter.running("b.example") == 1)
-        let third = Task { await limiter.acquire("a.example"); return true }
+@Suite("Connection slots")
+struct ConnectionSlotsTests {
+    @Test("at most `perAddress` sessions to one address; a waiter for a full address never blocks another address")
+    func perAddress() async {
+        let slots = ConnectionSlots(total: 3, perAddress: 2)
+        #expect(await slots.acquire("192.0.2.1"))
+        #expect(await slots.acquire("192.0.2.1"))
+        #expect(slots.running("192.0.2.1") == 2)
+        // A third session to the tarpit address waits ...
+        let third = Task { await slots.acquire("192.0.2.1") }
         try? await Task.sleep(for: .milliseconds(50))
-        #expect(await limiter.running("a.example") == 2)
-        await limiter.release("a.example")
+        #expect(slots.running("192.0.2.1") == 2)
+        // ... and another address goes ahead of it at once.
+        #expect(await slots.acquire("192.0.2.2"))
+        #expect(slots.running() == 3)
+        // Total full: a fourth address waits until a slot frees.
+        let fourth = Task { await slots.acquire("192.0.2.3") }
+        try? await Task.sleep(for: .milliseconds(50))
+        #expect(slots.running("192.0.2.3") == 0)
+        slots.release("192.0.2.2")
+        // The freed slot goes to the first waiter whose address has room: 192.0.2.3, not the tarpit.
+        #expect(await fourth.value)
+        #expect(slots.running("192.0.2.1") == 2)
+        slots.release("192.0.2.1")
         #expect(await third.value)
-        #expect(await limiter.running("a.example") == 2)
-        await limiter.release("a.example")
-        await limiter.release("a.example")
-        #expect(await limiter.running("a.example") == 0)
+        #expect(slots.running("192.0.2.1") == 2)
+        slots.release("192.0.2.1")
+        slots.release("192.0.2.1")
+        slots.release("192.0.2.3")
+        #expect(slots.running() == 0)
+    }
+
+    @Test("a cancelled waiter leaves the line without a slot")
+    func cancellation() async {
+        let slots = ConnectionSlots(total: 1, perAddress: 1)
+        #expect(await slots.acquire("192.0.2.1"))
+        let waiter = Task { await slots.acquire("192.0.2.1") }
+        try? await Task.sleep(for: .milliseconds(50))
+        waiter.cancel()
+        #expect(await waiter.value == false)
+        slots.release("192.0.2.1")
+        #expect(slots.running() == 0)
+        #expect(await slots.acquire("192.0.2.9"))
     }
 }

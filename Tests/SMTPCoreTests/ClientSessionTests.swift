@@ -64,6 +64,7 @@ struct ClientSessionTests {
         #expect(session.receive(reply("250 2.1.5 ok")).isEmpty)
         #expect(session.receive(reply("550 5.1.1 unknown")).isEmpty)
         #expect(session.receive(reply("354 go")) == [.sendContent])
+        _ = session.contentWritten()
         #expect(sent(session.receive(reply("250 2.0.0 queued as X"))) == ["QUIT\r\n"])
         guard case .finish(let result) = session.receive(reply("221 bye")).first else { Issue.record("no finish"); return }
         #expect(result.failure == nil)
@@ -105,6 +106,7 @@ struct ClientSessionTests {
         #expect(sent(session.receive(reply("250 ok"))) == ["RCPT TO:<r0@example.net>\r\n"])
         #expect(sent(session.receive(reply("250 ok"))) == ["DATA\r\n"])
         #expect(session.receive(reply("354 go")) == [.sendContent])
+        _ = session.contentWritten()
         var refused = ClientSession(job: job(recipients: 1))
         _ = refused.receive(reply("220 mx"))
         _ = refused.receive(reply("250-mx\n250 STARTTLS"))
@@ -147,6 +149,7 @@ struct ClientSessionTests {
         _ = data.receive(reply("250 ok"))
         _ = data.receive(reply("250 ok"))
         _ = data.receive(reply("354 go"))
+        _ = data.contentWritten()
         _ = data.receive(reply("554 5.7.1 spam"))
         guard case .finish(let r3) = data.receive(reply("221 bye")).first else { Issue.record(); return }
         #expect(r3.recipients[0] == .bounced(reply("554 5.7.1 spam")))
@@ -196,6 +199,7 @@ struct ClientSessionReuseTests {
         _ = session.receive(reply("250 ok"))
         _ = session.receive(reply("250 ok"))
         #expect(session.receive(reply("354 go")) == [.sendContent])
+        _ = session.contentWritten()
         guard case .finish(let first) = session.receive(reply("250 2.0.0 queued as A")).first else { Issue.record("no finish"); return }
         #expect(first.reusable)
         #expect(first.contentSent)
@@ -216,6 +220,7 @@ struct ClientSessionReuseTests {
         _ = session.receive(reply("250 ok"))
         _ = session.receive(reply("450 4.2.0 busy"))
         #expect(session.receive(reply("354 go")) == [.sendContent])
+        _ = session.contentWritten()
         guard case .finish(let second) = session.receive(reply("250 2.0.0 queued as B")).first else { Issue.record("no finish"); return }
         #expect(second.usedTLS, "the TLS of the connection carries over")
         #expect(second.recipients.count == 2)
@@ -251,6 +256,7 @@ struct ClientSessionReuseTests {
         _ = session.receive(reply("250 ok"))
         _ = session.receive(reply("250 ok"))
         _ = session.receive(reply("354 go"))
+        _ = session.contentWritten()
         _ = session.receive(reply("250 ok"))
         var closed = session
         guard case .finish(let result) = closed.connectionClosed().first else { Issue.record("no finish"); return }
@@ -269,8 +275,155 @@ struct ClientSessionReuseTests {
         _ = busy.receive(reply("250 ok"))
         _ = busy.receive(reply("250 ok"))
         _ = busy.receive(reply("354 go"))
+        _ = busy.contentWritten()
         _ = busy.receive(reply("250 ok"))
         #expect(sent(busy.closeIdle()) == ["QUIT\r\n"])
         #expect(busy.closeIdle().isEmpty)
+    }
+}
+
+@Suite("ClientSession reply order (RFC 5321 §4.1.1.4, §4.2; RFC 2920 §3.1)")
+struct ClientSessionReplyOrderTests {
+    /// A session without PIPELINING, waiting for the reply to MAIL.
+    private func plainSession(recipients: Int = 1) -> ClientSession {
+        var session = ClientSession(job: job(tls: .none, recipients: recipients))
+        _ = session.receive(reply("220 mx"))
+        _ = session.receive(reply("250-mx\n250 8BITMIME"))
+        return session
+    }
+
+    private func failure(_ actions: [ClientSession.Action]) -> ClientSession.Result? {
+        if case .finish(let result)? = actions.first { return result }
+        return nil
+    }
+
+    @Test("a 250 behind the 354 in one segment: protocol error, nothing delivered, no content written")
+    func earlyReplyBehind354() {
+        var session = plainSession()
+        _ = session.receive(reply("250 ok"))
+        _ = session.receive(reply("250 ok"))
+        let actions = session.receive(reply("354 go"), bytesFollow: true)
+        #expect(!actions.contains(.sendContent))
+        guard let result = failure(actions) else { Issue.record("no finish"); return }
+        guard case .protocolError? = result.failure else { Issue.record("\(String(describing: result.failure))"); return }
+        #expect(result.recipients.isEmpty)
+        #expect(!result.contentSent)
+    }
+
+    @Test("a 250 while the content is still being written: protocol error, nothing delivered")
+    func replyBeforeDotWritten() {
+        var session = plainSession()
+        _ = session.receive(reply("250 ok"))
+        _ = session.receive(reply("250 ok"))
+        #expect(session.receive(reply("354 go")) == [.sendContent])
+        guard let result = failure(session.receive(reply("250 2.0.0 ok"))) else { Issue.record("no finish"); return }
+        guard case .protocolError(let reason)? = result.failure else { Issue.record(); return }
+        #expect(reason.contains("before the end of the message data"))
+        #expect(result.recipients.isEmpty, "an early 250 delivers nobody")
+        #expect(result.contentSent)
+        // After the dot was written, the same reply decides.
+        var good = plainSession()
+        _ = good.receive(reply("250 ok"))
+        _ = good.receive(reply("250 ok"))
+        _ = good.receive(reply("354 go"))
+        _ = good.contentWritten()
+        #expect(sent(good.receive(reply("250 2.0.0 ok"))) == ["QUIT\r\n"])
+    }
+
+    @Test("without PIPELINING, an unsolicited reply behind MAIL's is a protocol error; nothing is pipelined")
+    func unsolicitedWithoutPipelining() {
+        var session = plainSession(recipients: 1)
+        let actions = session.receive(reply("250 ok"), bytesFollow: true)
+        #expect(sent(actions).isEmpty, "no RCPT is sent on a desynchronised connection")
+        guard let result = failure(actions), case .protocolError(let reason)? = result.failure else { Issue.record(); return }
+        #expect(reason.contains("did not offer PIPELINING"))
+        #expect(result.recipients.isEmpty)
+    }
+
+    @Test("with PIPELINING, replies owed to the batch may be buffered; a surplus one is an error")
+    func surplusWithPipelining() {
+        var session = ClientSession(job: job(tls: .none, recipients: 1))
+        _ = session.receive(reply("220 mx"))
+        _ = session.receive(reply("250-mx\n250 PIPELINING"))
+        #expect(session.receive(reply("250 ok"), bytesFollow: true).isEmpty)
+        #expect(session.receive(reply("250 ok"), bytesFollow: true).isEmpty)
+        // The 354 is the last reply owed: anything behind it is surplus.
+        guard let result = failure(session.receive(reply("354 go"), bytesFollow: true)),
+              case .protocolError? = result.failure else { Issue.record(); return }
+        // A reply with nothing owed at all.
+        var extra = ClientSession(job: job(tls: .none, recipients: 1))
+        _ = extra.receive(reply("220 mx"))
+        _ = extra.receive(reply("250-mx\n250 PIPELINING"))
+        _ = extra.receive(reply("250 ok"))
+        _ = extra.receive(reply("250 ok"))
+        _ = extra.receive(reply("354 go"))
+        _ = extra.contentWritten()
+        #expect(sent(extra.receive(reply("250 ok"))) == ["QUIT\r\n"])
+    }
+
+    @Test("two 250s after the dot: the first decides, the surplus ends the connection (not reused)")
+    func twoRepliesAfterDot() {
+        var base = job(tls: .none, recipients: 1)
+        base.keepOpen = true
+        var session = ClientSession(job: base)
+        _ = session.receive(reply("220 mx"))
+        _ = session.receive(reply("250-mx\n250 PIPELINING"))
+        _ = session.receive(reply("250 ok"))
+        _ = session.receive(reply("250 ok"))
+        _ = session.receive(reply("354 go"))
+        _ = session.contentWritten()
+        guard let result = failure(session.receive(reply("250 2.0.0 queued"), bytesFollow: true)) else { Issue.record(); return }
+        #expect(result.recipients[0] == .delivered(reply("250 2.0.0 queued")))
+        guard case .protocolError? = result.failure else { Issue.record(); return }
+        #expect(!result.reusable)
+        #expect(!session.isIdle)
+    }
+
+    @Test("bytes behind the greeting or the EHLO reply are a protocol error")
+    func earlyTalker() {
+        var greeting = ClientSession(job: job(tls: .none))
+        guard case .protocolError? = failure(greeting.receive(reply("220 mx"), bytesFollow: true))?.failure else { Issue.record(); return }
+        var ehlo = ClientSession(job: job(tls: .none))
+        _ = ehlo.receive(reply("220 mx"))
+        guard case .protocolError? = failure(ehlo.receive(reply("250-mx\n250 PIPELINING"), bytesFollow: true))?.failure else { Issue.record(); return }
+    }
+
+    @Test("SIZE: an absurd or malformed number is unknown, never unlimited; 0 or none is no fixed limit")
+    func sizeKeyword() {
+        #expect(ClientSession.SizeAnnouncement(parameter: "99999999999999999999999999") == .unknown("99999999999999999999999999"))
+        #expect(ClientSession.SizeAnnouncement(parameter: "-5") == .unknown("-5"))
+        #expect(ClientSession.SizeAnnouncement(parameter: "10x") == .unknown("10x"))
+        #expect(ClientSession.SizeAnnouncement(parameter: "0") == .noFixedLimit)
+        #expect(ClientSession.SizeAnnouncement(parameter: nil) == .noFixedLimit)
+        #expect(ClientSession.SizeAnnouncement(parameter: "10000") == .limit(10000))
+        let caps = ClientSession.Capabilities(ehloReply: reply("250-mx\n250 SIZE 99999999999999999999999999"))
+        #expect(caps.sizeLimit == nil)
+        // SIZE= still goes on MAIL FROM so the server decides.
+        var session = ClientSession(job: job(tls: .none, recipients: 1))
+        _ = session.receive(reply("220 mx"))
+        #expect(sent(session.receive(reply("250-mx\n250 SIZE 99999999999999999999999999"))) == ["MAIL FROM:<a@example.org> SIZE=100\r\n"])
+    }
+}
+
+@Suite("PeerText")
+struct PeerTextTests {
+    @Test("controls, DEL, C1 and invalid UTF-8 become \\xNN; printable UTF-8 stays")
+    func escaping() {
+        #expect(PeerText.escape(Array("plain text 1.2".utf8)) == "plain text 1.2")
+        #expect(PeerText.escape([0x61, 0x00, 0x1B, 0x5B, 0x33, 0x31, 0x6D, 0x7F]) == "a\\x00\\x1B[31m\\x7F")
+        #expect(PeerText.escape(Array("Grüße".utf8)) == "Grüße")
+        #expect(PeerText.escape([0xC3]) == "\\xC3")
+        #expect(PeerText.escape([0xC0, 0xAF]) == "\\xC0\\xAF", "overlong")
+        #expect(PeerText.escape([0xED, 0xA0, 0x80]) == "\\xED\\xA0\\x80", "surrogate")
+        #expect(PeerText.escape([0xC2, 0x9B, 0x41]) == "\\xC2\\x9BA", "C1 CSI")
+        #expect(PeerText.escape("\u{1B}]0;title\u{07}") == "\\x1B]0;title\\x07")
+    }
+
+    @Test("the reply parser escapes peer text")
+    func parserEscapes() throws {
+        var parser = ReplyParser()
+        parser.append([0x32, 0x35, 0x30, 0x20, 0x6F, 0x6B, 0x1B, 0x5B, 0x32, 0x4A, 0x00, 0xFF, 0x0D, 0x0A])
+        let parsed = try parser.next()
+        #expect(parsed?.lines == ["ok\\x1B[2J\\x00\\xFF"])
     }
 }
