@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BINARY = ROOT / ".build" / "debug" / "tlsrelayd"
-CTL = ROOT / ".build" / "debug" / "tlsrelayctl"
+# TLSRELAY_BIN_DIR: run binaries from another directory (a snapshot while .build is rebuilt).
+BIN_DIR = Path(os.environ["TLSRELAY_BIN_DIR"]) if os.environ.get("TLSRELAY_BIN_DIR") else ROOT / ".build" / "debug"
+BINARY = BIN_DIR / "tlsrelayd"
+CTL = BIN_DIR / "tlsrelayctl"
 
 
 def free_port(host="127.0.0.1"):

@@ -48,7 +48,7 @@ def delivered(world, world_relay_toml, tmp_path_factory):
             log = relay.log_text()
             for name in NAMES:
                 recipient = world.scenario(name)["recipient"]
-                m = re.search(r"to=<" + re.escape(recipient) + r">, relay=([^,]*), delay=[^,]*, attempt-time=[^,]*, dsn=([0-9.]+), status=(\w+) \((.*)\)", log)
+                m = re.search(r"to=<" + re.escape(recipient) + r">, relay=([^,]*), delay=[^,]*, attempt-time=[^,]*, dsn=([0-9.]+), status=(\w+)(?:, tls=([\w-]+))? \((.*)\)", log)
                 if m:
                     outcomes[name] = m
             time.sleep(0.2)
@@ -103,6 +103,10 @@ def test_scenario(world, delivered, name):
         mine = [m for m in messages if token in m["data_bytes"]]
         assert len(mine) == 1, f"{name}: expected host did not receive the message"
         assert bool(mine[0]["tls"]) == bool(expected["tls"]), f"{name}: tls={mine[0]['tls']}"
+        # The status=sent line says what protected the session; "none" for clear text.
+        assert (match.group(4) == "none") == (not expected["tls"]), match.group(0)
+        if expected["security"] == "dane":
+            assert match.group(4) == "dane", match.group(0)
         assert mine[0]["data_bytes"].split(b"\r\n", 3)[-1].endswith(b"confidential body " + token + b"\r\n")
         host = expected["via"]["host"] if expected["via"] else scenario["mx"][0]["name"]
         if expected["security"] == "dane":

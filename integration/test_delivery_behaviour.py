@@ -15,7 +15,7 @@ from smtpclient import RawSMTP
 
 
 def attempts(relay, recipient):
-    return re.findall(r"to=<" + re.escape(recipient) + r">, relay=([^,]*), .*?dsn=([0-9.]+), status=(\w+) \((.*)\)", relay.log_text())
+    return re.findall(r"to=<" + re.escape(recipient) + r">, relay=([^,]*), .*?dsn=([0-9.]+), status=(\w+)(?:, tls=[\w-]+)? \((.*)\)", relay.log_text())
 
 
 def send(relay, sender, recipients, content):
