@@ -18,6 +18,8 @@ let package = Package(
         .package(url: "https://github.com/LebJe/TOMLKit.git", from: "0.6.0"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
     targets: [
         // System libraries (module maps + tiny shims for function-like macros).
@@ -36,13 +38,19 @@ let package = Package(
         ], swiftSettings: strict),
         // journald / sd_notify / logging.
         .target(name: "RelayObservability", dependencies: [
-            "CSystemd",
+            "CSystemd", "RelayMetrics",
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
+        // The metric catalogue (names, labels, help) and the recording calls, on swift-metrics:
+        // without a backend bootstrapped they cost nothing.
+        .target(name: "RelayMetrics", dependencies: [
+            "DeliveryPolicy",
+            .product(name: "Metrics", package: "swift-metrics"),
+        ], swiftSettings: strict),
         // The inbound ESMTP listener on SwiftNIO.
         .target(name: "RelayServer", dependencies: [
-            "SMTPCore", "RelayQueue", "RelayConfig",
+            "SMTPCore", "RelayQueue", "RelayConfig", "RelayMetrics",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
@@ -52,7 +60,7 @@ let package = Package(
         .target(name: "MTASTSCore", swiftSettings: strict),
         // MTA-STS (RFC 8461): TXT discovery, HTTPS fetch, persistent cache.
         .target(name: "RelayPolicy", dependencies: [
-            "MTASTSCore", "DeliveryPolicy",
+            "MTASTSCore", "DeliveryPolicy", "RelayMetrics",
             "RelayDNS",
             .product(name: "AsyncHTTPClient", package: "async-http-client"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -66,7 +74,7 @@ let package = Package(
         .target(name: "DeliveryPolicy", dependencies: ["SMTPCore", "MTASTSCore"], swiftSettings: strict + [.unsafeFlags(["-O"])]),
         // Outbound delivery: MX plan, SMTP client over NIO with STARTTLS, scheduler, DSNs.
         .target(name: "RelayDelivery", dependencies: [
-            "SMTPCore", "RelayQueue", "RelayDNS", "RelayTLS", "RelayPolicy", "RelayConfig", "DeliveryPolicy",
+            "SMTPCore", "RelayQueue", "RelayDNS", "RelayTLS", "RelayPolicy", "RelayConfig", "DeliveryPolicy", "RelayMetrics",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
@@ -80,6 +88,10 @@ let package = Package(
         // Wiring of all parts into a running daemon.
         .target(name: "RelayDaemon", dependencies: [
             "RelayConfig", "RelayServer", "RelayQueue", "RelayObservability", "RelayDelivery", "RelayDNS", "RelayTLS", "RelayPolicy", "RelayControl",
+            "RelayMetrics", "DeliveryPolicy",
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "Metrics", package: "swift-metrics"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from relay import ROOT, Relay
+from relay import ROOT, Relay, free_port
 
 sys.path.insert(0, str(ROOT / "testworld"))
 import scenarios as world_scenarios  # noqa: E402
@@ -34,8 +34,10 @@ def delivered(world, world_relay_toml, tmp_path_factory):
     """Starts tlsrelayd on the world's DNS and CA, sends one message per scenario, waits until
     each one is delivered, deferred or bounced, and yields (relay, {name: log line})."""
     work = tmp_path_factory.mktemp("relay")
-    extra = world_relay_toml
+    metrics_port = free_port()
+    extra = world_relay_toml + f'\n[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n'
     relay = Relay(work, extra_toml=extra, journal=True).start()
+    relay.metrics_port = metrics_port
     try:
         with smtplib.SMTP("127.0.0.1", relay.port) as s:
             s.ehlo("client.example.org")
@@ -164,3 +166,26 @@ def test_bounces_produce_dsns(world, delivered):
         assert report[0]["mail_from"] in ("", "<>")
         assert f"Final-Recipient: rfc822; {scenario['recipient']}\r\nAction: failed\r\nStatus: {scenario['expected']['status']}".encode() in body
         assert token_for(name).encode() in body   # RET absent: the whole message comes back
+
+
+def test_metrics_agree_with_the_log(world, delivered):
+    """Every scenario through the Prometheus endpoint as well: one recipient outcome counted per
+    status line, by outcome; the policy that decided each delivered or deferred scenario."""
+    relay, outcomes = delivered
+    from test_metrics import samples, scrape, value
+    time.sleep(1)
+    snapshot = samples(scrape(relay.metrics_port)[2])
+    lines = re.findall(r"status=(sent|deferred|bounced)", relay.log_text())
+    for status, outcome in (("sent", "delivered"), ("deferred", "deferred"), ("bounced", "bounced")):
+        counted = sum(v for (n, labels), v in snapshot.items() if n == "tlsrelay_deliveries_total" and ("outcome", outcome) in labels)
+        assert counted == lines.count(status), f"{outcome}: metrics {counted}, log {lines.count(status)}"
+    expected = [world.scenario(n)["expected"] for n in NAMES]
+    dane_delivered = sum(1 for e in expected if e["action"] == "deliver" and e["security"] == "dane")
+    assert value(snapshot, "tlsrelay_deliveries_total", outcome="delivered", policy="dane") >= dane_delivered
+    refused = sum(1 for e in expected if e["action"] == "defer" and e["status"] == "4.7.5")
+    deferred_by_policy = sum(v for (n, labels), v in snapshot.items()
+                             if n == "tlsrelay_policy_failures_total" and ("action", "deferred") in labels)
+    assert deferred_by_policy >= refused
+    for (name, labels), v in snapshot.items():
+        if name == "tlsrelay_policy_failures_total":
+            assert dict(labels)["result_type"] in RESULT_TYPES | {"sts-webpki-invalid", "sts-policy-fetch-error", "sts-policy-invalid", "dane-required"}, labels

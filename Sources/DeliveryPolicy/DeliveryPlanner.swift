@@ -336,12 +336,15 @@ public struct DeliveryPlanner: Sendable {
         let relay = attempt.relay
         if let failure = result.connectFailure {
             lastFailure = .deferred(.noAnswerFromHost, "connect to \(relay): \(failure)", remoteMTA: relay)
+            lastFailure.policy = plan.memoryBinding ? .memory : plan.floorSource
             effects.append(.log(.info, "connect to \(relay): \(failure)"))
             return nextAddress(effects, plan: plan, after: addressIndex)
         }
         var delivered = false
+        let decidingSource: PolicySource = plan.memoryBinding ? .memory : plan.floorSource
         for (index, recipientResult) in result.recipients where remaining.contains(index) {
             var outcome = AttemptOutcomes.outcome(for: recipientResult, relay: relay)
+            outcome.policy = decidingSource
             if outcome.kind == .delivered { outcome.security = Self.achieved(demand: attempt.demand, tls: result.tls) }
             outcomes[index] = outcome
             delivered = delivered || outcome.kind == .delivered
@@ -354,6 +357,7 @@ public struct DeliveryPlanner: Sendable {
             return nextAddress(effects, plan: plan, after: addressIndex)
         }
         lastFailure = AttemptOutcomes.outcome(for: failure, relay: relay)
+        lastFailure.policy = decidingSource
         effects.append(.log(.info, "\(relay): \(lastFailure.reason)"))
         if attempt.demand.requirement == .required,
            let resultType = AttemptOutcomes.resultType(for: failure, verifyResult: result.verifyResult, authentication: attempt.demand.authentication) {
@@ -367,6 +371,7 @@ public struct DeliveryPlanner: Sendable {
             let source = attempt.kind == .first ? plan.source : plan.floorSource
             let alertSource: PolicySource = plan.memoryBinding ? .memory : source
             lastFailure = .deferred(.cryptographicFailure, "\(lastFailure.reason) — required by \(plan.policyName(alertSource))", remoteMTA: relay)
+            lastFailure.policy = alertSource
             effects.append(.alert(PolicyAlert(resultType: resultType, domain: domain, mxHost: attempt.host, address: attempt.address,
                                               policySource: alertSource, reason: lastFailure.reason, enforced: true)))
             if plan.memoryBinding { effects.append(.noteRefusedDowngrade) }
@@ -415,6 +420,7 @@ public struct DeliveryPlanner: Sendable {
         if let alert { effects.append(.alert(alert)) }
         if note { effects.append(.noteRefusedDowngrade) }
         lastFailure = outcome
+        if let alert { lastFailure.policy = alert.policySource }
         return nextHost(effects)
     }
 

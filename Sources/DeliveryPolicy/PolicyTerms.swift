@@ -113,6 +113,10 @@ public struct RecipientOutcome: Sendable, Equatable {
     public var remoteReply: String?
     /// For a delivered recipient: the protection the session had (`none` = in clear).
     public var security: AchievedSecurity?
+    /// The policy that decided the outcome: the source of the floor the attempt met (`.none`:
+    /// a host plan without a floor, opportunistic) or that refused it; nil when no host was
+    /// planned (DNS failure, null MX, a suspended destination).
+    public var policy: PolicySource?
 
     public init(kind: Kind, status: EnhancedStatusCode, reason: String, remoteMTA: String? = nil, remoteReply: String? = nil) {
         self.kind = kind

@@ -43,6 +43,9 @@ public enum ConfigurationCheck {
     /// - Parameter now: seconds since the epoch, for the expiry of local levels.
     public static func warnings(_ configuration: RelayConfiguration, now: Double) -> [String] {
         var warnings: [String] = []
+        if let metrics = configuration.metrics.listen, !metrics.address.isLoopback {
+            warnings.append("metrics.listen \(metrics) is not a loopback address: anyone who can reach it reads the relay's counters (protect it with a firewall, or use 127.0.0.1)")
+        }
         let wide = configuration.server.listen.filter { !$0.address.isLoopback }
         let everyone = configuration.server.allowedClients.contains { $0.prefixLength <= 8 && !$0.network.isLoopback }
         if !wide.isEmpty && everyone {

@@ -169,7 +169,7 @@ public enum ConfigurationLoader {
 
         mutating func read(_ root: TOMLTable) throws -> RelayConfiguration {
             var config = RelayConfiguration()
-            try checkKeys(root, section: nil, allowed: ["state_directory", "log_level", "server", "dns", "delivery", "policy"])
+            try checkKeys(root, section: nil, allowed: ["state_directory", "log_level", "server", "dns", "delivery", "policy", "metrics"])
             if let value = try string(root, nil, "state_directory") {
                 guard value.hasPrefix("/") else { throw error(nil, "state_directory", "'state_directory' must be an absolute path, got \"\(value)\"") }
                 // One spelling per directory: no repeated or trailing slashes ("/var//lib/x/" is "/var/lib/x").
@@ -185,7 +185,23 @@ public enum ConfigurationLoader {
             if let dns = try subtable(root, "dns") { try readDNS(dns, into: &config.dns) }
             if let delivery = try subtable(root, "delivery") { try readDelivery(delivery, into: &config.delivery) }
             if let policy = try subtable(root, "policy") { try readPolicy(policy, into: &config.policy) }
+            if let metrics = try subtable(root, "metrics") { try readMetrics(metrics, into: &config.metrics) }
             return config
+        }
+
+        func readMetrics(_ table: TOMLTable, into metrics: inout RelayConfiguration.Metrics) throws {
+            let section = "metrics"
+            try checkKeys(table, section: section, allowed: ["listen"])
+            if let value = try string(table, section, "listen") {
+                if value.isEmpty {
+                    metrics.listen = nil
+                } else {
+                    guard let address = SocketAddressText.parseListen(value) else {
+                        throw error(section, "listen", "'metrics.listen' must be \"IP:port\" or \"[IPv6]:port\" (for example \"127.0.0.1:9125\") or \"\" for no metrics endpoint, got \"\(value)\"")
+                    }
+                    metrics.listen = address
+                }
+            }
         }
 
         func readServer(_ table: TOMLTable, into server: inout RelayConfiguration.Server) throws {

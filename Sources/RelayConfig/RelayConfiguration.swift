@@ -15,6 +15,15 @@ public struct RelayConfiguration: Sendable, Equatable {
     public var dns = DNS()
     public var delivery = Delivery()
     public var policy = PolicySettings()
+    public var metrics = Metrics()
+
+    /// `[metrics]`: the Prometheus endpoint.
+    public struct Metrics: Sendable, Equatable {
+        /// Where `GET /metrics` is served; nil (`""`, the default) = no endpoint. Off by default:
+        /// a second listening port is the administrator's choice (9125 may be taken by another
+        /// exporter on the host), and everything the metrics count is in the journal as well.
+        public var listen: SocketAddressText?
+    }
 
     public init() {}
 
@@ -180,6 +189,9 @@ public struct RelayConfiguration: Sendable, Equatable {
         lines.append("connection_reuse_time_limit = \(delivery.connectionReuseTimeLimit)")
         lines.append("hold = \(delivery.hold)")
         lines.append("dsn_relay = \(quote(delivery.dsnRelay.map { $0.address.isIPv4 ? "[\($0.address)]:\($0.port)" : $0.description } ?? ""))")
+        lines.append("")
+        lines.append("[metrics]")
+        lines.append("listen = \(quote(metrics.listen?.description ?? ""))")
         lines.append("")
         lines.append("[policy]")
         lines.append("downgrade_memory = \(quote(policy.downgradeMemory.rawValue))")

@@ -1,3 +1,5 @@
+import RelayMetrics
+import DeliveryPolicy
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
@@ -141,6 +143,13 @@ public final class Daemon: Sendable {
     public func run() async throws {
         let lock = try StateDirectoryLock(stateDirectory: configuration.stateDirectory)
         defer { withExtendedLifetime(lock) {} }
+        let startTime = Date().timeIntervalSince1970
+        // Metrics: the Prometheus backend only when an endpoint is configured (else no-ops).
+        let metricsRegistry = configuration.metrics.listen.map { _ in MetricsEndpoint.bootstrap() }
+        if metricsRegistry != nil {
+            RelayMetrics.registerZeroSeries(alertKinds: SecurityAlert.Kind.allCases.map(\.rawValue))
+            RelayMetrics.process(version: TLSRelayVersion.string, startTime: startTime)
+        }
         let spool = try Spool(stateDirectory: configuration.stateDirectory)
         let report = try spool.recover()
         logger.info("spool recovered: \(report.queued.count) queued message(s), \(report.removedPartials) partial file(s) removed, \(report.corrupt.count) corrupt file(s) moved aside")
@@ -186,6 +195,7 @@ public final class Daemon: Sendable {
             sts: sts, memory: memoryStore,
             slots: ConnectionSlots(total: configuration.delivery.concurrency, perAddress: configuration.delivery.addressConcurrency),
             onAlert: { alert, queueID in
+                RelayMetrics.policyFailure(alert)
                 let kind: SecurityAlert.Kind
                 if alert.policySource == .memory {
                     kind = alert.enforced ? .downgradeRefused : .downgradeReported
@@ -243,8 +253,25 @@ public final class Daemon: Sendable {
             }
         }
         defer { statusReporter.cancel() }
+        let metricsEndpoint = metricsRegistry.map { registry in
+            MetricsEndpoint(registry: registry, refresh: {
+                let counts = await scheduler.counts()
+                RelayMetrics.queue(active: counts.active, deferred: counts.deferred, held: counts.held,
+                                   oldestAgeSeconds: await scheduler.oldestMessageAge())
+                let state = try? await threadPool.runIfActive { () -> (Int, [AchievedSecurity: Int]) in
+                    var levels: [AchievedSecurity: Int] = [:]
+                    for entry in memoryStore.all() { levels[entry.strongest, default: 0] += 1 }
+                    return (stsCache.all().count, levels)
+                }
+                if let state { RelayMetrics.policyState(stsCacheEntries: state.0, memoryByLevel: state.1) }
+            })
+        }
         do {
             try await control.start()
+            if let metricsEndpoint, let listen = configuration.metrics.listen {
+                try await metricsEndpoint.start(listen: listen, group: group)
+                logger.info("metrics at http://\(listen)/metrics")
+            }
             let bound = try await server.start(listen: configuration.server.listen)
             logger.info("listening on \(bound.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" }.joined(separator: ", ")) as \(configuration.server.hostname)")
             ServiceNotifier.notify("READY=1\nSTATUS=accepting mail; \(report.queued.count) message(s) queued")
@@ -257,8 +284,10 @@ public final class Daemon: Sendable {
             ServiceNotifier.notify("STOPPING=1")
             await server.shutdown(timeoutSeconds: 30)
             await control.stop()
+            await metricsEndpoint?.stop()
         } catch {
             await control.stop()
+            await metricsEndpoint?.stop()
             delivery.cancel()
             await delivery.value
             resolver.shutdown()

@@ -5,6 +5,7 @@ import NIOCore
 import NIOPosix
 import RelayConfig
 import RelayDNS
+import RelayMetrics
 import RelayPolicy
 import RelayQueue
 import RelayTLS
@@ -164,17 +165,26 @@ public final class DeliveryAgent: Sendable {
             step.effects.forEach(effect)
             switch step.action {
             case .lookupMX(let domain):
+                let started = ContinuousClock.now
                 let fact: MXFact
                 do { fact = MXFact.make(answer: try await resolver.mx(domain), domain: domain) } catch { fact = .failed(reason: "\(error)") }
+                RelayMetrics.dnsLookup(.mx, seconds: Self.seconds(since: started))
                 step = planner.mxResolved(fact)
             case .discoverSTS(let domain):
-                step = planner.stsDiscovered(await sts?.decision(for: domain) ?? .none)
+                let started = ContinuousClock.now
+                let fact = await sts?.decision(for: domain) ?? .none
+                if sts != nil { RelayMetrics.dnsLookup(.mtaSTS, seconds: Self.seconds(since: started)) }
+                step = planner.stsDiscovered(fact)
             case .lookupAddresses(let host):
+                let started = ContinuousClock.now
                 let results = await resolver.addressLookups(host)
+                RelayMetrics.dnsLookup(.address, seconds: Self.seconds(since: started))
                 step = planner.addressesResolved(AddressFact(ipv4: AddressLookup(results.ipv4), ipv6: AddressLookup(results.ipv6)))
             case .lookupTLSA(_, let base):
+                let started = ContinuousClock.now
                 let result: Result<DNSAnswer<TLSARecord>, Error>
                 do { result = .success(try await resolver.tlsa(port: settings.port, host: base)) } catch { result = .failure(error) }
+                RelayMetrics.dnsLookup(.tlsa, seconds: Self.seconds(since: started))
                 step = planner.tlsaResolved(TLSAFact(result))
             case .connect(let planned):
                 step = planner.attemptFinished(planned, await attempt(planned))
@@ -201,6 +211,8 @@ public final class DeliveryAgent: Sendable {
             }
         }
         defer { slots?.release(attempt.address) }
+        let started = ContinuousClock.now
+        defer { if !probe { RelayMetrics.attempt(seconds: Self.seconds(since: started)) } }
         let report: ConnectionReport
         do {
             let bytes = try await content.bytes()
@@ -210,6 +222,18 @@ public final class DeliveryAgent: Sendable {
             return (AttemptResult(connectFailure: describe(error)), nil)
         }
         let prefix = queueID.map { "\($0): " } ?? ""
+        if !probe {
+            if report.connectionUse > 1 {
+                RelayMetrics.connectionReused()
+            } else {
+                // The EHLO reply was read (a recipient was decided, or TLS was required) and had no STARTTLS.
+                let pastEHLO = !report.result.recipients.isEmpty || report.result.failure == .starttlsNotOffered
+                if pastEHLO && !report.result.offeredSTARTTLS { RelayMetrics.starttlsNotOffered() }
+                if report.tls != nil || report.tlsError != nil {
+                    RelayMetrics.handshake(success: report.tls != nil, version: report.tls?.protocolVersion, seconds: report.tlsHandshakeSeconds)
+                }
+            }
+        }
         if report.connectionUse > 1 {
             logger.info("\(prefix)reusing the connection to \(attempt.relay) (conn_use=\(report.connectionUse)\(report.tls.map { ", \($0.verified ? "Verified" : "Untrusted") TLS \($0.protocolVersion)" } ?? ", no TLS"))")
         } else if let tls = report.tls {
@@ -311,6 +335,11 @@ public final class DeliveryAgent: Sendable {
     /// Closes the idle cached connections with QUIT (at shutdown); returns when they are closed.
     public func closeIdleConnections() async {
         await connections.closeAll()
+    }
+
+    static func seconds(since start: ContinuousClock.Instant) -> Double {
+        let elapsed = ContinuousClock.now - start
+        return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
     }
 
     func describe(_ error: Error) -> String {

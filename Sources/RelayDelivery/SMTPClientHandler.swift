@@ -13,6 +13,8 @@ public struct ConnectionReport: Sendable {
     /// Which transaction of its connection this was: 1 on a new connection, 2 and up on a
     /// reused one (Postfix's `conn_use`).
     public var connectionUse = 1
+    /// Seconds the TLS handshake took, when this transaction's connection made one just now.
+    public var tlsHandshakeSeconds: Double?
 }
 
 /// Drives a `ClientSession` over one TCP connection: frames replies, writes commands and
@@ -45,6 +47,7 @@ final class SMTPClientHandler: ChannelInboundHandler {
     private var closing = false
     private var uses = 1
     private var openedAt = NIODeadline.now()
+    private var handshakeSeconds: Double?
     private var context: ChannelHandlerContext?
 
     /// - Parameters:
@@ -183,7 +186,8 @@ final class SMTPClientHandler: ChannelInboundHandler {
                 let age = Double((NIODeadline.now() - openedAt).nanoseconds) / 1e9
                 let keep = result.reusable && session.isIdle && age < reuseLimit
                 result.reusable = keep
-                completion?.succeed(ConnectionReport(result: result, tls: tlsInfo, tlsError: tlsError, connectionUse: uses))
+                completion?.succeed(ConnectionReport(result: result, tls: tlsInfo, tlsError: tlsError, connectionUse: uses,
+                                                     tlsHandshakeSeconds: uses == 1 ? handshakeSeconds : nil))
                 completion = nil
                 content = []
                 if keep {
@@ -203,6 +207,7 @@ final class SMTPClientHandler: ChannelInboundHandler {
 
     private func startTLS(context: ChannelHandlerContext) {
         let handshake = context.eventLoop.makePromise(of: TLSSessionInfo.self)
+        let started = NIODeadline.now()
         let tls = OpenSSLClientHandler(context: tlsContext, authentication: authentication, serverName: serverName,
                                        handshakeCompleted: handshake)
         do {
@@ -217,6 +222,7 @@ final class SMTPClientHandler: ChannelInboundHandler {
             switch result {
             case .success(let info):
                 handler.tlsInfo = info
+                handler.handshakeSeconds = Double((NIODeadline.now() - started).nanoseconds) / 1e9
                 handler.perform(handler.session.tlsEstablished(), context: context)
             case .failure(let error):
                 let reason: String

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOPosix
+import RelayMetrics
 import RelayQueue
 import SMTPCore
 
@@ -68,6 +69,13 @@ public actor Scheduler {
         public var deferred: Int
         public var held: Int
         public var total: Int { active + deferred + held }
+    }
+
+    /// Seconds since the arrival of the oldest queued message (queue ids sort by arrival); 0
+    /// when the queue is empty. O(n): for a scrape, not for scheduling.
+    public func oldestMessageAge() -> Double {
+        guard let oldest = core.minimumID() else { return 0 }
+        return max(0, clock() - Double(oldest.microsecondsSinceEpoch) / 1e6)
     }
 
     public func counts() -> Counts {
@@ -316,6 +324,7 @@ public actor Scheduler {
                 }
             }
             round.record.recipients[index] = state
+            RelayMetrics.delivery(state.status == .bounced ? .bounced : outcome.kind, policy: outcome.policy)
             let recipient = round.envelope.transaction.recipients[index].mailbox.address
             logger.info("\(id): to=<\(recipient)>, relay=\(outcome.remoteMTA ?? "none"), delay=\(String(format: "%.1f", now - round.envelope.arrivalTime)), attempt-time=\(String(format: "%.2f", now - start)), dsn=\(state.lastStatusCode ?? outcome.status.description), status=\(status)\(outcome.security.map { ", tls=\($0.rawValue)" } ?? "") (\(state.lastReason ?? outcome.reason))")
         }

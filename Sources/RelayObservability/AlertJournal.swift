@@ -1,6 +1,7 @@
 import CSystemd
 import Logging
 import NIOConcurrencyHelpers
+import RelayMetrics
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -115,6 +116,7 @@ public final class AlertJournal: Sendable {
 
     /// Reports one alert (subject to the rate limit).
     public func report(_ alert: SecurityAlert, now: Double = AlertJournal.now()) {
+        RelayMetrics.alert(kind: alert.kind.rawValue)
         recentAlerts.withLockedValue { list in
             list.append((now, alert))
             if list.count > 20 { list.removeFirst(list.count - 20) }

@@ -1,3 +1,4 @@
+import RelayMetrics
 import Foundation
 import Logging
 import DeliveryPolicy
@@ -72,15 +73,18 @@ public final class STSPolicyService: Sendable {
         do {
             let address = try await policyHostAddress(domain)
             let policy = try await fetcher.fetch(domain: domain, address: address)
+            RelayMetrics.stsFetch(success: true)
             let entry = CachedSTSPolicy(domain: domain, id: record.id, policy: policy, fetchedAt: now)
             do { try cache.store(entry) } catch { logger.error("cannot store the MTA-STS policy of \(domain): \(error)") }
             logger.info("MTA-STS policy of \(domain) fetched: id \(record.id), mode \(policy.mode.rawValue), max_age \(policy.maxAge), mx \(policy.mx.joined(separator: " "))")
             return STSFact(policy: policy.mode == .none ? nil : policy)
         } catch let error as STSPolicyFetcher.FetchError {
+            RelayMetrics.stsFetch(success: false)
             // §3.3 / §5.1: a failed fetch keeps an unexpired cached policy; else no MTA-STS.
             logger.warning("MTA-STS policy of \(domain) could not be fetched\(usable != nil ? " (the cached policy stays in force)" : ""): \(error.reason)")
             return fromCache((error.resultType, error.reason))
         } catch {
+            RelayMetrics.stsFetch(success: false)
             return fromCache((.stsPolicyFetchError, "\(error)"))
         }
     }

@@ -147,6 +147,17 @@ public struct QueueManager<ID: Hashable & Comparable & Sendable, Failure: Sendab
         return nil
     }
 
+    /// The smallest id known in any place (for queue ids: the oldest message); O(n).
+    public func minimumID() -> ID? {
+        var smallest: ID?
+        func consider(_ id: ID) { if smallest.map({ id < $0 }) ?? true { smallest = id } }
+        freshSet.forEach(consider)
+        deferred.ids.forEach(consider)
+        active.forEach(consider)
+        held.forEach(consider)
+        return smallest
+    }
+
     /// True when the message is known in any place.
     public func contains(_ id: ID) -> Bool { place(of: id) != nil }
 

@@ -1,3 +1,4 @@
+import RelayMetrics
 import NIOCore
 import NIOPosix
 import Logging
@@ -58,9 +59,12 @@ final class SMTPServerHandler: ChannelInboundHandler {
         let allowed = address.map { settings.isAllowed($0) } ?? false
         let admitted = allowed && connections.admit(context.channel, limit: settings.limits.maxConnections)
         registered = admitted
+        if admitted { RelayMetrics.inboundSession() }
         if !allowed {
+            RelayMetrics.inboundRefusal(.clientNotAllowed)
             logger.warning("NOQUEUE: reject: CONNECT from \(client): 554 5.7.1 client address not in server.allowed_clients")
         } else if !admitted {
+            RelayMetrics.inboundRefusal(.tooManyConnections)
             logger.warning("NOQUEUE: reject: CONNECT from \(client): 421 4.7.0 too many connections (server.max_connections = \(settings.limits.maxConnections))")
         }
         perform(session.start(clientAllowed: allowed, overConnectionLimit: allowed && !admitted), context: context)
@@ -240,6 +244,7 @@ final class SMTPServerHandler: ChannelInboundHandler {
             switch action {
             case .reply(let reply):
                 if reply.code >= 400, let command = lastCommand, !refusedAtConnect {
+                    RelayMetrics.inboundRefusal(Self.refusalReason(command: command, code: reply.code))
                     // Postfix-style refusal line for MAIL, RCPT, DATA and everything else refused.
                     logger.info("NOQUEUE: reject: \(command) from \(client): \(reply); helo=<\(session.heloName ?? "")>")
                 }
@@ -258,6 +263,16 @@ final class SMTPServerHandler: ChannelInboundHandler {
             }
         }
     }
+
+    /// The metric reason of a refused command.
+    static func refusalReason(command: String, code: Int) -> RelayMetrics.Refusal {
+        if command.uppercased().hasPrefix("RCPT") { return .recipient }
+        if code == 552 { return .messageTooLarge }
+        if code == 451 || code == 452 { return .spool }
+        return .protocolViolation
+    }
+
+    private var storeStarted: NIODeadline?
 
     private func beginData(_ dataContext: ServerSession.ReceiveDataContext, context: ChannelHandlerContext) {
         let receiver = DataReceiver(maxMessageSize: settings.limits.maxMessageSize, maxLineLength: settings.limits.maxTextLineLength)
@@ -294,6 +309,7 @@ final class SMTPServerHandler: ChannelInboundHandler {
             return
         }
         self.writer = nil
+        storeStarted = .now()
         let envelope = QueuedEnvelope(
             queueID: writer.queueID, arrivalTime: currentTime(), clientAddress: clientAddress,
             heloName: dataContext?.heloName ?? "", transaction: transaction, size: writer.contentLength)
@@ -318,6 +334,8 @@ final class SMTPServerHandler: ChannelInboundHandler {
         mode = .commands
         switch result {
         case .success(let envelope):
+            if let started = storeStarted { RelayMetrics.inboundData(seconds: Double((NIODeadline.now() - started).nanoseconds) / 1e9) }
+            storeStarted = nil
             let transaction = envelope.transaction
             logger.info("\(envelope.queueID): client=\(client), helo=<\(envelope.heloName)>, from=<\(transaction.sender?.address ?? "")>, size=\(envelope.size), nrcpt=\(transaction.recipients.count) (queued)")
             perform(session.messageStored(queueID: envelope.queueID.rawValue), context: context)
