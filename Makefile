@@ -52,11 +52,13 @@ bench: release test-deps
 	$(PYTHON) bench/large_queue.py
 
 # The fault suite: kill -9 under load, full disk, DNS gone, corrupt spool file, clock set back and jumping forward, MX dropping the
-# connection, kill -9 during delivery. (It also runs within make test.)
+# connection, kill -9 during delivery, a tarpit MX shared by 25 domains, SIGTERM with sessions stuck at it, a slow final
+# reply. (It also runs within make test.)
 faults: test-deps
 	$(SWIFT) build
 	$(PYTHON) -m pytest -q -p no:cacheprovider integration/test_crash_safety.py integration/test_faults.py \
-		integration/test_delivery_behaviour.py -k "kill or disk or dns or corrupt or dropped or clock or second"
+		integration/test_delivery_behaviour.py integration/test_hostile_mx.py integration/test_lifecycle.py \
+		-k "kill or disk or dns or corrupt or dropped or clock or second or tarpit or sigterm or slow_final"
 
 # Coverage-guided fuzzing with libFuzzer: every parser target for FUZZ_SECONDS seconds each
 # (default 60), from the seeds in fuzz/corpus/. make test runs it for 10 s per target; the

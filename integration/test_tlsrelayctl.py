@@ -26,6 +26,8 @@ def relay(tmp_path, world, world_relay_toml):
 def test_queue_operations_over_the_control_socket(world, relay):
     send(relay, "sender@plain-mx.test", ["victim@attack-strip-starttls.test"], b"Subject: held\r\n\r\nctl-token\r\n")
     assert wait_for(lambda: attempts(relay, "victim@attack-strip-starttls.test"))
+    # The status line is logged when the attempt ends; the round's record is saved just after.
+    assert wait_for(lambda: json.loads(ctl(relay, "status", "--json").stdout)["queue"]["deferred"] == 1)
     listing = json.loads(ctl(relay, "queue", "list", "--json").stdout)
     assert len(listing) == 1
     entry = listing[0]
@@ -50,6 +52,7 @@ def test_queue_operations_over_the_control_socket(world, relay):
     assert json.loads(ctl(relay, "status", "--json").stdout)["queue"]["held"] == 1
     assert ctl(relay, "queue", "release", queue_id).returncode == 0
     assert wait_for(lambda: len(attempts(relay, "victim@attack-strip-starttls.test")) >= 1)
+    assert wait_for(lambda: json.loads(ctl(relay, "status", "--json").stdout)["queue"]["deferred"] == 1)
     flushed = ctl(relay, "queue", "flush", "--domain", "attack-strip-starttls.test")
     assert flushed.returncode == 0 and "1 message(s) scheduled" in flushed.stdout
     shown = ctl(relay, "queue", "show", queue_id.lower())   # ids are case-insensitive for people

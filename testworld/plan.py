@@ -13,12 +13,15 @@ replaces the second octet 0 by S so that several worlds can run side by side):
   127.0.4.N       attackers (MITM proxies), port 25
   127.0.5.N       internal hosts not in DNS: the real MX behind each attacker,
                   the Postfix smtpd, the Postfix delivery sink
+  127.0.6.N       hostile MX hosts (hostile.py), port 25, one behaviour per address; a host
+                  name shared by several scenarios (the tarpit domains) has one address
 """
 from __future__ import annotations
 
 import os
 import time
 
+import hostile
 import scenarios as S
 from pki import PKI, random_sha256
 
@@ -65,6 +68,8 @@ def _verify_claims(h, entry) -> dict:
     * ``webpki``: chain to the test CA, certificate names the MX host
       (RFC 8461 §4.2, RFC 6125).
     """
+    if h.kind.startswith(S.HOSTILE + ":"):
+        return {"dane": None, "webpki": None}          # no STARTTLS offered
     kind = h.kind.split(":", 1)[-1]
     if kind in (S.DOWN, S.NOTLS, "strip-starttls", "starttls-454", "inject-after-220"):
         return {"dane": None, "webpki": None}
@@ -111,8 +116,9 @@ def build(d: str, slot: int = 0) -> dict:
         raise ValueError("slot must be 0..254")
     d = os.path.abspath(d)
     pki = PKI(os.path.join(d, "pki"))
-    mx_ip, sts_ip, att_ip, int_ip = (_Alloc(slot, 2), _Alloc(slot, 3),
-                                     _Alloc(slot, 4), _Alloc(slot, 5))
+    mx_ip, sts_ip, att_ip, int_ip, hostile_ip = (_Alloc(slot, 2), _Alloc(slot, 3),
+                                                 _Alloc(slot, 4), _Alloc(slot, 5), _Alloc(slot, 6))
+    hostile_hosts = {}      # host name -> (address, records_dir, info): shared by its scenarios
     sts_id = "w%d" % int(time.time())
     servers, hosts_index, scenarios = [], {}, {}
     front_zones, front_failures = [], []
@@ -124,14 +130,20 @@ def build(d: str, slot: int = 0) -> dict:
                         "behaviour_file": os.path.join(rec, BEHAVIOUR_FILE), "banner": banner})
         return rec
 
-    for s in S.SCENARIOS:
+    for s in S.ALL_SCENARIOS:
         domain = S.domain_of(s)
         hosts = []
         for h in s.hosts:
             name = S.host_name(s, h.label)
             target = S.host_name(s, h.cname) if h.cname else None
             base = target or name
-            cert = pki.issue(name, base, h.cert)
+            is_hostile = h.kind.startswith(S.HOSTILE + ":")
+            if is_hostile and (h.tlsa or h.tlsa_malformed or h.cname or h.cert != "good"
+                               or h.behaviour is not None or h.a_bogus or h.tlsa_bogus
+                               or h.tlsa_servfail or h.aaaa_servfail):
+                raise ValueError(f"{s.name}: a hostile host has no TLS, TLSA, CNAME, scripted "
+                                 f"behaviour or DNS faults")
+            cert = None if is_hostile else pki.issue(name, base, h.cert)   # no STARTTLS
             entry = {"name": name, "preference": h.preference, "kind": h.kind,
                      "cname_target": target, "certificate": cert,
                      "tlsa_name": f"_25._tcp.{base}",
@@ -141,7 +153,7 @@ def build(d: str, slot: int = 0) -> dict:
                      "dns": {"a_bogus": h.a_bogus, "tlsa_bogus": h.tlsa_bogus,
                              "tlsa_servfail": h.tlsa_servfail, "aaaa_servfail": h.aaaa_servfail,
                              "front_zone": S.front_zone(s, h)},
-                     "backend": None, "attacker": None, "postfix": None,
+                     "backend": None, "attacker": None, "postfix": None, "hostile": None,
                      "behaviour_file": None, "behaviour": h.behaviour}
             fz = entry["dns"]["front_zone"]
             if fz:
@@ -196,13 +208,33 @@ def build(d: str, slot: int = 0) -> dict:
                 servers.append({"role": "attacker", "name": name, "kind": akind,
                                 "address": entry["address"], "port": 25,
                                 "upstream": [baddr, 25], "cert": acert, "log": log})
+            elif is_hostile:
+                behaviour = h.kind.split(":", 1)[1]
+                if behaviour not in hostile.BEHAVIOURS:
+                    raise ValueError(f"{s.name}: unknown hostile behaviour {behaviour!r}")
+                if name not in hostile_hosts:
+                    rec = os.path.join(d, "mx", name)
+                    info = {"behaviour": behaviour,
+                            "options": dict(hostile.DEFAULT_OPTIONS.get(behaviour, {})),
+                            "log": os.path.join(d, "hostile", name + ".jsonl"),
+                            "switch_file": os.path.join(d, "hostile", name + ".switch.json")}
+                    address = hostile_ip()
+                    servers.append({"role": "hostile", "name": name, "address": address,
+                                    "port": 25, "records_dir": rec, "banner": name, **info})
+                    hostile_hosts[name] = (address, rec, info)
+                address, rec, info = hostile_hosts[name]
+                if info["behaviour"] != behaviour:
+                    raise ValueError(f"{s.name}: {name} is already {info['behaviour']}")
+                entry["address"], entry["records_dir"], entry["hostile"] = address, rec, dict(info)
             else:
                 raise ValueError(f"{s.name}: unknown host kind {h.kind}")
             if h.kind in (S.STARTTLS, S.NOTLS) or h.kind.startswith("attacker:"):
                 # the aiosmtpd server that answers for this host (the backend behind an attacker)
                 entry["behaviour_file"] = os.path.join(entry["records_dir"], BEHAVIOUR_FILE)
             entry["verify"] = _verify_claims(h, entry)
-            hosts_index[name] = {"scenario": s.name, "address": entry["address"], "kind": h.kind}
+            # (a host name shared by several scenarios is listed once, under the first)
+            hosts_index.setdefault(name, {"scenario": s.name, "address": entry["address"],
+                                          "kind": h.kind})
             hosts.append(entry)
 
         sts = None

@@ -55,13 +55,19 @@ NOTLS = "aiosmtpd-plain"           # aiosmtpd without STARTTLS
 POSTFIX = "postfix"                # recording tap -> real Postfix smtpd -> recording sink
 DOWN = "down"                      # A record only: nothing listens there (connection refused)
 ATTACKERS = ("strip-starttls", "starttls-454", "mitm-cert", "inject-after-220")
+HOSTILE = "hostile"                # "hostile:<behaviour>": hostile.py on 127.S.6.N (no STARTTLS)
+
+
+def hostile_address(slot: int, n: int) -> str:
+    """The n-th hostile MX address (hostile.py), 127.<slot>.6.n."""
+    return addr(slot, 6, n)
 
 
 @dataclass
 class Host:
     label: str                      # left-most label(s) relative to the domain, or FQDN if it ends in '.'
     preference: int = 10
-    kind: str = STARTTLS            # STARTTLS | NOTLS | POSTFIX | DOWN | "attacker:<kind>"
+    kind: str = STARTTLS            # STARTTLS | NOTLS | POSTFIX | DOWN | "attacker:<kind>" | "hostile:<behaviour>"
     cert: str = "good"              # pki.VARIANTS
     tlsa: list = field(default_factory=list)   # ["3 1 1 leaf", "2 1 1 ca", "3 1 1 random", ...]
     a_bogus: bool = False           # A record changed after signing (RFC 7672 §2.2.3)
@@ -231,6 +237,53 @@ SCENARIOS: list[Scenario] = [
       "STARTTLS sink on this address to measure relay rates over DANE-authenticated TLS)",
       "RFC 7672 §2.2, RFC 5321 §4.5.4.1", [H("mx", kind=DOWN, tlsa=[LEAF])], _defer("4.4.1")),
 ]
+
+# --- hostile MX hosts (hostile.py) ------------------------------------------------------
+# Robustness domains for integration/test_hostile_mx.py, kept out of SCENARIOS (the suites that
+# deliver once to every scenario, test_delivery.py and test_tlsrelayctl.py, use SCENARIOS only):
+# secure MX and A, no TLSA, no MTA-STS (plain opportunistic), hosts that offer no STARTTLS and
+# break SMTP on purpose, one behaviour per address (hostile.py documents each).  The TARPIT_COUNT
+# tarpit-NN domains all name one MX host, TARPIT_HOST, so they share one address.
+TARPIT_HOST = f"mx.hostile-tarpit.{ZONE}."
+TARPIT_COUNT = 25
+_CLEAR = dict(action="deliver", status="2.0.0", security="opportunistic", tls=False, via=None)
+
+
+def _hostile(behaviour, summary, rfc, expect):
+    return S(f"hostile-{behaviour}", summary, rfc, [H("mx", kind=f"{HOSTILE}:{behaviour}")], expect)
+
+
+HOSTILE_SCENARIOS: list[Scenario] = [
+    _hostile("early-250-same-segment", "DATA answered 354 and 250 in one segment: a final reply "
+             "before any message data is a protocol error, never a delivery",
+             "RFC 5321 §4.1.1.4, §4.2", _defer("4.5.0")),
+    _hostile("early-250-midbody", "250 while the message data is being sent, then a reset: "
+             "not delivered", "RFC 5321 §4.1.1.4", _defer("4.5.0")),
+    _hostile("unsolicited-nopipelining", "no PIPELINING, MAIL answered with two replies: the "
+             "session is out of step, nothing more may be sent", "RFC 5321 §4.2, RFC 2920 §3.1",
+             _defer("4.5.0")),
+    _hostile("unsolicited-pipelining", "PIPELINING, one surplus reply in the batch",
+             "RFC 2920 §3.1", _defer("4.5.0")),
+    _hostile("two-250-after-dot", "two 250 replies after the end of data: the first one delivers, "
+             "the surplus ends the connection", "RFC 5321 §4.1.1.4, §4.2", _CLEAR),
+    _hostile("slow-final", "the 250 after the dot comes 20 s late (within the 10 minutes "
+             "RFC 5321 allows): delivered, other domains unaffected", "RFC 5321 §4.5.3.2.6", _CLEAR),
+    _hostile("control-bytes", "greeting and replies carry NUL, ESC, OSC, DEL and invalid UTF-8: "
+             "delivered, logged escaped", "RFC 5321 §4.2", _CLEAR),
+    _hostile("huge-size", "EHLO offers SIZE 99999999999999999999999999: delivered",
+             "RFC 1870 §4", _CLEAR),
+    _hostile("slowloris", "the greeting trickles one byte per second and never ends",
+             "RFC 5321 §4.5.3.2.1", _defer("4.4.2")),
+    _hostile("endless-reply", "EHLO answered with an endless stream of 250- lines",
+             "RFC 5321 §4.2.1, §4.5.3.1", _defer("4.5.0")),
+    _hostile("bad-code", "every reply after the greeting is 999 what", "RFC 5321 §4.2",
+             _defer("4.5.0")),
+] + [S(f"tarpit-{i:02d}", f"one of {TARPIT_COUNT} domains whose MX ({TARPIT_HOST[:-1]}) accepts "
+       "TCP and never answers", "RFC 5321 §4.5.3.2.1",
+       [H(TARPIT_HOST, kind=f"{HOSTILE}:tarpit")], _defer("4.4.2"))
+     for i in range(1, TARPIT_COUNT + 1)]
+
+ALL_SCENARIOS: list[Scenario] = SCENARIOS + HOSTILE_SCENARIOS
 
 
 def domain_of(s: Scenario) -> str:

@@ -8,13 +8,15 @@
     python3 testworld/world.py sts-set --dir DIR DOMAIN BEHAVIOUR [--body TEXT] ...
     python3 testworld/world.py mx-set --dir DIR HOST JSON   script an aiosmtpd MX's replies
     python3 testworld/world.py mx-clear --dir DIR [HOST]    back to its behaviour at `up`
+    python3 testworld/world.py hostile-set --dir DIR HOST BEHAVIOUR [--delay S]
+    python3 testworld/world.py hostile-clear --dir DIR [HOST]
 
 ``up`` generates a PKI (pki.py), a DNSSEC-signed zone (zones.py), writes
 ``DIR/world.json`` (plan.py) and starts, as detached processes recorded in
 ``DIR/run/pids.json``: NSD, the DNS front for the signed child zones NSD cannot
 serve (dnsfront.py), the recording MX servers (mx.py), the MTA-STS HTTPS
-servers (sts.py), the MITM attackers (attackers.py) and one Postfix
-(postfix.py).  See README.md for the scenario table and address plan.
+servers (sts.py), the MITM attackers (attackers.py), the hostile MX servers
+(hostile.py) and one Postfix (postfix.py).  See README.md for the scenario table and address plan.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ import service   # noqa: E402
 import sts       # noqa: E402
 import zones     # noqa: E402
 
-SERVER_MODULES = ("dnsfront", "mx", "sts", "attackers")
+SERVER_MODULES = ("dnsfront", "mx", "sts", "attackers", "hostile")
 READY_TIMEOUT = 10.0
 
 
@@ -138,7 +140,7 @@ def free_slot(first: int = 0) -> int:
         probes = [(a, 53, kind) for a in (scenarios.dns_address(slot), scenarios.front_address(slot))
                   for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM)]
         probes += [(scenarios.addr(slot, third, 1), port, socket.SOCK_STREAM)
-                   for third, port in ((2, 25), (3, 443), (4, 25), (5, 25))]
+                   for third, port in ((2, 25), (3, 443), (4, 25), (5, 25), (6, 25))]
         if all(free(*p) for p in probes):
             return slot
     raise WorldError("no free slot")
@@ -155,7 +157,7 @@ def up(d: str, slot: int = 0) -> dict:
     try:
         world = plan.build(d, slot)
         _check_addresses(world)
-        for sub in ("mx", "sts", "attackers", "run", "logs"):
+        for sub in ("mx", "sts", "attackers", "hostile", "run", "logs"):
             os.makedirs(os.path.join(d, sub), exist_ok=True)
         zinfo = zones.build(world)
         import mx                            # (imports aiosmtpd: only where needed)
@@ -239,11 +241,12 @@ def down(d: str, keep: bool = False) -> list:
     return left
 
 
-def scenario_table() -> str:
-    """Markdown table of the scenarios and their expected relay outcome."""
+def scenario_table(table=None) -> str:
+    """Markdown table of the scenarios (default ``scenarios.SCENARIOS``; the hostile ones are
+    ``scenarios.HOSTILE_SCENARIOS``) and their expected relay outcome."""
     rows = ["| scenario | domain | MX host(s): server | MTA-STS | expected outcome | source |",
             "|---|---|---|---|---|---|"]
-    for s in scenarios.SCENARIOS:
+    for s in scenarios.SCENARIOS if table is None else table:
         hosts = ", ".join(f"{scenarios.host_name(s, h.label)}: {h.kind}"
                           + (f" cert={h.cert}" if h.cert != "good" else "")
                           + (f" TLSA[{'; '.join(h.tlsa)}]" if h.tlsa else "")
@@ -298,9 +301,19 @@ def main(argv=None):
     p = sub.add_parser("mx-clear", help="restore the behaviour an MX had at up (all if no HOST)")
     p.add_argument("--dir", required=True)
     p.add_argument("host", nargs="?")
+    p = sub.add_parser("hostile-set", help="switch a hostile MX to another behaviour (hostile.py)")
+    p.add_argument("--dir", required=True)
+    p.add_argument("host", help="hostile MX host name, or scenario name/domain")
+    p.add_argument("behaviour")
+    p.add_argument("--delay", type=float, help="slow-final: seconds before the 250")
+    p = sub.add_parser("hostile-clear", help="hostile MX back to its behaviour at up (all if no HOST)")
+    p.add_argument("--dir", required=True)
+    p.add_argument("host", nargs="?")
     a = ap.parse_args(argv)
     if a.cmd == "scenarios":
         print(scenario_table())
+        print("\nHostile MX scenarios (hostile.py; integration/test_hostile_mx.py):\n")
+        print(scenario_table(scenarios.HOSTILE_SCENARIOS))
         return 0
     d = os.path.abspath(a.dir)
     try:
@@ -330,6 +343,15 @@ def main(argv=None):
             print(sts.set_behaviour(world, a.domain, a.behaviour, body=a.body,
                                     content_type=a.content_type, status=a.status,
                                     delay=a.delay, location=a.location))
+        elif a.cmd in ("hostile-set", "hostile-clear"):
+            import hostile
+            with open(os.path.join(d, "world.json")) as f:
+                world = json.load(f)
+            if a.cmd == "hostile-set":
+                opts = {} if a.delay is None else {"delay": a.delay}
+                print(hostile.set_behaviour(world, a.host, a.behaviour, **opts))
+            else:
+                print("\n".join(hostile.clear_behaviour(world, a.host)))
         elif a.cmd in ("mx-set", "mx-clear"):
             import mx
             with open(os.path.join(d, "world.json")) as f:

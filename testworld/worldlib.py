@@ -25,6 +25,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import hostile as _hostile  # noqa: E402
 import mx as _mx    # noqa: E402
 import procs        # noqa: E402
 import sts as _sts  # noqa: E402
@@ -153,7 +154,7 @@ class World:
 
     def clear_records(self) -> None:
         """Forget what all MX hosts, attackers, policy hosts and the DNS front recorded so far."""
-        for pat in ("mx/*/msg-*.json", "mx/*/session-*.json", "attackers/*.jsonl",
+        for pat in ("mx/*/msg-*.json", "mx/*/session-*.json", "attackers/*.jsonl", "hostile/*.jsonl",
                     "sts/*.requests.jsonl", "dns/front-queries.jsonl"):
             for f in glob.glob(os.path.join(self.dir, pat)):
                 os.unlink(f)
@@ -213,6 +214,24 @@ class World:
         """Every scripted reply a host (or a scenario's receiving host) used, oldest session
         first; each entry also has ``session`` (its id)."""
         return [dict(e, session=s["id"]) for s in self.sessions(what) for e in s.get("scripted", [])]
+
+    # --- hostile MX hosts (hostile.py) -------------------------------------------------------
+    def hostile_host(self, host_or_scenario: str) -> dict:
+        """The host entry of a hostile MX (by host name, or a scenario's first MX)."""
+        return _hostile._find_host(self.data, host_or_scenario)
+
+    def hostile_events(self, host_or_scenario: str) -> list[dict]:
+        """What a hostile MX did, oldest first (connect, recv, send, data, message, close, ...)."""
+        return _hostile.read_events(self.hostile_host(host_or_scenario)["hostile"]["log"])
+
+    def set_hostile(self, host_or_scenario: str, behaviour: str, **opts) -> str:
+        """Switch a hostile MX to ``behaviour`` (e.g. "honest"; ``delay=`` for slow-final) from
+        its next connection on."""
+        return _hostile.set_behaviour(self.data, host_or_scenario, behaviour, **opts)
+
+    def clear_hostile(self, host_or_scenario: str | None = None) -> list[str]:
+        """Back to the behaviour at ``up``; no argument = every hostile host."""
+        return _hostile.clear_behaviour(self.data, host_or_scenario)
 
     def sts_requests(self, domain: str) -> list[dict]:
         s = self.scenario(domain)

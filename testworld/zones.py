@@ -63,7 +63,8 @@ class Records:
         if signed_as is not None:
             self.rr.append((zone, owner, rtype, signed_as))
             self.bogus.setdefault((owner, rtype), []).append(rdata)
-        else:
+        elif (zone, owner, rtype, rdata) not in self.rr:
+            # once only: an MX host named by several scenarios (the tarpit domains) has one A
             self.rr.append((zone, owner, rtype, rdata))
 
     def refuse(self, owner):

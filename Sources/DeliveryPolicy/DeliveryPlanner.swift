@@ -329,6 +329,25 @@ public struct DeliveryPlanner: Sendable {
         }
     }
 
+    /// The driver stopped (shutdown) during the last action — a lookup, or the attempt `attempt`
+    /// whose session got as far as `result`. What the session's replies decided for recipients
+    /// stands; every other recipient is deferred with 4.3.2 ("system not accepting network
+    /// messages", RFC 3463). No alert and nothing remembered: a cut-short lookup or session says
+    /// nothing about the destination.
+    public mutating func stopped(_ attempt: PlannedAttempt? = nil, _ result: AttemptResult? = nil) -> PlannerStep {
+        if let attempt, let result, case .attempting(let plan, _) = state {
+            let source: PolicySource = plan.memoryBinding ? .memory : plan.floorSource
+            for (index, recipientResult) in result.recipients where remaining.contains(index) {
+                var outcome = AttemptOutcomes.outcome(for: recipientResult, relay: attempt.relay)
+                outcome.policy = source
+                if outcome.kind == .delivered { outcome.security = Self.achieved(demand: attempt.demand, tls: result.tls) }
+                outcomes[index] = outcome
+            }
+            remaining.removeAll { result.recipients[$0] != nil }
+        }
+        return finish([], all: .deferred(EnhancedStatusCode(4, 3, 2), "delivery stopped by shutdown; retried at once after the restart"))
+    }
+
     /// The result of the attempt the last action asked for.
     public mutating func attemptFinished(_ attempt: PlannedAttempt, _ result: AttemptResult) -> PlannerStep {
         guard case .attempting(let plan, let addressIndex) = state else { preconditionFailure("attemptFinished in \(state)") }
@@ -351,7 +370,13 @@ public struct DeliveryPlanner: Sendable {
         }
         remaining.removeAll { result.recipients[$0] != nil }
         if delivered { effects += rememberDelivery(attempt: attempt, result: result) }
-        if !probe, remaining.isEmpty { return finish(effects, all: lastFailure) }
+        if !probe, remaining.isEmpty {
+            // Every recipient is decided; a failure after that (a surplus reply) is still logged.
+            if let failure = result.failure {
+                effects.append(.log(.info, "\(relay): \(AttemptOutcomes.outcome(for: failure, relay: relay).reason)"))
+            }
+            return finish(effects, all: lastFailure)
+        }
         guard let failure = result.failure else {
             if probe { acceptable = true }
             return nextAddress(effects, plan: plan, after: addressIndex)

@@ -297,6 +297,8 @@ public final class Daemon: Sendable {
         }
         delivery.cancel()
         await delivery.value
+        // Repeat counts held in the rate-limit windows are written now, never dropped.
+        alerts.flush(all: true)
         await agent.closeIdleConnections()
         resolver.shutdown()
         try? await threadPool.shutdownGracefully()

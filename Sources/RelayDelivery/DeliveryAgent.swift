@@ -169,25 +169,28 @@ public final class DeliveryAgent: Sendable {
                 let fact: MXFact
                 do { fact = MXFact.make(answer: try await resolver.mx(domain), domain: domain) } catch { fact = .failed(reason: "\(error)") }
                 RelayMetrics.dnsLookup(.mx, seconds: Self.seconds(since: started))
-                step = planner.mxResolved(fact)
+                step = Task.isCancelled ? planner.stopped() : planner.mxResolved(fact)
             case .discoverSTS(let domain):
                 let started = ContinuousClock.now
                 let fact = await sts?.decision(for: domain) ?? .none
                 if sts != nil { RelayMetrics.dnsLookup(.mtaSTS, seconds: Self.seconds(since: started)) }
-                step = planner.stsDiscovered(fact)
+                step = Task.isCancelled ? planner.stopped() : planner.stsDiscovered(fact)
             case .lookupAddresses(let host):
                 let started = ContinuousClock.now
                 let results = await resolver.addressLookups(host)
                 RelayMetrics.dnsLookup(.address, seconds: Self.seconds(since: started))
-                step = planner.addressesResolved(AddressFact(ipv4: AddressLookup(results.ipv4), ipv6: AddressLookup(results.ipv6)))
+                step = Task.isCancelled ? planner.stopped()
+                    : planner.addressesResolved(AddressFact(ipv4: AddressLookup(results.ipv4), ipv6: AddressLookup(results.ipv6)))
             case .lookupTLSA(_, let base):
                 let started = ContinuousClock.now
                 let result: Result<DNSAnswer<TLSARecord>, Error>
                 do { result = .success(try await resolver.tlsa(port: settings.port, host: base)) } catch { result = .failure(error) }
                 RelayMetrics.dnsLookup(.tlsa, seconds: Self.seconds(since: started))
-                step = planner.tlsaResolved(TLSAFact(result))
+                step = Task.isCancelled ? planner.stopped() : planner.tlsaResolved(TLSAFact(result))
             case .connect(let planned):
-                step = planner.attemptFinished(planned, await attempt(planned))
+                let result = await attempt(planned)
+                // Shutdown cut the session short: only its replies to recipients count.
+                step = Task.isCancelled ? planner.stopped(planned, result) : planner.attemptFinished(planned, result)
             case .finish(let outcomes, let deliverable, let lastFailure):
                 return (outcomes, deliverable, lastFailure)
             }
@@ -286,8 +289,14 @@ public final class DeliveryAgent: Sendable {
                  authentication: TLSPeerAuthentication) async throws -> ConnectionReport {
         let key = ConnectionKey(address: address, port: port, serverName: host, tls: job.tls, authentication: authentication)
         if job.keepOpen {
-            while let entry = connections.take(key) {
-                guard let report = try? await entry.run(job: job, content: content) else { continue }
+            while let entry = connections.take(key), !Task.isCancelled {
+                let channel = entry.channel
+                let outcome = try? await withTaskCancellationHandler {
+                    try await entry.run(job: job, content: content)
+                } onCancel: {
+                    channel.close(promise: nil)
+                }
+                guard let report = outcome else { continue }
                 if report.result.recipients.isEmpty, report.result.failure != nil, !report.result.contentSent {
                     logger.debug("cached connection to \(address) failed before the message was sent: \(String(describing: report.result.failure)); opening a new one")
                     continue
@@ -325,7 +334,12 @@ public final class DeliveryAgent: Sendable {
         }
         let connections = self.connections
         channel.closeFuture.whenComplete { _ in connections.remove(key, channel: channel) }
-        let report = try await promise.futureResult.get()
+        // Shutdown: a session waiting on a silent peer ends now, not at its timeout.
+        let report = try await withTaskCancellationHandler {
+            try await promise.futureResult.get()
+        } onCancel: {
+            channel.close(promise: nil)
+        }
         if report.result.reusable, let handler = try? await handlerPromise.futureResult.get() {
             connections.put(key, ConnectionCache.Entry(channel: channel, handler: handler))
         }

@@ -253,8 +253,10 @@ public actor Scheduler {
                 return (envelope, record)
             }
         } catch {
-            logger.error("\(id): cannot read queued message: \(error)")
             core.roundFinished(id, nextAttempt: nil)
+            // At shutdown the read is cancelled: the message is simply not opened.
+            guard !Task.isCancelled else { return }
+            logger.error("\(id): cannot read queued message: \(error)")
             wakeup?.yield()
             return
         }
@@ -346,6 +348,13 @@ public actor Scheduler {
         wakeup?.yield()
     }
 
+    /// Runs `work` on the thread pool to its end even when the calling task is cancelled: what a
+    /// round owes to disk is written at shutdown too.
+    private func durable<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+        let pool = threadPool
+        return try await Task { try await pool.runIfActive(work) }.value
+    }
+
     /// Saves the round's record with the next retry time, or queues the DSN and removes the
     /// message when every recipient is done.
     private func finishRound(_ id: QueueID) async {
@@ -365,7 +374,7 @@ public actor Scheduler {
                 try await completeMessage(envelope: round.envelope, content: round.content, record: finalRecord)
                 core.roundFinished(id, nextAttempt: nil)
             } else {
-                try await threadPool.runIfActive { try spool.saveDeliveryRecord(finalRecord) }
+                try await durable { try spool.saveDeliveryRecord(finalRecord) }
                 core.roundFinished(id, nextAttempt: finalRecord.nextAttempt)
             }
         } catch {
@@ -389,8 +398,8 @@ public actor Scheduler {
         let spool = self.spool
         let hostname = settings.hostname
         let id = envelope.queueID
-        let original = failed.isEmpty ? [] : try await content.bytes()
-        let dsnID: QueueID? = try await threadPool.runIfActive {
+        let original = failed.isEmpty ? [] : try await Task { try await content.bytes() }.value
+        let dsnID: QueueID? = try await durable {
             var dsnID: QueueID?
             if !failed.isEmpty, let sender = envelope.transaction.sender {
                 let writer = try spool.beginMessage()

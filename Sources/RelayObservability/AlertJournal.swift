@@ -137,10 +137,11 @@ public final class AlertJournal: Sendable {
     }
 
     /// Emits the counts of alerts suppressed in windows that have ended. Call periodically.
-    public func flush(now: Double = AlertJournal.now()) {
+    /// - Parameter all: emit every held repeat count now, whatever its window's age (shutdown).
+    public func flush(now: Double = AlertJournal.now(), all: Bool = false) {
         let due: [(SecurityAlert, Int)] = windows.withLockedValue { windows in
             var due: [(SecurityAlert, Int)] = []
-            for (key, window) in windows where now - window.start >= windowSeconds {
+            for (key, window) in windows where all || now - window.start >= windowSeconds {
                 if window.suppressed > 0 { due.append((window.last, window.suppressed)) }
                 windows[key] = nil
             }

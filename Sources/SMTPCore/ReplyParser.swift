@@ -2,12 +2,19 @@
 /// reply, `code SP text` (or a bare `code`) ends it. Every line must carry the same code. The
 /// text is peer text: control bytes and invalid UTF-8 come out escaped (`PeerText`).
 public struct ReplyParser: Sendable {
-    public enum ParseError: Error, Sendable, Equatable {
+    public enum ParseError: Error, Sendable, Equatable, CustomStringConvertible {
         /// A line that is not `3DIGIT [("-" / SP) text]`, a code that changes within one reply,
         /// or a bare CR/LF.
         case malformed(String)
         /// More than `maxLines` lines or `maxLineLength` octets in a line.
         case tooLong
+
+        public var description: String {
+            switch self {
+            case .malformed(let text): return "malformed reply (RFC 5321 section 4.2): \(text)"
+            case .tooLong: return "reply too long (too many lines, or a line too long; RFC 5321 section 4.5.3.1.5)"
+            }
+        }
     }
 
     public let maxLines: Int

@@ -217,4 +217,32 @@ struct PlannerTableTests {
         #expect(clear.outcome == nil && clear.attempts.map(\.attempt.kind) == [.first, .clearRetry])
         #expect(good.remembered.isEmpty && clear.remembered.isEmpty)
     }
+
+    @Test("stopped by shutdown: replies already given stand, the rest is deferred 4.3.2, no alert, nothing remembered")
+    func stoppedByShutdown() {
+        var planner = DeliveryPlanner(domain: "example.net", recipients: [0, 1], settings: PlannerSettings(mtaSTS: false), local: nil, memory: nil, now: 0)
+        _ = planner.start()
+        _ = planner.mxResolved(.hosts(["a.example.net"], secure: true, implicit: false))
+        let secure = AddressFact(ipv4: .answer(records: ["192.0.2.1"], status: .secure, canonicalName: "a.example.net"),
+                                 ipv6: .answer(records: [], status: .secure, canonicalName: "a.example.net"))
+        guard case .lookupTLSA = planner.addressesResolved(secure).action else { Issue.record(); return }
+        // The TLSA lookup was cancelled: no "tlsa-invalid" alert for a lookup that never ended.
+        let lookup = planner.stopped()
+        #expect(lookup.effects.isEmpty)
+        guard case .finish(let outcomes, _, _) = lookup.action else { Issue.record(); return }
+        #expect(outcomes.values.allSatisfy { $0.kind == .deferred && $0.status == EnhancedStatusCode(4, 3, 2) })
+        #expect(outcomes.count == 2)
+        // During a session: the delivered recipient stands, a TLS failure caused by the close is no alert.
+        var second = DeliveryPlanner(domain: "example.net", recipients: [0, 1], settings: PlannerSettings(mtaSTS: false), local: nil, memory: nil, now: 0)
+        _ = second.start()
+        _ = second.mxResolved(.hosts(["a.example.net"], secure: false, implicit: false))
+        let insecure = AddressFact(ipv4: .answer(records: ["192.0.2.1"], status: .insecure, canonicalName: "a.example.net"),
+                                   ipv6: .answer(records: [], status: .insecure, canonicalName: "a.example.net"))
+        guard case .connect(let attempt) = second.addressesResolved(insecure).action else { Issue.record(); return }
+        let step = second.stopped(attempt, AttemptResult(recipients: [0: .delivered(Reply(250, .ok, ["ok"]))], failure: .tlsFailed("closed")))
+        #expect(step.effects.isEmpty)
+        guard case .finish(let after, _, _) = step.action else { Issue.record(); return }
+        #expect(after[0]?.kind == .delivered)
+        #expect(after[1]?.status == EnhancedStatusCode(4, 3, 2))
+    }
 }

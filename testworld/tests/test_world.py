@@ -424,9 +424,11 @@ def smtp_ehlo(addr):
 
 
 def greets(h):
-    """False for hosts that never reach EHLO: nothing listens, or a scripted refusal at `up`."""
+    """False for hosts that never reach EHLO: nothing listens, a scripted refusal at `up`, or a
+    hostile MX (hostile.py; exercised by integration/test_hostile_mx.py)."""
     b = h.get("behaviour") or {}
-    return h["kind"] != "down" and not str(b.get("greeting", "2")).startswith(("4", "5")) \
+    return h["kind"] != "down" and not h["kind"].startswith("hostile:") \
+        and not str(b.get("greeting", "2")).startswith(("4", "5")) \
         and b.get("drop_after") not in ("greeting", "ehlo")
 
 
@@ -1036,7 +1038,7 @@ def test_second_up_on_running_dir_fails(w):
 
 def test_zz_down_leaves_nothing(w):
     pids = w.pids()
-    assert set(pids) == {"nsd", "dnsfront", "mx", "sts", "attackers", "postfix"}
+    assert set(pids) == {"nsd", "dnsfront", "mx", "sts", "attackers", "hostile", "postfix"}
     endpoints = [(s["address"], s["port"]) for s in w.data["servers"]] + [
         (w.data["dns"]["address"], 53), (w.data["dns"]["front"]["address"], 53)]
     w.down()

@@ -1,0 +1,39 @@
+"""Shutdown (SIGTERM) keeps what it owes: repeat counts of rate-limited alerts are written,
+never dropped; a delivery cut short by the shutdown is not a failed attempt (no attempt counted,
+no backoff) and the message is delivered at once after the restart.
+"""
+import re
+import time
+
+from relay import Relay, wait_for
+from smtpclient import RawSMTP
+
+
+def send(relay, recipient, body):
+    c = RawSMTP(relay.port)
+    c.code()
+    c.command("EHLO client.example.org")
+    assert c.command("MAIL FROM:<sender@plain-mx2.test>").startswith("250")
+    assert c.command(f"RCPT TO:<{recipient}>").startswith("250")
+    assert c.command("DATA").startswith("354")
+    c.send(body + b"\r\n.\r\n")
+    reply = c.code()
+    c.command("QUIT")
+    assert reply.startswith("250"), reply
+
+
+def test_sigterm_writes_the_repeat_count_of_held_alerts(tmp_path, world, world_relay_toml):
+    relay = Relay(tmp_path / "alerts", extra_toml=world_relay_toml).start()
+    try:
+        # Two messages: both attempted (a third would find the destination suspended, no alert).
+        for i in range(2):
+            send(relay, f"user{i}@attack-strip-starttls.test", f"Subject: repeat {i}\r\n\r\nbody".encode())
+        assert wait_for(lambda: len(re.findall(r"status=deferred", relay.log_text())) == 2, timeout=30), relay.log_text()[-3000:]
+        # One alert written, one held in the 5-minute window.
+        assert len(re.findall(r"ALERT policy-failure", relay.log_text())) == 1, relay.log_text()[-3000:]
+    finally:
+        relay.stop()
+    log = relay.log_text()
+    alerts = re.findall(r"ALERT policy-failure[^\n]*", log)
+    assert len(alerts) == 2, log[-3000:]
+    assert "(1 more like it" in alerts[1], alerts[1]
