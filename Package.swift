@@ -122,7 +122,10 @@ let package = Package(
         .testTarget(name: "RelayPolicyTests", dependencies: ["RelayPolicy"]),
         .testTarget(name: "FuzzTests", dependencies: ["FuzzTargets"]),
         .testTarget(name: "DeliveryPolicyTests", dependencies: ["DeliveryPolicy", "SMTPCore", "MTASTSCore"], swiftSettings: [.unsafeFlags(["-O"])]),
-        .testTarget(name: "RelayDeliveryTests", dependencies: ["RelayDelivery", "RelayPolicy", "DeliveryPolicy", "RelayDNS", "RelayQueue", "SMTPCore"]),
+        .testTarget(name: "RelayDeliveryTests", dependencies: [
+            "RelayDelivery", "RelayPolicy", "DeliveryPolicy", "RelayDNS", "RelayQueue", "SMTPCore", "RelayTLS",
+            .product(name: "Logging", package: "swift-log"), .product(name: "NIOPosix", package: "swift-nio"),
+        ]),
         .testTarget(name: "RelayTLSTests", dependencies: ["RelayTLS", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]),
         .testTarget(name: "RelayDNSTests", dependencies: ["RelayDNS"]),
     ],

@@ -3,7 +3,9 @@ RFC 3464): temporary failures are retried, permanent ones bounce with a DSN to t
 own MX, a dropped connection is retried, the queue lifetime ends in 5.4.7, large messages and
 many recipients across several domains arrive intact, and real Postfix → tlsrelayd → MX works.
 """
+import json
 import re
+import time
 
 import pytest
 
@@ -88,6 +90,40 @@ def test_permanent_failure_bounces_with_dsn_to_the_senders_mx(world, fast_relay)
     assert b"someone@plain-mx.test" not in body.split(b"message/delivery-status")[1].split(b"--")[0]
     # The original recipient that succeeded got the message once.
     assert len([m for m in world.messages("plain-mx") if b"bounce-token-2" in m["data_bytes"]]) == 1
+
+
+def test_a_5xx_recipient_gets_its_dsn_while_another_is_still_deferred(world, tmp_path, world_relay_toml):
+    """Bounces at once (RFC 3464, as Postfix): the DSN for a refused recipient goes out after the
+    attempt that refused it, not when the message's last recipient is done (up to
+    queue_lifetime later); the deferred recipient stays queued, and its later bounce is a
+    second DSN for it alone — nobody is reported twice."""
+    world.set_mx_behaviour("plain-mx", rcpt={"nouser": "550 5.1.1 No such user here", "busy": "450 4.2.0 Mailbox busy"})
+    relay = Relay(tmp_path / "bounce-now", extra_toml=world_relay_toml).start()   # retries an hour apart
+    try:
+        content = b"From: sender@plain-mx2.test\r\nSubject: partly refused\r\n\r\nbounce-token-9\r\n"
+        send(relay, "sender@plain-mx2.test", ["nouser@plain-mx.test", "busy@plain-mx.test"], content)
+        reports = wait_for(lambda: [m for m in world.messages("plain-mx2") if b"bounce-token-9" in m["data_bytes"]
+                                    and b"report-type=delivery-status" in m["data_bytes"]], timeout=30)
+        assert reports and len(reports) == 1, relay.log_text()[-2000:]
+        status = reports[0]["data_bytes"].split(b"message/delivery-status")[1].split(b"\r\n--")[0]
+        assert b"Final-Recipient: rfc822; nouser@plain-mx.test" in status
+        assert b"busy@plain-mx.test" not in status
+        # The busy recipient is still queued, and its record names the DSN of the other one.
+        queued = relay.queued()
+        assert len(queued) == 1, queued.keys()
+        queue_id = next(iter(queued))
+        record = json.loads(next((relay.state / "spool" / "state").glob(f"*/{queue_id}")).read_text())
+        assert record["recipients"][0]["status"] == "bounced" and record["recipients"][0]["dsnQueueID"]
+        assert record["recipients"][1]["status"] == "pending" and "dsnQueueID" not in record["recipients"][1]
+        # A restart does not report it again.
+        relay.stop()
+        relay.start()
+        time.sleep(2)
+        again = [m for m in world.messages("plain-mx2") if b"bounce-token-9" in m["data_bytes"] and b"report-type=delivery-status" in m["data_bytes"]]
+        assert len(again) == 1
+    finally:
+        relay.stop()
+        world.clear_mx_behaviour()
 
 
 def test_connection_dropped_after_data_is_retried(world, fast_relay):

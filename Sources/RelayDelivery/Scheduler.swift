@@ -194,7 +194,23 @@ public actor Scheduler {
         let withRecords = spool.messagesWithDeliveryRecords()
         let now = clock()
         for id in ids {
-            let record = withRecords.contains(id.rawValue) ? try? spool.deliveryRecord(of: id) : nil
+            var record = withRecords.contains(id.rawValue) ? try? spool.deliveryRecord(of: id) : nil
+            if let original = record?.awaitingConfirmationBy {
+                if confirmsDSN(id, original: original) {
+                    var released = DeliveryRecord(queueID: id, recipientCount: 1, nextAttempt: 0)
+                    released.held = false
+                    do { try spool.saveDeliveryRecord(released) } catch {
+                        logger.error("\(id): cannot release the DSN for \(original): \(error)")
+                        continue
+                    }
+                    logger.info("\(original): sender non-delivery notification: \(id) (released after a restart)")
+                    record = released
+                } else {
+                    try? spool.finish(id)
+                    logger.notice("\(id): removed an unconfirmed DSN for \(original) (a crash came before \(original)'s record was saved; its failures are still pending there)")
+                    continue
+                }
+            }
             if record?.held == true || settings.holdAll {
                 core.addHeld(id)
             } else if let record, record.attempts > 0 {
@@ -355,8 +371,16 @@ public actor Scheduler {
         return try await Task { try await pool.runIfActive(work) }.value
     }
 
-    /// Saves the round's record with the next retry time, or queues the DSN and removes the
-    /// message when every recipient is done.
+    /// Ends a round, in the order that makes a crash at any point deliver nobody twice and
+    /// bounce nothing twice:
+    /// 1. recipients that failed permanently in this round and want a report get their DSN now
+    ///    (RFC 3464; Postfix does the same), not when the last recipient is done: the DSN is
+    ///    written *awaiting confirmation* (not delivered);
+    /// 2. the record — next retry time, the DSN's id for those recipients — is saved, or, when
+    ///    every recipient is done, the message is removed (queue file first, then record);
+    /// 3. the DSN is released for delivery.
+    /// At start-up `load` releases a DSN whose original names it or is gone, and deletes one
+    /// whose original does not (a crash before step 2: the failure is still pending there).
     private func finishRound(_ id: QueueID) async {
         guard var round = rounds.removeValue(forKey: id) else { return }
         let now = clock()
@@ -367,64 +391,102 @@ public actor Scheduler {
             round.record.attempts += 1
             round.record.nextAttempt = now + settings.retry.delay(afterAttempts: round.record.attempts)
         }
-        let finalRecord = round.record
         let spool = self.spool
+        var dsnID: QueueID?
         do {
+            let transaction = round.envelope.transaction
+            let owed = round.record.recipients.indices.filter { index in
+                let state = round.record.recipients[index]
+                return state.status == .bounced && state.dsnQueueID == nil && transaction.sender != nil
+                    && DeliveryStatusNotification.wantsFailureReport(sender: transaction.sender, recipient: transaction.recipients[index])
+            }
+            if !owed.isEmpty {
+                let written = try await writeDSN(envelope: round.envelope, content: round.content, record: round.record, indexes: owed)
+                dsnID = written
+                for index in owed { round.record.recipients[index].dsnQueueID = written }
+            }
+            let finalRecord = round.record
             if finalRecord.isComplete {
-                try await completeMessage(envelope: round.envelope, content: round.content, record: finalRecord)
+                try await durable { try spool.finish(id) }
                 core.roundFinished(id, nextAttempt: nil)
+                logger.info("\(id): removed")
             } else {
                 try await durable { try spool.saveDeliveryRecord(finalRecord) }
                 core.roundFinished(id, nextAttempt: finalRecord.nextAttempt)
             }
         } catch {
             logger.error("\(id): cannot save delivery state: \(error); retrying later")
+            if let written = dsnID {
+                // Not confirmed: the failures stay pending in the original and get a new DSN.
+                try? await durable { try spool.finish(written) }
+                dsnID = nil
+            }
             core.roundFinished(id, nextAttempt: now + settings.retry.minimumBackoff)
         }
+        if let dsnID { await releaseDSN(dsnID, original: id) }
     }
 
-    /// Queues the DSN for bounced recipients that want one, then removes the message.
-    func completeMessage(envelope: QueuedEnvelope, content: MessageContent, record: DeliveryRecord) async throws {
-        let failed: [DeliveryStatusNotification.FailedRecipient] = record.recipients.indices.compactMap { index in
+    /// Writes the DSN for the recipients `indexes` of `envelope`, with a delivery record that
+    /// holds it until `releaseDSN` (the record is on disk before the queue file).
+    /// - Returns: the DSN's queue id.
+    func writeDSN(envelope: QueuedEnvelope, content: MessageContent, record: DeliveryRecord, indexes: [Int]) async throws -> QueueID {
+        let failed: [DeliveryStatusNotification.FailedRecipient] = indexes.map { index in
             let state = record.recipients[index]
-            let recipient = envelope.transaction.recipients[index]
-            guard state.status == .bounced,
-                  DeliveryStatusNotification.wantsFailureReport(sender: envelope.transaction.sender, recipient: recipient)
-            else { return nil }
-            return .init(recipient: recipient, status: state.lastStatusCode ?? "5.0.0", remoteMTA: state.remoteMTA,
+            return .init(recipient: envelope.transaction.recipients[index], status: state.lastStatusCode ?? "5.0.0", remoteMTA: state.remoteMTA,
                          diagnostic: state.diagnostic ?? state.lastReason ?? "delivery failed",
                          diagnosticIsSMTP: state.diagnostic != nil)
         }
+        guard let sender = envelope.transaction.sender else { throw OperationError.failed("no sender to report to") }
         let spool = self.spool
         let hostname = settings.hostname
-        let id = envelope.queueID
-        let original = failed.isEmpty ? [] : try await Task { try await content.bytes() }.value
-        let dsnID: QueueID? = try await durable {
-            var dsnID: QueueID?
-            if !failed.isEmpty, let sender = envelope.transaction.sender {
-                let writer = try spool.beginMessage()
-                let now = Date().timeIntervalSince1970
-                let report = DeliveryStatusNotification.make(
-                    envelope: envelope, original: original, failed: failed, reportingMTA: hostname,
-                    date: MessageDate.format(secondsSinceEpoch: Int(now)), messageID: "\(writer.queueID.rawValue).dsn@\(hostname)")
-                writer.write(report)
-                var parameters = MailParameters()
-                parameters.body = .eightBitMIME
-                parameters.smtputf8 = envelope.transaction.parameters.smtputf8
-                let transaction = MailTransaction(sender: nil, parameters: parameters, recipients: [Recipient(mailbox: sender, notify: DSNNotify(never: true))])
-                var dsn = QueuedEnvelope(queueID: writer.queueID, arrivalTime: now, clientAddress: "127.0.0.1",
-                                         heloName: hostname, transaction: transaction, size: writer.contentLength)
-                dsn.generated = .deliveryStatusNotification
-                try writer.commit(envelope: dsn)
-                dsnID = writer.queueID
+        let now = clock()
+        let original = try await Task { try await content.bytes() }.value
+        return try await durable {
+            let writer = try spool.beginMessage()
+            let report = DeliveryStatusNotification.make(
+                envelope: envelope, original: original, failed: failed, reportingMTA: hostname,
+                date: MessageDate.format(secondsSinceEpoch: Int(now)), messageID: "\(writer.queueID.rawValue).dsn@\(hostname)")
+            writer.write(report)
+            var parameters = MailParameters()
+            parameters.body = .eightBitMIME
+            parameters.smtputf8 = envelope.transaction.parameters.smtputf8
+            let transaction = MailTransaction(sender: nil, parameters: parameters, recipients: [Recipient(mailbox: sender, notify: DSNNotify(never: true))])
+            var dsn = QueuedEnvelope(queueID: writer.queueID, arrivalTime: now, clientAddress: "127.0.0.1",
+                                     heloName: hostname, transaction: transaction, size: writer.contentLength)
+            dsn.generated = .deliveryStatusNotification
+            var hold = DeliveryRecord(queueID: writer.queueID, recipientCount: 1, nextAttempt: 0)
+            hold.held = true
+            hold.awaitingConfirmationBy = envelope.queueID
+            try spool.saveDeliveryRecord(hold)
+            try writer.commit(envelope: dsn)
+            return writer.queueID
+        }
+    }
+
+    /// Lets a confirmed DSN go: its record no longer holds it, and it is scheduled.
+    private func releaseDSN(_ dsnID: QueueID, original: QueueID) async {
+        let spool = self.spool
+        do {
+            try await durable {
+                var record = DeliveryRecord(queueID: dsnID, recipientCount: 1, nextAttempt: 0)
+                record.held = false
+                try spool.saveDeliveryRecord(record)
             }
-            try spool.finish(id)
-            return dsnID
+            logger.info("\(original): sender non-delivery notification: \(dsnID)")
+            if settings.holdAll { core.addHeld(dsnID) } else { core.addFresh(dsnID) }
+            wakeup?.yield()
+        } catch {
+            logger.error("\(dsnID): cannot release the DSN for \(original): \(error); it goes out after the next restart")
         }
-        if let dsnID {
-            logger.info("\(id): sender non-delivery notification: \(dsnID)")
-            core.addFresh(dsnID)
-        }
-        logger.info("\(id): removed")
+    }
+
+    /// At start-up: what to do with a DSN written awaiting confirmation by `original`.
+    /// - Returns: true to release it (the original names it, or is gone: it finished after
+    ///   writing it), false to delete it (the original does not name it: a crash came before
+    ///   the original's record was saved, and its failures get a new DSN).
+    func confirmsDSN(_ dsnID: QueueID, original: QueueID) -> Bool {
+        guard (try? spool.envelope(of: original)) != nil else { return true }
+        guard let record = try? spool.deliveryRecord(of: original) else { return false }
+        return record.recipients.contains { $0.dsnQueueID == dsnID }
     }
 }

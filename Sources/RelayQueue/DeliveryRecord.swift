@@ -25,6 +25,8 @@ public struct DeliveryRecord: Sendable, Codable, Equatable {
         public var remoteMTA: String?
         /// The remote's reply for the DSN's Diagnostic-Code, e.g. "550 5.1.1 no such user".
         public var diagnostic: String?
+        /// The DSN queued for this recipient's failure; nil while none was (or none is wanted).
+        public var dsnQueueID: QueueID?
 
         public init() {}
     }
@@ -37,6 +39,10 @@ public struct DeliveryRecord: Sendable, Codable, Equatable {
     public var nextAttempt: Double
     /// Administrator hold (`tlsrelayctl queue hold`): not attempted until released.
     public var held: Bool = false
+    /// For a DSN just written: the message it reports on. Until that message's record names
+    /// this DSN (or that message is gone), the DSN is not delivered; at start-up an unconfirmed
+    /// one is deleted (its failures are still pending in the original and get a new DSN).
+    public var awaitingConfirmationBy: QueueID?
 
     public init(queueID: QueueID, recipientCount: Int, nextAttempt: Double) {
         self.queueID = queueID

@@ -78,11 +78,13 @@ extension Spool {
         try FileIO.fsyncDirectory(bucket)
     }
 
-    /// Removes a finished message: its delivery record, then its queue file.
-    /// - Throws: `.io` when a file cannot be removed.
+    /// Removes a finished message: its queue file (durably), then its delivery record. A crash
+    /// in between leaves a record without a queue file, which recovery drops; the other order
+    /// would leave a queue file without its record — every recipient pending, delivered again.
+    /// - Throws: `.notFound` when the queue file is gone; `.io` when a file cannot be removed.
     public func finish(_ id: QueueID) throws {
+        try remove(id)
         let record = stateBucket(id) + "/" + id.rawValue
         if unlink(record) != 0 && errno != ENOENT { throw SpoolError.fromErrno("unlink", record) }
-        try remove(id)
     }
 }
