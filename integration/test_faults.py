@@ -40,6 +40,8 @@ def test_corrupt_spool_file_is_moved_aside_and_reported(tmp_path):
         (bucket / "0123456789ABCDEZ").write_bytes(b"garbage that is not a queue file")
         (relay.state / "spool" / "queue" / "garbage").write_bytes(b"a stray file where buckets live")
         relay.start()
+        # The queue is scanned after the listener is up: wait for the scan's report.
+        assert wait_for(lambda: "spool recovered" in relay.log_text(), timeout=15), relay.log_text()
         assert set(relay.queued()) == good
         assert (relay.state / "spool" / "corrupt" / "0123456789ABCDEZ").exists()
         assert (relay.state / "spool" / "corrupt" / "queue-garbage").exists()

@@ -151,11 +151,8 @@ public final class Daemon: Sendable {
             RelayMetrics.process(version: TLSRelayVersion.string, startTime: startTime)
         }
         let spool = try Spool(stateDirectory: configuration.stateDirectory)
-        let report = try spool.recover()
-        logger.info("spool recovered: \(report.queued.count) queued message(s), \(report.removedPartials) partial file(s) removed, \(report.corrupt.count) corrupt file(s) moved aside")
-        for (name, reason) in report.corrupt {
-            logger.error("corrupt queue file \(name) moved to \(spool.root)/corrupt: \(reason)")
-        }
+        // Partial files go before the listener starts; the queue itself is scanned after READY.
+        let removedPartials = try spool.removePartials()
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, System.coreCount))
         // Spool commits block in fsync; many in flight at once let the file system merge them into
@@ -222,7 +219,6 @@ public final class Daemon: Sendable {
             minimumBackoff: Double(configuration.delivery.minBackoff), maximumBackoff: Double(configuration.delivery.maxBackoff),
             queueLifetime: Double(configuration.delivery.queueLifetime))
         let scheduler = Scheduler(spool: spool, agent: agent, settings: schedulerSettings, threadPool: threadPool, logger: logger)
-        await scheduler.load(report.queued)
         var settings = InboundSettings(
             hostname: configuration.server.hostname,
             limits: Daemon.limits(from: configuration.server),
@@ -233,6 +229,7 @@ public final class Daemon: Sendable {
         let server = InboundServer(settings: settings, group: group)
         let signals = SignalWaiter(signals: [SIGTERM, SIGINT, SIGHUP])
         let delivery = Task { await scheduler.run() }
+        var recovery: Task<Void, Never>?
         let selfTest = Task { await Daemon.dnssecSelfTest(resolver: resolver, dns: configuration.dns, alerts: alerts, logger: logger) }
         defer { selfTest.cancel() }
         let commands = ControlCommands(configuration: NIOLockedValueBox(configuration), spool: spool, scheduler: scheduler, stsCache: stsCache,
@@ -274,7 +271,22 @@ public final class Daemon: Sendable {
             }
             let bound = try await server.start(listen: configuration.server.listen)
             logger.info("listening on \(bound.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" }.joined(separator: ", ")) as \(configuration.server.hostname)")
-            ServiceNotifier.notify("READY=1\nSTATUS=accepting mail; \(report.queued.count) message(s) queued")
+            ServiceNotifier.notify("READY=1\nSTATUS=accepting mail; recovering the queue")
+            // Recovery without waiting: the listener is up; the queue is validated and loaded now,
+            // while new mail is accepted and delivered.
+            recovery = Task {
+                let started = Date().timeIntervalSince1970
+                do {
+                    let report = try await threadPool.runIfActive { try spool.scanQueue() }
+                    for (name, reason) in report.corrupt {
+                        logger.error("corrupt queue file \(name) moved to \(spool.root)/corrupt: \(reason)")
+                    }
+                    await scheduler.load(report.queued)
+                    logger.info("spool recovered: \(report.queued.count) queued message(s), \(removedPartials) partial file(s) removed, \(report.corrupt.count) corrupt file(s) moved aside (\(String(format: "%.1f", Date().timeIntervalSince1970 - started)) s, in the background)")
+                } catch {
+                    logger.critical("cannot recover the spool: \(error); queued messages are not delivered until a restart")
+                }
+            }
             var signal = await signals.next()
             while signal == SIGHUP {
                 reload(agent: agent, commands: commands)
@@ -288,6 +300,7 @@ public final class Daemon: Sendable {
         } catch {
             await control.stop()
             await metricsEndpoint?.stop()
+            recovery?.cancel()
             delivery.cancel()
             await delivery.value
             resolver.shutdown()
@@ -295,6 +308,8 @@ public final class Daemon: Sendable {
             try? await group.shutdownGracefully()
             throw error
         }
+        recovery?.cancel()
+        await recovery?.value
         delivery.cancel()
         await delivery.value
         // Repeat counts held in the rate-limit windows are written now, never dropped.

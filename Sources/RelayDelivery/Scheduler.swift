@@ -46,6 +46,8 @@ public actor Scheduler {
     private var core: QueueManager<QueueID, RecipientOutcome>
     private var rounds: [QueueID: Round] = [:]
     private var wakeup: AsyncStream<Void>.Continuation?
+    /// When this scheduler was made (seconds since the epoch).
+    private let startedAt: Double
 
     /// - Parameter clock: seconds since the epoch (the wall clock unless a test passes another).
     public init(spool: Spool, agent: DeliveryAgent, settings: Settings, threadPool: NIOThreadPool, logger: Logger,
@@ -56,6 +58,7 @@ public actor Scheduler {
         self.threadPool = threadPool
         self.logger = logger
         self.clock = clock
+        self.startedAt = clock()
         var limits = settings.queue
         limits.maximumWait = settings.retry.maximumBackoff
         // A suspended destination is tried again no later than a deferred message would be.
@@ -189,37 +192,54 @@ public actor Scheduler {
         wakeup?.yield()
     }
 
-    /// Loads every queued message with its retry time. Call once before `run`.
-    public func load(_ ids: [QueueID]) {
-        let withRecords = spool.messagesWithDeliveryRecords()
-        let now = clock()
-        for id in ids {
-            var record = withRecords.contains(id.rawValue) ? try? spool.deliveryRecord(of: id) : nil
-            if let original = record?.awaitingConfirmationBy {
-                if confirmsDSN(id, original: original) {
-                    var released = DeliveryRecord(queueID: id, recipientCount: 1, nextAttempt: 0)
-                    released.held = false
-                    do { try spool.saveDeliveryRecord(released) } catch {
-                        logger.error("\(id): cannot release the DSN for \(original): \(error)")
-                        continue
-                    }
-                    logger.info("\(original): sender non-delivery notification: \(id) (released after a restart)")
-                    record = released
-                } else {
-                    try? spool.finish(id)
-                    logger.notice("\(id): removed an unconfirmed DSN for \(original) (a crash came before \(original)'s record was saved; its failures are still pending there)")
-                    continue
+    /// Loads queued messages with their retry times. Delivery records are read on the thread
+    /// pool in chunks of 5,000, so new mail and deliveries go on meanwhile: start-up loads the
+    /// queue in the background, after the listener is ready.
+    public func load(_ ids: [QueueID]) async {
+        let spool = self.spool
+        let withRecords = (try? await durable { spool.messagesWithDeliveryRecords() }) ?? []
+        var start = 0
+        while start < ids.count {
+            let chunk = Array(ids[start..<min(ids.count, start + 5000)])
+            start += chunk.count
+            let records = (try? await durable {
+                chunk.map { withRecords.contains($0.rawValue) ? try? spool.deliveryRecord(of: $0) : nil }
+            }) ?? Array(repeating: nil, count: chunk.count)
+            for (id, record) in zip(chunk, records) { add(id, record: record) }
+            wakeup?.yield()
+        }
+    }
+
+    /// Schedules one loaded message by its record (nil: never tried).
+    private func add(_ id: QueueID, record loaded: DeliveryRecord?) {
+        guard !core.contains(id) else { return }
+        // Queued after start-up and already delivered by the time the listing reaches it.
+        if Double(id.microsecondsSinceEpoch) / 1e6 >= startedAt - 1, access(spool.path(of: id), F_OK) != 0 { return }
+        var record = loaded
+        if let original = record?.awaitingConfirmationBy {
+            if confirmsDSN(id, original: original) {
+                var released = DeliveryRecord(queueID: id, recipientCount: 1, nextAttempt: 0)
+                released.held = false
+                do { try spool.saveDeliveryRecord(released) } catch {
+                    logger.error("\(id): cannot release the DSN for \(original): \(error)")
+                    return
                 }
-            }
-            if record?.held == true || settings.holdAll {
-                core.addHeld(id)
-            } else if let record, record.attempts > 0 {
-                // A retry time further away than max_backoff means the clock was set back since it
-                // was written: never wait longer than max_backoff from now.
-                core.addDeferred(id, due: min(record.nextAttempt, now + settings.retry.maximumBackoff))
+                logger.info("\(original): sender non-delivery notification: \(id) (released after a restart)")
+                record = released
             } else {
-                core.addFresh(id)
+                try? spool.finish(id)
+                logger.notice("\(id): removed an unconfirmed DSN for \(original) (a crash came before \(original)'s record was saved; its failures are still pending there)")
+                return
             }
+        }
+        if record?.held == true || settings.holdAll {
+            core.addHeld(id)
+        } else if let record, record.attempts > 0 {
+            // A retry time further away than max_backoff means the clock was set back since it
+            // was written: never wait longer than max_backoff from now.
+            core.addDeferred(id, due: min(record.nextAttempt, clock() + settings.retry.maximumBackoff))
+        } else {
+            core.addFresh(id)
         }
     }
 

@@ -53,11 +53,33 @@ public final class Spool: Sendable {
     /// invalid ones (bad name, bad footer, undecodable envelope) to `corrupt/`.
     /// - Throws: `SpoolError.io` when a spool directory cannot be read.
     public func recover() throws -> RecoveryReport {
-        var report = RecoveryReport()
+        let removed = try removePartials()
+        var report = try scanQueue()
+        report.removedPartials = removed
+        return report
+    }
+
+    /// The first part of recovery, before the listener starts: removes the partial files in
+    /// `tmp/` (never acknowledged with 250). Fast: `tmp/` holds only messages being received.
+    /// - Returns: how many were removed.
+    /// - Throws: `SpoolError.io` when `tmp/` cannot be read.
+    public func removePartials() throws -> Int {
+        var removed = 0
         for name in try FileIO.listDirectory(temporaryDirectory) {
-            if unlink(temporaryDirectory + "/" + name) == 0 { report.removedPartials += 1 }
+            if unlink(temporaryDirectory + "/" + name) == 0 { removed += 1 }
         }
         try FileIO.fsyncDirectory(temporaryDirectory)
+        return removed
+    }
+
+    /// The second part of recovery, safe while the daemon accepts and delivers mail: validates
+    /// every queue file (moving invalid ones to `corrupt/`) and drops delivery records whose queue
+    /// file is gone (checked file by file, so a message queued meanwhile keeps its record) and
+    /// half-written record replacements older than the scan.
+    /// - Throws: `SpoolError.io` when a spool directory cannot be read.
+    public func scanQueue() throws -> RecoveryReport {
+        var report = RecoveryReport()
+        let scanStarted = time(nil)
         // Buckets are validated in parallel (100,000 files: a few seconds on 2 cores).
         var buckets: [String] = []
         for entry in try FileIO.listDirectory(queueDirectory) {
@@ -108,7 +130,15 @@ public final class Spool: Sendable {
         let queued = Set(report.queued.map(\.rawValue))
         for bucket in try FileIO.listDirectory(stateDirectory) {
             for name in try FileIO.listDirectory(stateDirectory + "/" + bucket) where !queued.contains(name) {
-                unlink(stateDirectory + "/" + bucket + "/" + name)
+                let path = stateDirectory + "/" + bucket + "/" + name
+                if name.hasSuffix(".new") {
+                    // A replacement being written right now is not half-written.
+                    var info = stat()
+                    if lstat(path, &info) == 0 && info.st_mtim.tv_sec >= scanStarted { continue }
+                } else if let id = QueueID(name), access(self.path(of: id), F_OK) == 0 {
+                    continue    // queued since the listing
+                }
+                unlink(path)
             }
         }
         return report
