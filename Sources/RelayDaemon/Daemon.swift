@@ -1,4 +1,5 @@
 import RelayMetrics
+import ServiceLifecycle
 import DeliveryPolicy
 import Foundation
 import Logging
@@ -203,13 +204,6 @@ public final class Daemon: Sendable {
                                             address: alert.address, policySource: alert.policySource.rawValue, resultType: alert.resultType.rawValue,
                                             reason: alert.reason))
             })
-        let alertFlusher = Task {
-            while !Task.isCancelled {
-                try? await Task.sleep(for: .seconds(30))
-                alerts.flush()
-            }
-        }
-        defer { alertFlusher.cancel() }
         var schedulerSettings = Scheduler.Settings(hostname: configuration.server.hostname)
         schedulerSettings.queue.destinationConcurrency = configuration.delivery.destinationConcurrency
         schedulerSettings.queue.initialDestinationConcurrency = configuration.delivery.initialDestinationConcurrency
@@ -219,37 +213,21 @@ public final class Daemon: Sendable {
             minimumBackoff: Double(configuration.delivery.minBackoff), maximumBackoff: Double(configuration.delivery.maxBackoff),
             queueLifetime: Double(configuration.delivery.queueLifetime))
         let scheduler = Scheduler(spool: spool, agent: agent, settings: schedulerSettings, threadPool: threadPool, logger: logger)
+        // Messages reach delivery through one stream, not a task each.
+        let queuedIDs = AsyncStream<QueueID>.makeStream()
         var settings = InboundSettings(
             hostname: configuration.server.hostname,
             limits: Daemon.limits(from: configuration.server),
             allowedClients: configuration.server.allowedClients,
             spool: spool, threadPool: threadPool, logger: logger,
-            onMessageQueued: { envelope in Task { await scheduler.enqueue(envelope.queueID) } })
+            onMessageQueued: { envelope in queuedIDs.continuation.yield(envelope.queueID) })
         settings.clientName = { await resolver.verifiedName(of: $0) }
         let server = InboundServer(settings: settings, group: group)
-        let signals = SignalWaiter(signals: [SIGTERM, SIGINT, SIGHUP])
-        let delivery = Task { await scheduler.run() }
-        var recovery: Task<Void, Never>?
-        let selfTest = Task { await Daemon.dnssecSelfTest(resolver: resolver, dns: configuration.dns, alerts: alerts, logger: logger) }
-        defer { selfTest.cancel() }
         let commands = ControlCommands(configuration: NIOLockedValueBox(configuration), spool: spool, scheduler: scheduler, stsCache: stsCache,
                                        memory: memoryStore, alerts: alerts, startTime: Date().timeIntervalSince1970)
         commands.reloader.withLockedValue { $0 = { [self] in self.reload(agent: agent, commands: commands) } }
         let control = ControlServer(path: configuration.stateDirectory + "/control.sock", group: group,
                                     dispatch: { await commands.handle($0) })
-        let statusReporter = Task {
-            // STATUS= with queue counts for systemctl status; WATCHDOG=1 when WatchdogSec= is set.
-            let watchdog = ProcessInfo.processInfo.environment["WATCHDOG_USEC"].flatMap { Double($0) }
-            let interval = min(10.0, (watchdog ?? 20_000_000) / 2_000_000)
-            while !Task.isCancelled {
-                let counts = await scheduler.counts()
-                var state = "STATUS=accepting mail; queue: \(counts.active) active, \(counts.deferred) deferred, \(counts.held) held"
-                if watchdog != nil { state += "\nWATCHDOG=1" }
-                ServiceNotifier.notify(state)
-                try? await Task.sleep(for: .milliseconds(Int(interval * 1000)))
-            }
-        }
-        defer { statusReporter.cancel() }
         let metricsEndpoint = metricsRegistry.map { registry in
             MetricsEndpoint(registry: registry, refresh: {
                 let counts = await scheduler.counts()
@@ -263,18 +241,64 @@ public final class Daemon: Sendable {
                 if let state { RelayMetrics.policyState(stsCacheEntries: state.0, memoryByLevel: state.1) }
             })
         }
-        do {
-            try await control.start()
-            if let metricsEndpoint, let listen = configuration.metrics.listen {
-                try await metricsEndpoint.start(listen: listen, group: group)
-                logger.info("metrics at http://\(listen)/metrics")
-            }
-            let bound = try await server.start(listen: configuration.server.listen)
-            logger.info("listening on \(bound.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" }.joined(separator: ", ")) as \(configuration.server.hostname)")
-            ServiceNotifier.notify("READY=1\nSTATUS=accepting mail; recovering the queue")
+        let configuration = self.configuration
+        let logger = self.logger
+        let reloadSignal = SignalWaiter(signals: [SIGHUP])
+        let deliveryTask = NIOLockedValueBox<Task<Void, Never>?>(nil)
+
+        // The parts of the daemon, started in this order and shut down in the reverse one:
+        // stop reloading, finish the queue scan, stop accepting (open transactions end), stop the
+        // metrics and control sockets, let deliveries in flight end (then cancel them), write the
+        // alerts' repeat counts, tell systemd.
+        let services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: DaemonService("notifier", body: {
+                // STATUS= with queue counts for systemctl status; WATCHDOG=1 when WatchdogSec= is set.
+                let watchdog = ProcessInfo.processInfo.environment["WATCHDOG_USEC"].flatMap { Double($0) }
+                let interval = min(10.0, (watchdog ?? 20_000_000) / 2_000_000)
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .milliseconds(Int(interval * 1000)))
+                    guard !Task.isCancelled else { break }
+                    let counts = await scheduler.counts()
+                    var state = "STATUS=accepting mail; queue: \(counts.active) active, \(counts.deferred) deferred, \(counts.held) held"
+                    if watchdog != nil { state += "\nWATCHDOG=1" }
+                    ServiceNotifier.notify(state)
+                }
+            })),
+            .init(service: DaemonService("alerts", body: {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .seconds(30))
+                    alerts.flush()
+                }
+            }, stop: {
+                // Repeat counts held in the rate-limit windows are written now, never dropped.
+                alerts.flush(all: true)
+            })),
+            .init(service: DaemonService("delivery", start: {
+                deliveryTask.withLockedValue { $0 = Task { await scheduler.run(intake: queuedIDs.stream) } }
+            }, stop: {
+                // Attempts in flight get up to 10 s to end; then they are cancelled, which is not
+                // a failed attempt (no retry counted, due at once after the restart).
+                let drained = await scheduler.drain(seconds: 10)
+                if !drained { logger.notice("stopping: deliveries still running after 10 s are cancelled; they are retried at once after the restart") }
+                let task = deliveryTask.withLockedValue { $0 }
+                task?.cancel()
+                await task?.value
+                await scheduler.saveInterruptedRounds()
+                await agent.closeIdleConnections()
+            })),
+            .init(service: DaemonService("self-test", body: {
+                await Daemon.dnssecSelfTest(resolver: resolver, dns: configuration.dns, alerts: alerts, logger: logger)
+            }), successTerminationBehavior: .ignore),
+            .init(service: DaemonService("control", stop: { await control.stop() })),
+            .init(service: DaemonService("metrics", stop: { await metricsEndpoint?.stop() })),
+            .init(service: DaemonService("inbound", stop: {
+                logger.info("stopping: no new connections; open transactions finish (up to 25 s)")
+                ServiceNotifier.notify("STOPPING=1")
+                await server.shutdown(timeoutSeconds: 25)
+            })),
             // Recovery without waiting: the listener is up; the queue is validated and loaded now,
             // while new mail is accepted and delivered.
-            recovery = Task {
+            .init(service: DaemonService("recovery", body: {
                 let started = Date().timeIntervalSince1970
                 do {
                     let report = try await threadPool.runIfActive { try spool.scanQueue() }
@@ -284,40 +308,50 @@ public final class Daemon: Sendable {
                     await scheduler.load(report.queued)
                     logger.info("spool recovered: \(report.queued.count) queued message(s), \(removedPartials) partial file(s) removed, \(report.corrupt.count) corrupt file(s) moved aside (\(String(format: "%.1f", Date().timeIntervalSince1970 - started)) s, in the background)")
                 } catch {
-                    logger.critical("cannot recover the spool: \(error); queued messages are not delivered until a restart")
+                    if !Task.isCancelled { logger.critical("cannot recover the spool: \(error); queued messages are not delivered until a restart") }
                 }
+            }), successTerminationBehavior: .ignore),
+            .init(service: DaemonService("reload", body: {
+                while !Task.isCancelled {
+                    guard await reloadSignal.next() == SIGHUP, !Task.isCancelled else { break }
+                    _ = self.reload(agent: agent, commands: commands)
+                }
+            })),
+        ]
+        // The sockets are bound before the group runs, in this order, so that a client that sees
+        // the greeting finds the control socket too; a bind error stops start-up.
+        do {
+            try await control.start()
+            if let metricsEndpoint, let listen = configuration.metrics.listen {
+                try await metricsEndpoint.start(listen: listen, group: group)
+                logger.info("metrics at http://\(listen)/metrics")
             }
-            var signal = await signals.next()
-            while signal == SIGHUP {
-                reload(agent: agent, commands: commands)
-                signal = await signals.next()
-            }
-            logger.info("received signal \(signal): stopping")
-            ServiceNotifier.notify("STOPPING=1")
-            await server.shutdown(timeoutSeconds: 30)
-            await control.stop()
-            await metricsEndpoint?.stop()
+            let bound = try await server.start(listen: configuration.server.listen)
+            logger.info("listening on \(bound.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" }.joined(separator: ", ")) as \(configuration.server.hostname)")
         } catch {
-            await control.stop()
+            await server.shutdown(timeoutSeconds: 0)
             await metricsEndpoint?.stop()
-            recovery?.cancel()
-            delivery.cancel()
-            await delivery.value
+            await control.stop()
             resolver.shutdown()
             try? await threadPool.shutdownGracefully()
             try? await group.shutdownGracefully()
             throw error
         }
-        recovery?.cancel()
-        await recovery?.value
-        delivery.cancel()
-        await delivery.value
-        // Repeat counts held in the rate-limit windows are written now, never dropped.
-        alerts.flush(all: true)
-        await agent.closeIdleConnections()
+        ServiceNotifier.notify("READY=1\nSTATUS=accepting mail; recovering the queue")
+        var groupConfiguration = ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        groupConfiguration.logging.keys = .init()
+        let serviceGroup = ServiceGroup(configuration: groupConfiguration)
+        var failure: Error?
+        do {
+            try await serviceGroup.run()
+        } catch {
+            failure = error
+        }
+        // The one place that tears down what every part shared.
         resolver.shutdown()
         try? await threadPool.shutdownGracefully()
         try? await group.shutdownGracefully()
+        if let failure { throw failure }
         logger.info("stopped")
     }
 }

@@ -35,6 +35,8 @@ public actor Scheduler {
         var jobsLeft: Int
         /// A job was cut short by shutdown: its deferred recipients are not an attempt.
         var interrupted = false
+        /// A job recorded an outcome (what an interrupted round must save).
+        var progressed = false
     }
 
     private let spool: Spool
@@ -46,6 +48,10 @@ public actor Scheduler {
     private var core: QueueManager<QueueID, RecipientOutcome>
     private var rounds: [QueueID: Round] = [:]
     private var wakeup: AsyncStream<Void>.Continuation?
+    /// Set by `drain`: no new round or job starts.
+    private var draining = false
+    /// Jobs running now (started, not ended).
+    private var runningJobs = 0
     /// When this scheduler was made (seconds since the epoch).
     private let startedAt: Double
 
@@ -246,18 +252,26 @@ public actor Scheduler {
     /// Delivers until the task is cancelled; in-flight deliveries are awaited before return.
     /// Each pass carries out the queue manager's actions, then sleeps until the next event (new
     /// mail, a finished job, an operator request) or the next due time.
-    public func run() async {
+    /// - Parameter intake: ids of messages just queued (the inbound server yields each after its
+    ///   250), scheduled as they come.
+    public func run(intake: AsyncStream<QueueID>? = nil) async {
         let (stream, continuation) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
         wakeup = continuation
         await withDiscardingTaskGroup { group in
+            if let intake {
+                group.addTask { [self] in
+                    for await id in intake { await self.enqueue(id) }
+                }
+            }
             var iterator = stream.makeAsyncIterator()
             while !Task.isCancelled {
                 let now = clock()
-                for action in core.nextActions(now: now) {
+                for action in draining ? [] : core.nextActions(now: now) {
                     switch action {
                     case .open(let id):
                         group.addTask { [self] in await self.open(id) }
                     case .start(let id, let destination):
+                        runningJobs += 1
                         group.addTask { [self] in await self.runJob(id, destination: destination) }
                     case .suspend(let id, let destination, let failure):
                         group.addTask { [self] in await self.suspendJob(id, destination: destination, failure: failure) }
@@ -271,6 +285,34 @@ public actor Scheduler {
                 }
                 _ = await iterator.next()
                 timer.cancel()
+            }
+        }
+    }
+
+    /// Graceful stop, first part: no new round or job starts from now on, and the jobs running
+    /// are given up to `seconds` to end.
+    /// - Returns: true when every running job ended in time (else the caller cancels `run`).
+    public func drain(seconds: Double) async -> Bool {
+        draining = true
+        let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+        while runningJobs > 0 && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        return runningJobs == 0
+    }
+
+    /// Graceful stop, last part (after `run` returned): rounds left open — jobs that never
+    /// started beside ones that ended — save what their ended jobs decided, without counting an
+    /// attempt; rounds in which nothing was decided are dropped (their records stay as they were).
+    public func saveInterruptedRounds() async {
+        for id in Array(rounds.keys) {
+            guard var round = rounds[id] else { continue }
+            if round.progressed {
+                round.interrupted = true
+                rounds[id] = round
+                await finishRound(id)
+            } else {
+                rounds[id] = nil
             }
         }
     }
@@ -313,6 +355,7 @@ public actor Scheduler {
 
     /// Delivers the round's recipients in `destination`.
     private func runJob(_ id: QueueID, destination: String) async {
+        defer { runningJobs -= 1 }
         guard let round = rounds[id], let indexes = round.groups[destination] else { return }
         let start = clock()
         let outcomes = await agent.deliver(envelope: round.envelope, content: round.content, domain: destination, recipientIndexes: indexes)
@@ -362,6 +405,7 @@ public actor Scheduler {
                 }
             }
             round.record.recipients[index] = state
+            round.progressed = true
             RelayMetrics.delivery(state.status == .bounced ? .bounced : outcome.kind, policy: outcome.policy)
             let recipient = round.envelope.transaction.recipients[index].mailbox.address
             logger.info("\(id): to=<\(recipient)>, relay=\(outcome.remoteMTA ?? "none"), delay=\(String(format: "%.1f", now - round.envelope.arrivalTime)), attempt-time=\(String(format: "%.2f", now - start)), dsn=\(state.lastStatusCode ?? outcome.status.description), status=\(status)\(outcome.security.map { ", tls=\($0.rawValue)" } ?? "") (\(state.lastReason ?? outcome.reason))")
