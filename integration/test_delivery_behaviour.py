@@ -126,6 +126,43 @@ def test_a_5xx_recipient_gets_its_dsn_while_another_is_still_deferred(world, tmp
         world.clear_mx_behaviour()
 
 
+def test_delay_warning_is_sent_once_while_the_recipient_is_retried(world, tmp_path, world_relay_toml):
+    """delay_warning_time: a recipient still deferred after it gets one delay DSN (RFC 3464
+    Action: delayed, Will-Retry-Until), not one per retry; NOTIFY=FAILURE gets none."""
+    world.set_mx_behaviour("plain-mx", rcpt={"busy": "450 4.2.0 Mailbox busy", "quiet": "450 4.2.0 Mailbox busy"})
+    toml = world_relay_toml.replace("min_backoff = 3600\nmax_backoff = 3600", "min_backoff = 1\nmax_backoff = 1\ndelay_warning_time = 2")
+    relay = Relay(tmp_path / "delay", extra_toml=toml).start()
+    try:
+        c = RawSMTP(relay.port)
+        c.code()
+        c.command("EHLO client.example.org")
+        assert c.command("MAIL FROM:<sender@plain-mx2.test>").startswith("250")
+        assert c.command("RCPT TO:<busy@plain-mx.test>").startswith("250")
+        assert c.command("RCPT TO:<quiet@plain-mx.test> NOTIFY=FAILURE").startswith("250")
+        assert c.command("DATA").startswith("354")
+        c.send(b"Subject: slow-delay-10\r\n\r\ndelay-token-10\r\n.\r\n")
+        assert c.code().startswith("250")
+        c.command("QUIT")
+
+        def delay_reports():
+            # A delay report returns the headers only: find it by the original's Subject.
+            return [m for m in world.messages("plain-mx2") if b"Subject: slow-delay-10" in m["data_bytes"] and b"Action: delayed" in m["data_bytes"]]
+        reports = wait_for(delay_reports, timeout=30)
+        assert reports, "\n".join(l for l in relay.log_text().splitlines() if "notification" in l or "error" in l or "removed" in l)[-3000:]
+        # Several more retries: still one report.
+        first = len(attempts(relay, "busy@plain-mx.test"))
+        assert wait_for(lambda: len(attempts(relay, "busy@plain-mx.test")) >= first + 3, timeout=30)
+        assert len(delay_reports()) == 1
+        body = reports[0]["data_bytes"]
+        assert b"Subject: Delayed Mail (still being retried)" in body and b"Will-Retry-Until: " in body
+        status = body.split(b"message/delivery-status")[1].split(b"\r\n--")[0]
+        assert b"busy@plain-mx.test" in status and b"quiet@plain-mx.test" not in status
+        assert b"delay-token-10" not in body, "a delay report does not return the message"
+    finally:
+        relay.stop()
+        world.clear_mx_behaviour()
+
+
 def test_connection_dropped_after_data_is_retried(world, fast_relay):
     world.set_mx_behaviour("plain-mx", drop_after="data_end")
     send(fast_relay, "sender@plain-mx2.test", ["dropped@plain-mx.test"], b"Subject: drop\r\n\r\ndrop-token-3\r\n")

@@ -296,7 +296,7 @@ public enum ConfigurationLoader {
             let section = "delivery"
             try checkKeys(table, section: section, allowed: [
                 "port", "tls_ca_file", "concurrency", "destination_concurrency", "min_backoff", "max_backoff", "queue_lifetime", "connect_timeout", "command_timeout", "hold",
-                "tls_handshake_timeout", "initial_destination_concurrency", "address_concurrency",
+                "tls_handshake_timeout", "initial_destination_concurrency", "address_concurrency", "delay_warning_time",
                 "connection_cache_time_limit", "connection_reuse_time_limit", "dsn_relay",
             ])
             if let value = try string(table, section, "dsn_relay") {
@@ -316,6 +316,7 @@ public enum ConfigurationLoader {
             if let value = try integer(table, section, "min_backoff", range: 1...86400) { delivery.minBackoff = value }
             if let value = try integer(table, section, "max_backoff", range: 1...604_800) { delivery.maxBackoff = value }
             if let value = try integer(table, section, "queue_lifetime", range: 0...(100 * 86400)) { delivery.queueLifetime = value }
+            if let value = try integer(table, section, "delay_warning_time", range: 0...(100 * 86400)) { delivery.delayWarningTime = value }
             if let value = try integer(table, section, "connect_timeout", range: 1...600) { delivery.connectTimeout = value }
             if let value = try integer(table, section, "command_timeout", range: 1...3600) { delivery.commandTimeout = value }
             if let value = try integer(table, section, "tls_handshake_timeout", range: 1...600) { delivery.tlsHandshakeTimeout = value }

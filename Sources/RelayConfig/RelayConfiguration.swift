@@ -115,6 +115,9 @@ public struct RelayConfiguration: Sendable, Equatable {
         /// Seconds after which a connection is given no further message. Default 300 (Postfix's
         /// `smtp_connection_reuse_time_limit`).
         public var connectionReuseTimeLimit = 300
+        /// Seconds after arrival when recipients still pending get one delay DSN (NOTIFY absent
+        /// or with DELAY, RFC 3461 §4.1); 0 = none. Default 14400 (4 h).
+        public var delayWarningTime = 14400
         /// Accept and queue but deliver nothing: every message is held. Default false.
         public var hold = false
         /// Where the DSNs tlsrelay writes (bounces) go: this MTA, usually the upstream Postfix
@@ -182,6 +185,7 @@ public struct RelayConfiguration: Sendable, Equatable {
         lines.append("min_backoff = \(delivery.minBackoff)")
         lines.append("max_backoff = \(delivery.maxBackoff)")
         lines.append("queue_lifetime = \(delivery.queueLifetime)")
+        lines.append("delay_warning_time = \(delivery.delayWarningTime)")
         lines.append("connect_timeout = \(delivery.connectTimeout)")
         lines.append("command_timeout = \(delivery.commandTimeout)")
         lines.append("tls_handshake_timeout = \(delivery.tlsHandshakeTimeout)")

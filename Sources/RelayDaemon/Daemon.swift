@@ -208,6 +208,7 @@ public final class Daemon: Sendable {
         schedulerSettings.queue.destinationConcurrency = configuration.delivery.destinationConcurrency
         schedulerSettings.queue.initialDestinationConcurrency = configuration.delivery.initialDestinationConcurrency
         schedulerSettings.holdAll = configuration.delivery.hold
+        schedulerSettings.delayWarning = Double(configuration.delivery.delayWarningTime)
         if configuration.delivery.hold { logger.warning("delivery.hold is set: mail is accepted and queued, nothing is delivered") }
         schedulerSettings.retry = RetrySchedule(
             minimumBackoff: Double(configuration.delivery.minBackoff), maximumBackoff: Double(configuration.delivery.maxBackoff),

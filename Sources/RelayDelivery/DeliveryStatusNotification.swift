@@ -24,6 +24,23 @@ public enum DeliveryStatusNotification {
         }
     }
 
+    /// What a report says about its recipients.
+    public enum Kind: Sendable, Equatable {
+        /// They failed permanently (`Action: failed`).
+        case failure
+        /// They are still being retried, until `willRetryUntil` (seconds since the epoch):
+        /// `Action: delayed` with `Will-Retry-Until` (RFC 3464 §2.3.3, §2.3.8).
+        case delay(willRetryUntil: Double)
+    }
+
+    /// True when a delay DSN may be sent for `recipient`: the sender is not null and NOTIFY was
+    /// absent (default FAILURE,DELAY, RFC 3461 §4.1) or included DELAY.
+    public static func wantsDelayReport(sender: Mailbox?, recipient: Recipient) -> Bool {
+        guard sender != nil else { return false }
+        guard let notify = recipient.notify else { return true }
+        return notify.delay
+    }
+
     /// True when a failure DSN must be sent for `recipient`: the sender is not null and NOTIFY
     /// was absent (default FAILURE,DELAY per RFC 3461 §4.1) or included FAILURE.
     public static func wantsFailureReport(sender: Mailbox?, recipient: Recipient) -> Bool {
@@ -37,18 +54,26 @@ public enum DeliveryStatusNotification {
     ///   - envelope: the original message's envelope.
     ///   - original: the original content; included whole for RET=FULL or when RET is absent,
     ///     headers only for RET=HDRS (RFC 3461 §4.3).
+    ///     A delay report carries the headers only, whatever RET says (the message is not
+    ///     returned: it is still being delivered).
     ///   - failed: the recipients being reported.
     ///   - reportingMTA: this relay's host name.
     ///   - date: RFC 5322 date-time of the report.
     ///   - messageID: a unique Message-ID value without angle brackets.
+    ///   - kind: failure (default) or delay.
     public static func make(envelope: QueuedEnvelope, original: [UInt8], failed: [FailedRecipient],
-                            reportingMTA: String, date: String, messageID: String) -> [UInt8] {
+                            reportingMTA: String, date: String, messageID: String, kind: Kind = .failure) -> [UInt8] {
+        let headersOnly = envelope.transaction.parameters.ret == .headers || kind != .failure
         let boundary = "=_\(envelope.queueID.rawValue)/\(reportingMTA)"
         let sender = envelope.transaction.sender?.address ?? ""
         var text = ""
         text += "From: Mail Delivery System <MAILER-DAEMON@\(reportingMTA)>\r\n"
         text += "To: <\(sender)>\r\n"
-        text += "Subject: Undelivered Mail Returned to Sender\r\n"
+        if case .delay = kind {
+            text += "Subject: Delayed Mail (still being retried)\r\n"
+        } else {
+            text += "Subject: Undelivered Mail Returned to Sender\r\n"
+        }
         text += "Date: \(date)\r\n"
         text += "Message-ID: <\(messageID)>\r\n"
         text += "Auto-Submitted: auto-replied\r\n"
@@ -61,9 +86,14 @@ public enum DeliveryStatusNotification {
         text += "Content-Description: Notification\r\n"
         text += "Content-Type: text/plain; charset=utf-8\r\n\r\n"
         text += "This is the mail relay at host \(reportingMTA).\r\n\r\n"
-        text += "Your message (queue id \(envelope.queueID.rawValue)) could not be delivered to one or more\r\n"
-        text += envelope.transaction.parameters.ret == .headers
-            ? "recipients. Its headers are attached below.\r\n\r\n" : "recipients. It is attached below.\r\n\r\n"
+        if case .delay(let until) = kind {
+            text += "Your message (queue id \(envelope.queueID.rawValue)) could not yet be delivered to one or more\r\n"
+            text += "recipients. It will be tried again until \(MessageDate.format(secondsSinceEpoch: Int(until))); you do\r\n"
+            text += "not need to send it again. Its headers are attached below.\r\n\r\n"
+        } else {
+            text += "Your message (queue id \(envelope.queueID.rawValue)) could not be delivered to one or more\r\n"
+            text += headersOnly ? "recipients. Its headers are attached below.\r\n\r\n" : "recipients. It is attached below.\r\n\r\n"
+        }
         for item in failed {
             text += "<\(item.recipient.mailbox.address)>: \(item.diagnostic)\r\n"
         }
@@ -84,8 +114,14 @@ public enum DeliveryStatusNotification {
                 text += "Original-Recipient: \(original.addressType); \(XText.encode(original.address))\r\n"
             }
             text += "Final-Recipient: rfc822; \(item.recipient.mailbox.address)\r\n"
-            text += "Action: failed\r\n"
-            text += "Status: \(item.status)\r\n"
+            if case .delay(let until) = kind {
+                text += "Action: delayed\r\n"
+                text += "Status: \(item.status)\r\n"
+                text += "Will-Retry-Until: \(MessageDate.format(secondsSinceEpoch: Int(until)))\r\n"
+            } else {
+                text += "Action: failed\r\n"
+                text += "Status: \(item.status)\r\n"
+            }
             if let remote = item.remoteMTA {
                 let host = remote.split(separator: "[").first.map(String.init) ?? remote
                 text += "Remote-MTA: dns; \(host)\r\n"
@@ -95,8 +131,8 @@ public enum DeliveryStatusNotification {
         text += "\r\n"
         text += "--\(boundary)\r\n"
         var bytes = Array(text.utf8)
-        if envelope.transaction.parameters.ret == .headers {
-            bytes += Array("Content-Description: Undelivered Message Headers\r\nContent-Type: text/rfc822-headers\r\n\r\n".utf8)
+        if headersOnly {
+            bytes += Array("Content-Description: \(kind == .failure ? "Undelivered" : "Delayed") Message Headers\r\nContent-Type: text/rfc822-headers\r\n\r\n".utf8)
             bytes += headerSection(of: original)
         } else {
             bytes += Array("Content-Description: Undelivered Message\r\nContent-Type: message/rfc822\r\n\r\n".utf8)

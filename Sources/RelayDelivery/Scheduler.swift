@@ -21,6 +21,9 @@ public actor Scheduler {
         /// Accept and queue, deliver nothing (`delivery.hold`): every message stays held until
         /// released (maintenance, benchmarks of the inbound side).
         public var holdAll = false
+        /// Seconds after arrival when recipients still pending get one delay DSN (RFC 3464
+        /// `Action: delayed`; NOTIFY absent or with DELAY); 0 = none. Default 14400 (4 h).
+        public var delayWarning: Double = 14400
 
         public init(hostname: String) { self.hostname = hostname }
     }
@@ -457,6 +460,7 @@ public actor Scheduler {
         }
         let spool = self.spool
         var dsnID: QueueID?
+        var delayID: QueueID?
         do {
             let transaction = round.envelope.transaction
             let owed = round.record.recipients.indices.filter { index in
@@ -469,6 +473,21 @@ public actor Scheduler {
                 dsnID = written
                 for index in owed { round.record.recipients[index].dsnQueueID = written }
             }
+            // One delay DSN per recipient still pending after delay_warning_time (not for a round
+            // cut short by shutdown: it is no attempt).
+            let late = settings.delayWarning > 0 && !round.interrupted && now - round.envelope.arrivalTime >= settings.delayWarning
+            let delayed = !late ? [] : round.record.recipients.indices.filter { index in
+                let state = round.record.recipients[index]
+                return state.status == .pending && state.delayDSNQueueID == nil
+                    && DeliveryStatusNotification.wantsDelayReport(sender: transaction.sender, recipient: transaction.recipients[index])
+            }
+            if !delayed.isEmpty {
+                let until = round.envelope.arrivalTime + settings.retry.queueLifetime
+                let written = try await writeDSN(envelope: round.envelope, content: round.content, record: round.record, indexes: delayed,
+                                                 kind: .delay(willRetryUntil: until))
+                delayID = written
+                for index in delayed { round.record.recipients[index].delayDSNQueueID = written }
+            }
             let finalRecord = round.record
             if finalRecord.isComplete {
                 try await durable { try spool.finish(id) }
@@ -480,23 +499,27 @@ public actor Scheduler {
             }
         } catch {
             logger.error("\(id): cannot save delivery state: \(error); retrying later")
-            if let written = dsnID {
-                // Not confirmed: the failures stay pending in the original and get a new DSN.
+            // Not confirmed: the failures stay pending in the original and get a new DSN.
+            for written in [dsnID, delayID].compactMap({ $0 }) {
                 try? await durable { try spool.finish(written) }
-                dsnID = nil
             }
+            dsnID = nil
+            delayID = nil
             core.roundFinished(id, nextAttempt: now + settings.retry.minimumBackoff)
         }
         if let dsnID { await releaseDSN(dsnID, original: id) }
+        if let delayID { await releaseDSN(delayID, original: id, delay: true) }
     }
 
     /// Writes the DSN for the recipients `indexes` of `envelope`, with a delivery record that
     /// holds it until `releaseDSN` (the record is on disk before the queue file).
     /// - Returns: the DSN's queue id.
-    func writeDSN(envelope: QueuedEnvelope, content: MessageContent, record: DeliveryRecord, indexes: [Int]) async throws -> QueueID {
+    func writeDSN(envelope: QueuedEnvelope, content: MessageContent, record: DeliveryRecord, indexes: [Int],
+                  kind: DeliveryStatusNotification.Kind = .failure) async throws -> QueueID {
         let failed: [DeliveryStatusNotification.FailedRecipient] = indexes.map { index in
             let state = record.recipients[index]
-            return .init(recipient: envelope.transaction.recipients[index], status: state.lastStatusCode ?? "5.0.0", remoteMTA: state.remoteMTA,
+            return .init(recipient: envelope.transaction.recipients[index], status: state.lastStatusCode ?? (kind == .failure ? "5.0.0" : "4.0.0"),
+                         remoteMTA: state.remoteMTA,
                          diagnostic: state.diagnostic ?? state.lastReason ?? "delivery failed",
                          diagnosticIsSMTP: state.diagnostic != nil)
         }
@@ -509,7 +532,7 @@ public actor Scheduler {
             let writer = try spool.beginMessage()
             let report = DeliveryStatusNotification.make(
                 envelope: envelope, original: original, failed: failed, reportingMTA: hostname,
-                date: MessageDate.format(secondsSinceEpoch: Int(now)), messageID: "\(writer.queueID.rawValue).dsn@\(hostname)")
+                date: MessageDate.format(secondsSinceEpoch: Int(now)), messageID: "\(writer.queueID.rawValue).dsn@\(hostname)", kind: kind)
             writer.write(report)
             var parameters = MailParameters()
             parameters.body = .eightBitMIME
@@ -528,7 +551,7 @@ public actor Scheduler {
     }
 
     /// Lets a confirmed DSN go: its record no longer holds it, and it is scheduled.
-    private func releaseDSN(_ dsnID: QueueID, original: QueueID) async {
+    private func releaseDSN(_ dsnID: QueueID, original: QueueID, delay: Bool = false) async {
         let spool = self.spool
         do {
             try await durable {
@@ -536,7 +559,7 @@ public actor Scheduler {
                 record.held = false
                 try spool.saveDeliveryRecord(record)
             }
-            logger.info("\(original): sender non-delivery notification: \(dsnID)")
+            logger.info("\(original): sender \(delay ? "delivery delay" : "non-delivery") notification: \(dsnID)")
             if settings.holdAll { core.addHeld(dsnID) } else { core.addFresh(dsnID) }
             wakeup?.yield()
         } catch {
@@ -551,6 +574,6 @@ public actor Scheduler {
     func confirmsDSN(_ dsnID: QueueID, original: QueueID) -> Bool {
         guard (try? spool.envelope(of: original)) != nil else { return true }
         guard let record = try? spool.deliveryRecord(of: original) else { return false }
-        return record.recipients.contains { $0.dsnQueueID == dsnID }
+        return record.recipients.contains { $0.dsnQueueID == dsnID || $0.delayDSNQueueID == dsnID }
     }
 }

@@ -27,6 +27,8 @@ public struct DeliveryRecord: Sendable, Codable, Equatable {
         public var diagnostic: String?
         /// The DSN queued for this recipient's failure; nil while none was (or none is wanted).
         public var dsnQueueID: QueueID?
+        /// The delay DSN queued for this recipient (sent once, after `delay_warning_time`).
+        public var delayDSNQueueID: QueueID?
 
         public init() {}
     }

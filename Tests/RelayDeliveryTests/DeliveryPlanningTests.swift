@@ -70,6 +70,31 @@ struct DeliveryPlanningTests {
                                                               recipient: Recipient(mailbox: recipient.mailbox, notify: DSNNotify(success: true))))
     }
 
+    @Test("delay DSN: Action delayed, Will-Retry-Until, headers only, NOTIFY=DELAY or absent")
+    func delayDSN() {
+        let id = QueueIDGenerator().next()
+        let recipient = Recipient(mailbox: Mailbox(localPart: "b", domain: "example.net"), notify: nil)
+        let envelope = QueuedEnvelope(queueID: id, arrivalTime: 0, clientAddress: "127.0.0.1", heloName: "c",
+                                      transaction: MailTransaction(sender: Mailbox(localPart: "a", domain: "example.org"), parameters: MailParameters(), recipients: [recipient]),
+                                      size: 10)
+        let original = Array("Subject: hello\r\n\r\nsecret body\r\n".utf8)
+        let report = String(decoding: DeliveryStatusNotification.make(
+            envelope: envelope, original: original,
+            failed: [.init(recipient: recipient, status: "4.2.0", remoteMTA: "mx.example.net[192.0.2.1]:25", diagnostic: "450 4.2.0 busy", diagnosticIsSMTP: true)],
+            reportingMTA: "relay.example.org", date: "Thu, 1 Jan 1970 04:00:00 +0000", messageID: "d@relay.example.org",
+            kind: .delay(willRetryUntil: 432_000)), as: UTF8.self)
+        #expect(report.contains("Subject: Delayed Mail (still being retried)\r\n"))
+        #expect(report.contains("Final-Recipient: rfc822; b@example.net\r\nAction: delayed\r\nStatus: 4.2.0\r\nWill-Retry-Until: Tue, 6 Jan 1970 00:00:00 +0000\r\n"))
+        #expect(report.contains("you do\r\nnot need to send it again"))
+        #expect(report.contains("Content-Type: text/rfc822-headers\r\n\r\nSubject: hello\r\n"))
+        #expect(!report.contains("secret body"), "a delay report never returns the message")
+        let sender = Mailbox(localPart: "a", domain: "b")
+        #expect(DeliveryStatusNotification.wantsDelayReport(sender: sender, recipient: recipient))
+        #expect(DeliveryStatusNotification.wantsDelayReport(sender: sender, recipient: Recipient(mailbox: recipient.mailbox, notify: DSNNotify(failure: true, delay: true))))
+        #expect(!DeliveryStatusNotification.wantsDelayReport(sender: sender, recipient: Recipient(mailbox: recipient.mailbox, notify: DSNNotify(failure: true))))
+        #expect(!DeliveryStatusNotification.wantsDelayReport(sender: nil, recipient: recipient))
+    }
+
     @Test("delivery records round-trip durably and recovery drops orphans")
     func records() throws {
         let directory = NSTemporaryDirectory() + "tlsrelay-records-" + UUID().uuidString
