@@ -37,3 +37,27 @@ def test_sigterm_writes_the_repeat_count_of_held_alerts(tmp_path, world, world_r
     alerts = re.findall(r"ALERT policy-failure[^\n]*", log)
     assert len(alerts) == 2, log[-3000:]
     assert "(1 more like it" in alerts[1], alerts[1]
+
+
+def test_rfc5011_trust_anchor_is_seeded_and_kept_by_libunbound(tmp_path, world, world_relay_toml):
+    """dns.auto_trust_anchor (default on): the configured anchor seeds
+    state_directory/trust-anchor/ at the first start; libunbound validates with that copy and
+    rewrites it in its RFC 5011 format (";;id:", ";;last_queried:") as it probes the zone's keys."""
+    relay = Relay(tmp_path / "anchor", extra_toml=world_relay_toml).start()
+    try:
+        anchors = list((relay.state / "trust-anchor").iterdir())
+        assert len(anchors) == 1, anchors
+        assert "seeded from" in relay.log_text()
+        send(relay, "user@dane-ee.test", b"Subject: anchored\r\n\r\nbody")
+        assert wait_for(lambda: "status=sent, tls=dane" in relay.log_text(), timeout=30), relay.log_text()[-2000:]
+        assert wait_for(lambda: ";;last_queried:" in anchors[0].read_text(), timeout=30), anchors[0].read_text()
+        # Public keys, not secrets; the directory is the service's own.
+        assert oct((relay.state / "trust-anchor").stat().st_mode & 0o777) == "0o700"
+    finally:
+        relay.stop()
+    # A restart uses the kept copy, not the seed again.
+    relay.start()
+    try:
+        assert relay.log_text().count("seeded from") == 1
+    finally:
+        relay.stop()

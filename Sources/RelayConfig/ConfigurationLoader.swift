@@ -246,7 +246,7 @@ public enum ConfigurationLoader {
 
         func readDNS(_ table: TOMLTable, into dns: inout RelayConfiguration.DNS) throws {
             let section = "dns"
-            try checkKeys(table, section: section, allowed: ["trust_anchor_file", "forwarders", "stub_zones", "timeout", "check_secure_name", "check_bogus_name"])
+            try checkKeys(table, section: section, allowed: ["trust_anchor_file", "auto_trust_anchor", "forwarders", "stub_zones", "timeout", "check_secure_name", "check_bogus_name"])
             for key in ["check_secure_name", "check_bogus_name"] {
                 guard let value = try string(table, section, key) else { continue }
                 let name = value.hasSuffix(".") ? String(value.dropLast()) : value
@@ -254,6 +254,10 @@ public enum ConfigurationLoader {
                 if key == "check_secure_name" { dns.checkSecureName = name } else { dns.checkBogusName = name }
             }
             if let value = try integer(table, section, "timeout", range: 1...300) { dns.timeout = value }
+            if let value = table["auto_trust_anchor"] {
+                guard let flag = value.bool else { throw error(section, "auto_trust_anchor", "'dns.auto_trust_anchor' must be true or false, not \(value.type)") }
+                dns.autoTrustAnchor = flag
+            }
             if let value = try string(table, section, "trust_anchor_file") {
                 guard value.hasPrefix("/") else { throw error(section, "trust_anchor_file", "'dns.trust_anchor_file' must be an absolute path") }
                 dns.trustAnchorFile = value

@@ -57,6 +57,10 @@ public struct RelayConfiguration: Sendable, Equatable {
     public struct DNS: Sendable, Equatable {
         /// DNSSEC trust anchor file (DS or DNSKEY lines). Default the root key from dns-root-data.
         public var trustAnchorFile = "/usr/share/dns/root.key"
+        /// Keep the trust anchor up to date by RFC 5011 (libunbound's automated trust anchor):
+        /// `trust_anchor_file` seeds `<state_directory>/trust-anchor/` at the first start, and
+        /// that copy follows key rollovers. Default true.
+        public var autoTrustAnchor = true
         /// Upstream resolvers to forward to ("IP" or "IP@port"); answers are still validated
         /// locally. Empty (default): full recursion from the root.
         public var forwarders: [SocketAddressText] = []
@@ -168,6 +172,7 @@ public struct RelayConfiguration: Sendable, Equatable {
         lines.append("")
         lines.append("[dns]")
         lines.append("trust_anchor_file = \(quote(dns.trustAnchorFile))")
+        lines.append("auto_trust_anchor = \(dns.autoTrustAnchor)")
         lines.append("forwarders = \(list(dns.forwarders.map(\.unboundNotation)))")
         let zones = dns.stubZones.map { "{ name = \(quote($0.name)), addresses = \(list($0.addresses.map(\.unboundNotation))) }" }
         lines.append("stub_zones = [" + zones.joined(separator: ", ") + "]")

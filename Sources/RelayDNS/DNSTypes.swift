@@ -83,6 +83,10 @@ public struct ResolverConfiguration: Sendable, Hashable {
     /// A trust-anchor file with DS or DNSKEY records in zone-file format
     /// (`ub_ctx_add_ta_file`). `nil` = no trust anchor: every answer is then `insecure`.
     public var trustAnchorFile: String?
+    /// An RFC 5011 automated trust anchor file (`ub_ctx_add_ta_autr`): read at start and
+    /// rewritten by libunbound as it follows key rollovers of the anchored zone, so it must be
+    /// writable (with its directory). When set, it is used instead of `trustAnchorFile`.
+    public var autoTrustAnchorFile: String?
     /// Upstream resolvers for all names not covered by a stub zone (`ub_ctx_set_fwd`).
     /// Answers are still validated locally. Empty = recurse from the root.
     public var forwarders: [DNSServerAddress]
@@ -99,11 +103,14 @@ public struct ResolverConfiguration: Sendable, Hashable {
     ///   - forwarders: upstream resolvers (default none: full recursion).
     ///   - stubZones: stub zones (default none).
     ///   - timeoutSeconds: per-lookup deadline in seconds (default 10).
+    ///   - autoTrustAnchorFile: RFC 5011 trust anchor file kept up to date by libunbound.
     public init(trustAnchorFile: String? = nil,
                 forwarders: [DNSServerAddress] = [],
                 stubZones: [DNSStubZone] = [],
-                timeoutSeconds: Double = 10) {
+                timeoutSeconds: Double = 10,
+                autoTrustAnchorFile: String? = nil) {
         self.trustAnchorFile = trustAnchorFile
+        self.autoTrustAnchorFile = autoTrustAnchorFile
         self.forwarders = forwarders
         self.stubZones = stubZones
         self.timeoutSeconds = timeoutSeconds

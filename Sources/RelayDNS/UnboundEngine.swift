@@ -187,7 +187,16 @@ final class UnboundEngine: @unchecked Sendable {
             try Self.checkServer(server)
             try check(ub_ctx_set_fwd(ctx, server.unboundNotation), "forwarder \(server.unboundNotation)")
         }
-        if let file = c.trustAnchorFile {
+        if let file = c.autoTrustAnchorFile {
+            // RFC 5011: libunbound reads the file, probes the zone's DNSKEY set and rewrites the
+            // file as keys are added and revoked.
+            guard access(file, R_OK | W_OK) == 0 else {
+                let e = errno
+                throw DNSLookupError.resolverError(
+                    "cannot use the automated trust anchor file \(file) (it must be readable and writable): \(String(cString: strerror(e)))")
+            }
+            try check(ub_ctx_add_ta_autr(ctx, file), "automated trust anchor file \(file)")
+        } else if let file = c.trustAnchorFile {
             // libunbound only records the file name here and reads it when the context is
             // finalized; read it now to report a precise error.
             guard let handle = fopen(file, "r") else {
@@ -202,7 +211,7 @@ final class UnboundEngine: @unchecked Sendable {
         // configuration fails here and not on the first lookup. Removing a local zone that
         // does not exist is a no-op apart from finalizing.
         try check(ub_ctx_zone_remove(ctx, "tlsrelay-finalize.invalid."),
-                  "applying the resolver configuration (trust anchor \(c.trustAnchorFile ?? "none"))")
+                  "applying the resolver configuration (trust anchor \(c.autoTrustAnchorFile ?? c.trustAnchorFile ?? "none"))")
     }
 
     private static func checkServer(_ server: DNSServerAddress) throws {

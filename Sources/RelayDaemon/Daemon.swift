@@ -125,6 +125,27 @@ public final class Daemon: Sendable {
         resolver.shutdown()
     }
 
+    /// The RFC 5011 trust anchor file in `<state_directory>/trust-anchor/`, seeded from
+    /// `dns.trust_anchor_file` when it does not exist yet (written temp + fsync + rename); from
+    /// then on libunbound keeps it up to date across key rollovers.
+    /// - Returns: its path.
+    /// - Throws: when the seed cannot be read or the copy not written.
+    static func seedAutoTrustAnchor(_ configuration: RelayConfiguration, logger: Logger) throws -> String {
+        let directory = configuration.stateDirectory + "/trust-anchor"
+        let name = (configuration.dns.trustAnchorFile as NSString).lastPathComponent
+        let path = directory + "/" + name
+        if access(path, F_OK) == 0 { return path }
+        if mkdir(directory, 0o700) != 0 && errno != EEXIST {
+            throw DNSLookupError.resolverError("cannot create \(directory): \(String(cString: strerror(errno)))")
+        }
+        guard let seed = FileManager.default.contents(atPath: configuration.dns.trustAnchorFile) else {
+            throw DNSLookupError.resolverError("cannot read trust anchor file \(configuration.dns.trustAnchorFile) to seed \(path)")
+        }
+        try StateFile.replace(path, with: seed)
+        logger.notice("RFC 5011 trust anchor \(path) seeded from \(configuration.dns.trustAnchorFile); libunbound keeps it up to date from now on")
+        return path
+    }
+
     /// The resolver settings from the `[dns]` section.
     public static func resolverConfiguration(_ dns: RelayConfiguration.DNS) -> ResolverConfiguration {
         ResolverConfiguration(
@@ -163,7 +184,11 @@ public final class Daemon: Sendable {
         let resolver: RelayDNS.Resolver
         let tlsContext: TLSClientContext
         do {
-            resolver = try RelayDNS.Resolver(configuration: Daemon.resolverConfiguration(configuration.dns))
+            var resolverSettings = Daemon.resolverConfiguration(configuration.dns)
+            if configuration.dns.autoTrustAnchor, !configuration.dns.trustAnchorFile.isEmpty {
+                resolverSettings.autoTrustAnchorFile = try Daemon.seedAutoTrustAnchor(configuration, logger: logger)
+            }
+            resolver = try RelayDNS.Resolver(configuration: resolverSettings)
             tlsContext = try TLSClientContext(extraCAFile: configuration.delivery.tlsCAFile.isEmpty ? nil : configuration.delivery.tlsCAFile)
         } catch {
             try? await threadPool.shutdownGracefully()
