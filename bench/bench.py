@@ -153,8 +153,7 @@ class TLSRelay(Server):
         self.port = free_port()
         self.config = self.base / "tlsrelay.toml"
         if relay_world:
-            delivery = relay_world.relay_sections(delivery_extra="concurrency = 20\naddress_concurrency = 20\ndestination_concurrency = 20\n"
-                                                    "initial_destination_concurrency = 20\n")
+            delivery = relay_world.relay_sections(delivery_extra="concurrency = 20\naddress_concurrency = 20\ndestination_concurrency = 20\n")
         else:
             delivery = '[dns]\nstub_zones = []\n[delivery]\nhold = true\n'
         self.config.write_text(

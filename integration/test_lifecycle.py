@@ -2,6 +2,7 @@
 never dropped; a delivery cut short by the shutdown is not a failed attempt (no attempt counted,
 no backoff) and the message is delivered at once after the restart.
 """
+import os
 import re
 import time
 
@@ -59,5 +60,30 @@ def test_rfc5011_trust_anchor_is_seeded_and_kept_by_libunbound(tmp_path, world, 
     relay.start()
     try:
         assert relay.log_text().count("seeded from") == 1
+    finally:
+        relay.stop()
+
+
+def cpu_seconds(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_idle_with_a_queue_costs_no_cpu(tmp_path):
+    """The scheduler sleeps until the next due time: with messages queued (held) and nothing
+    due, the daemon is idle. (A wake-up loop that re-armed itself once spun both cores.)"""
+    relay = Relay(tmp_path / "idle", extra_toml="[delivery]\nhold = true\n").start()
+    try:
+        for i in range(5):
+            send(relay, f"user{i}@example.net", b"Subject: held\r\n\r\nbody")
+        # After a restart the loaded queue wakes the scheduler; then nothing is due.
+        relay.stop()
+        relay.start()
+        assert wait_for(lambda: "spool recovered: 5 queued" in relay.log_text(), timeout=10)
+        time.sleep(1)
+        before = cpu_seconds(relay.process.pid)
+        time.sleep(3)
+        used = cpu_seconds(relay.process.pid) - before
+        assert used < 0.3, f"{used:.2f} s of CPU in 3 s while idle"
     finally:
         relay.stop()

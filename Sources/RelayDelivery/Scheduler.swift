@@ -283,7 +283,8 @@ public actor Scheduler {
                 // Sleep until the next due time, at most 1 s (a clock step is noticed within 1 s).
                 let wait = min(1.0, max(0.005, (core.nextWake() ?? now + 1) - now))
                 let timer = Task {
-                    try? await Task.sleep(for: .milliseconds(Int(wait * 1000)))
+                    // A cancelled timer (an event came first) must not wake the loop again.
+                    guard (try? await Task.sleep(for: .milliseconds(Int(wait * 1000)))) != nil else { return }
                     continuation.yield()
                 }
                 _ = await iterator.next()
