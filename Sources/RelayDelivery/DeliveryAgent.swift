@@ -225,18 +225,7 @@ public final class DeliveryAgent: Sendable {
             return (AttemptResult(connectFailure: describe(error)), nil)
         }
         let prefix = queueID.map { "\($0): " } ?? ""
-        if !probe {
-            if report.connectionUse > 1 {
-                RelayMetrics.connectionReused()
-            } else {
-                // The EHLO reply was read (a recipient was decided, or TLS was required) and had no STARTTLS.
-                let pastEHLO = !report.result.recipients.isEmpty || report.result.failure == .starttlsNotOffered
-                if pastEHLO && !report.result.offeredSTARTTLS { RelayMetrics.starttlsNotOffered() }
-                if report.tls != nil || report.tlsError != nil {
-                    RelayMetrics.handshake(success: report.tls != nil, version: report.tls?.protocolVersion, seconds: report.tlsHandshakeSeconds)
-                }
-            }
-        }
+        if !probe { Self.count(report) }
         if report.connectionUse > 1 {
             logger.info("\(prefix)reusing the connection to \(attempt.relay) (conn_use=\(report.connectionUse)\(report.tls.map { ", \($0.verified ? "Verified" : "Untrusted") TLS \($0.protocolVersion)" } ?? ", no TLS"))")
         } else if let tls = report.tls {
@@ -349,6 +338,21 @@ public final class DeliveryAgent: Sendable {
     /// Closes the idle cached connections with QUIT (at shutdown); returns when they are closed.
     public func closeIdleConnections() async {
         await connections.closeAll()
+    }
+
+    /// The connection metrics of one transaction's report: a reuse, or for a new connection
+    /// its handshake and whether its EHLO reply lacked STARTTLS.
+    static func count(_ report: ConnectionReport) {
+        guard report.connectionUse == 1 else {
+            RelayMetrics.connectionReused()
+            return
+        }
+        // The EHLO reply was read (a recipient was decided, or TLS was required) and had no STARTTLS.
+        let pastEHLO = !report.result.recipients.isEmpty || report.result.failure == .starttlsNotOffered
+        if pastEHLO && !report.result.offeredSTARTTLS { RelayMetrics.starttlsNotOffered() }
+        if report.tls != nil || report.tlsError != nil {
+            RelayMetrics.handshake(success: report.tls != nil, version: report.tls?.protocolVersion, seconds: report.tlsHandshakeSeconds)
+        }
     }
 
     static func seconds(since start: ContinuousClock.Instant) -> Double {

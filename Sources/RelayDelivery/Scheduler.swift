@@ -227,8 +227,7 @@ public actor Scheduler {
         var record = loaded
         if let original = record?.awaitingConfirmationBy {
             if confirmsDSN(id, original: original) {
-                var released = DeliveryRecord(queueID: id, recipientCount: 1, nextAttempt: 0)
-                released.held = false
+                let released = Self.dsnRecord(id, awaitingConfirmationBy: nil)
                 do { try spool.saveDeliveryRecord(released) } catch {
                     logger.error("\(id): cannot release the DSN for \(original): \(error)")
                     return
@@ -542,13 +541,19 @@ public actor Scheduler {
             var dsn = QueuedEnvelope(queueID: writer.queueID, arrivalTime: now, clientAddress: "127.0.0.1",
                                      heloName: hostname, transaction: transaction, size: writer.contentLength)
             dsn.generated = .deliveryStatusNotification
-            var hold = DeliveryRecord(queueID: writer.queueID, recipientCount: 1, nextAttempt: 0)
-            hold.held = true
-            hold.awaitingConfirmationBy = envelope.queueID
-            try spool.saveDeliveryRecord(hold)
+            try spool.saveDeliveryRecord(Self.dsnRecord(writer.queueID, awaitingConfirmationBy: envelope.queueID))
             try writer.commit(envelope: dsn)
             return writer.queueID
         }
+    }
+
+    /// The delivery record of a DSN (one recipient, never tried): held while it awaits
+    /// confirmation by `original`, free (not held) once released.
+    static func dsnRecord(_ id: QueueID, awaitingConfirmationBy original: QueueID?) -> DeliveryRecord {
+        var record = DeliveryRecord(queueID: id, recipientCount: 1, nextAttempt: 0)
+        record.held = original != nil
+        record.awaitingConfirmationBy = original
+        return record
     }
 
     /// Lets a confirmed DSN go: its record no longer holds it, and it is scheduled.
@@ -556,9 +561,7 @@ public actor Scheduler {
         let spool = self.spool
         do {
             try await durable {
-                var record = DeliveryRecord(queueID: dsnID, recipientCount: 1, nextAttempt: 0)
-                record.held = false
-                try spool.saveDeliveryRecord(record)
+                try spool.saveDeliveryRecord(Self.dsnRecord(dsnID, awaitingConfirmationBy: nil))
             }
             logger.info("\(original): sender \(delay ? "delivery delay" : "non-delivery") notification: \(dsnID)")
             if settings.holdAll { core.addHeld(dsnID) } else { core.addFresh(dsnID) }
