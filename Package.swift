@@ -34,7 +34,7 @@ let package = Package(
         .target(name: "RelayQueue", dependencies: ["SMTPCore"], swiftSettings: strict),
         // Configuration model and its TOML reader.
         .target(name: "RelayConfig", dependencies: [
-            "DeliveryPolicy",
+            "DeliveryPolicy", "SMTPCore",
             .product(name: "TOMLKit", package: "TOMLKit"),
         ], swiftSettings: strict),
         // journald / sd_notify / logging.
@@ -51,7 +51,7 @@ let package = Package(
         ], swiftSettings: strict),
         // The inbound ESMTP listener on SwiftNIO.
         .target(name: "RelayServer", dependencies: [
-            "SMTPCore", "RelayQueue", "RelayConfig", "RelayMetrics",
+            "SMTPCore", "RelayQueue", "RelayConfig", "RelayMetrics", "RelayTLS",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),

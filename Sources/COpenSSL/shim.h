@@ -20,6 +20,10 @@ static inline long tlsrelay_SSL_CTX_set_mode(SSL_CTX *ctx, long mode) {
 static inline long tlsrelay_SSL_CTX_set_session_cache_mode(SSL_CTX *ctx, long mode) {
     return SSL_CTX_set_session_cache_mode(ctx, mode);
 }
+/* RelayTLS server context: no renegotiation, the server's cipher order. */
+static inline uint64_t tlsrelay_SSL_CTX_set_server_options(SSL_CTX *ctx) {
+    return SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+}
 static inline long tlsrelay_BIO_pending(BIO *bio) {
     return (long)BIO_pending(bio);
 }

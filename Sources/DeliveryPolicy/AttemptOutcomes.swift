@@ -30,6 +30,8 @@ public enum AttemptOutcomes {
         case .tlsFailed(let reason): return .deferred(.cryptographicFailure, "TLS with \(relay) failed: \(reason)", remoteMTA: relay)
         case .serviceClosing(let reply): return .deferred(reply.enhanced ?? .systemNotAccepting, "host \(relay) said: \(reply)", remoteMTA: relay)
         case .protocolError(let reason): return .deferred(.protocolTemporary, "protocol error with \(relay): \(reason)", remoteMTA: relay)
+        case .requireTLSNotOffered:
+            return .bounced(.requireTLSSupportRequired, "REQUIRETLS: host \(relay) does not announce REQUIRETLS in its TLS session, so the message may not be sent there (RFC 8689 section 4.2.1)", remoteMTA: relay)
         case .connectionLost(let stage):
             return .deferred(.timeout, "lost connection with \(relay) while waiting for \(stage.rawValue)\(mayBeDuplicate(stage))", remoteMTA: relay)
         case .timeout(let stage):

@@ -5,7 +5,7 @@ import SMTPCore
 public struct PlannerSettings: Sendable, Equatable {
     public static func == (lhs: PlannerSettings, rhs: PlannerSettings) -> Bool {
         lhs.port == rhs.port && lhs.daneForInsecureMX == rhs.daneForInsecureMX && lhs.mtaSTS == rhs.mtaSTS && lhs.memoryMode == rhs.memoryMode
-            && lhs.downgradeGrace == rhs.downgradeGrace && lhs.dsnRelay?.address == rhs.dsnRelay?.address && lhs.dsnRelay?.port == rhs.dsnRelay?.port
+            && lhs.downgradeGrace == rhs.downgradeGrace && lhs.honorTLSRequiredNo == rhs.honorTLSRequiredNo && lhs.dsnRelay?.address == rhs.dsnRelay?.address && lhs.dsnRelay?.port == rhs.dsnRelay?.port
     }
 
     /// MX port, for `host[address]:port` in reasons (RFC 5321 §4.5.4.2: 25).
@@ -22,8 +22,12 @@ public struct PlannerSettings: Sendable, Equatable {
     /// Postfix): an IP address and port; nil sends them to the sender domain's MX.
     public var dsnRelay: (address: String, port: Int)?
 
+    /// Honour `TLS-Required: No` (RFC 8689 §5; `policy.honor_tls_required_no`).
+    public var honorTLSRequiredNo: Bool
+
     public init(port: Int = 25, daneForInsecureMX: Bool = true, mtaSTS: Bool = true, memoryMode: MemoryMode = .report,
-                downgradeGrace: Double = 86400, dsnRelay: (address: String, port: Int)? = nil) {
+                downgradeGrace: Double = 86400, dsnRelay: (address: String, port: Int)? = nil, honorTLSRequiredNo: Bool = true) {
+        self.honorTLSRequiredNo = honorTLSRequiredNo
         self.dsnRelay = dsnRelay
         self.port = port
         self.daneForInsecureMX = daneForInsecureMX
@@ -56,6 +60,9 @@ public struct PlannedAttempt: Sendable, Equatable {
     public var floor: AchievedSecurity
     /// `host[address]:port`.
     public var relay: String
+    /// REQUIRETLS (RFC 8689 §4.2.1): the next hop must announce REQUIRETLS in its TLS session and
+    /// MAIL FROM carries it; `demand` is then authenticated (DANE or WebPKI).
+    public var requireTLS = false
 }
 
 /// What the driver must do next.
@@ -122,6 +129,9 @@ public struct DeliveryPlanner: Sendable {
     let graceOver: Bool
     /// The DSN relay this message goes to instead of MX hosts (a DSN, with `dsnRelay` set).
     let route: (address: String, port: Int)?
+    /// The sender's request as applied (RFC 8689).
+    public let sender: SenderTLSMode
+    let request: SenderRequest
 
     enum State: Sendable {
         case idle
@@ -140,7 +150,12 @@ public struct DeliveryPlanner: Sendable {
     var sts: STSPolicy?
     var remaining: [Int]
     var outcomes: [Int: RecipientOutcome] = [:]
-    var lastFailure: RecipientOutcome
+    /// The last temporary failure: the outcome when every host was tried.
+    var lastFailure: RecipientOutcome { didSet { temporaryFailureSeen = true } }
+    var temporaryFailureSeen = false
+    /// The last REQUIRETLS refusal (a host that cannot carry it): the outcome when every host
+    /// was tried and none failed temporarily (RFC 8689 §4.2.1).
+    var requireTLSRefusal: RecipientOutcome?
     var acceptable = false
 
     /// - Parameters:
@@ -150,9 +165,14 @@ public struct DeliveryPlanner: Sendable {
     ///   - memory: the domain's downgrade memory, if any.
     ///   - now: seconds since the epoch.
     ///   - message: relayed mail, or a DSN tlsrelay wrote.
+    ///   - sender: REQUIRETLS and `TLS-Required: No` of the message (RFC 8689); a DSN tlsrelay
+    ///     wrote has none.
     public init(domain: String, recipients: [Int], settings: PlannerSettings, local: LocalPolicyFact?, memory: MemoryFact?,
-                now: Double, probe: Bool = false, message: MessageKind = .relayed) {
+                now: Double, probe: Bool = false, message: MessageKind = .relayed, sender: SenderRequest = .none) {
         self.domain = domain
+        let request = message == .deliveryStatusNotification ? SenderRequest.none : sender
+        self.request = request
+        self.sender = SenderTLSMode(request, honorTLSRequiredNo: settings.honorTLSRequiredNo)
         // A DSN goes to the DSN relay when one is set: no recipient policy applies to it.
         let route = message == .deliveryStatusNotification ? settings.dsnRelay : nil
         self.route = route
@@ -165,7 +185,7 @@ public struct DeliveryPlanner: Sendable {
         self.localFact = local
         if let local, local.expires.map({ now >= $0 }) != true { self.local = local.level } else { self.local = nil }
         self.lastFailure = .deferred(.noAnswerFromHost, "no MX host of \(domain) could be reached")
-        if self.local == nil, settings.memoryMode != .off, let memory, memory.strongest > .none {
+        if self.local == nil, self.sender != .policiesWaived, settings.memoryMode != .off, let memory, memory.strongest > .none {
             self.memory = memory
             let over = memory.firstRefused.map { now - $0 >= settings.downgradeGrace } ?? false
             self.graceOver = over
@@ -198,6 +218,7 @@ public struct DeliveryPlanner: Sendable {
             effects.append(.hostDecided(host: route.address, .connect(plan)))
             return connect(effects, plan: plan, addressIndex: 0, demand: plan.demand, kind: .first)
         }
+        effects += senderEffects()
         if let reason = memory?.unreadable {
             effects.append(.log(.warning, "the downgrade memory of \(domain) is unreadable (\(reason)); it is treated as dane until the file is mended or removed"))
         }
@@ -239,6 +260,11 @@ public struct DeliveryPlanner: Sendable {
     public mutating func stsDiscovered(_ fact: STSFact) -> PlannerStep {
         precondition(isState(.sts), "stsDiscovered in \(state)")
         var effects: [PlannerEffect] = [.mtaSTS(fact)]
+        if sender == .policiesWaived {
+            // RFC 8689 §5: no recipient policy; discovery only names what is set aside.
+            if let policy = fact.policy, policy.mode != .none { sts = policy }
+            return startHost(effects)
+        }
         if let failure = fact.temporaryFailure {
             return finish(effects, all: .deferred(.directoryServerFailure, "MTA-STS discovery for \(domain) failed temporarily: \(failure)"))
         }
@@ -360,7 +386,7 @@ public struct DeliveryPlanner: Sendable {
             return nextAddress(effects, plan: plan, after: addressIndex)
         }
         var delivered = false
-        let decidingSource: PolicySource = plan.memoryBinding ? .memory : plan.floorSource
+        let decidingSource: PolicySource = plan.requireTLS ? .requireTLS : plan.memoryBinding ? .memory : plan.floorSource
         for (index, recipientResult) in result.recipients where remaining.contains(index) {
             var outcome = AttemptOutcomes.outcome(for: recipientResult, relay: relay)
             outcome.policy = decidingSource
@@ -379,6 +405,13 @@ public struct DeliveryPlanner: Sendable {
         }
         guard let failure = result.failure else {
             if probe { acceptable = true }
+            return nextAddress(effects, plan: plan, after: addressIndex)
+        }
+        if failure == .requireTLSNotOffered {
+            var refusal = AttemptOutcomes.outcome(for: failure, relay: relay)
+            refusal.policy = .requireTLS
+            requireTLSRefusal = refusal
+            effects.append(.log(.warning, refusal.reason))
             return nextAddress(effects, plan: plan, after: addressIndex)
         }
         lastFailure = AttemptOutcomes.outcome(for: failure, relay: relay)
@@ -429,7 +462,7 @@ public struct DeliveryPlanner: Sendable {
     }
 
     mutating func startHost(_ effects: [PlannerEffect]) -> PlannerStep {
-        guard hostIndex < hosts.count else { return finish(effects, all: lastFailure) }
+        guard hostIndex < hosts.count else { return finish(effects, all: exhaustedOutcome) }
         state = .addresses
         return PlannerStep(effects: effects, action: .lookupAddresses(host: hosts[hostIndex]))
     }
@@ -441,9 +474,17 @@ public struct DeliveryPlanner: Sendable {
 
     mutating func skipHost(_ host: String, _ decision: HostDecision) -> PlannerStep {
         guard case .skip(_, let outcome, let alert, let note) = decision else { preconditionFailure() }
-        var effects: [PlannerEffect] = [.hostDecided(host: host, decision), .log(.info, "MX host \(host) skipped: \(outcome.reason)")]
+        guard case .skip(let rule, _, _, _) = decision else { preconditionFailure() }
+        var effects: [PlannerEffect] = [.hostDecided(host: host, decision), .log(.info, "MX host \(host) skipped (rule \(rule.rawValue)): \(outcome.reason)")]
         if let alert { effects.append(.alert(alert)) }
         if note { effects.append(.noteRefusedDowngrade) }
+        if outcome.kind == .bounced {
+            // Only REQUIRETLS refuses a host for good (RFC 8689 §4.2.1).
+            var refusal = outcome
+            refusal.policy = .requireTLS
+            requireTLSRefusal = refusal
+            return nextHost(effects)
+        }
         lastFailure = outcome
         if let alert { lastFailure.policy = alert.policySource }
         return nextHost(effects)
@@ -451,12 +492,21 @@ public struct DeliveryPlanner: Sendable {
 
     mutating func decide(host: String, addresses: [String], dane: DANEState) -> PlannerStep {
         let facts = HostFacts(domain: domain, host: host, addresses: addresses, dane: dane, sts: sts, local: local,
-                              memoryFloor: memoryFloor, memoryFirstRefused: memory?.firstRefused, now: now, grace: settings.downgradeGrace)
+                              memoryFloor: memoryFloor, memoryFirstRefused: memory?.firstRefused, now: now, grace: settings.downgradeGrace,
+                              mxSecure: mxSecure, sender: sender)
         let decision = HostPolicy.decide(facts)
         switch decision {
         case .skip: return skipHost(host, decision)
         case .connect(let plan):
             var effects: [PlannerEffect] = [.hostDecided(host: host, decision)]
+            if sender == .policiesWaived {
+                var waived = [PolicySource.dane, .mtaSTS].compactMap { source in plan.policyNames[source] }
+                if case .unusable(_, let reason) = dane { waived.append("DANE (\(reason))") }
+                if let memory, memory.strongest > .none { waived.append("downgrade memory (\(domain) was delivered with \(memory.strongest.rawValue) before)") }
+                if !waived.isEmpty {
+                    effects.append(.log(.notice, "TLS-Required: No: \(domain) is protected by \(waived.joined(separator: " and ")); not applied to this message via \(host), as its sender asked (RFC 8689 section 5)"))
+                }
+            }
             effects += plan.alerts.map { .alert($0) }
             return connect(effects, plan: plan, addressIndex: 0, demand: plan.demand, kind: .first)
         }
@@ -469,7 +519,7 @@ public struct DeliveryPlanner: Sendable {
         let port = route?.port ?? settings.port
         let relay = "\(plan.host)[\(address)]:\(port)"
         let attempt = PlannedAttempt(host: plan.host, address: address, port: port, demand: demand, kind: kind, recipients: remaining,
-                                     floor: plan.floor, relay: relay)
+                                     floor: plan.floor, relay: relay, requireTLS: plan.requireTLS)
         return PlannerStep(effects: effects, action: .connect(attempt))
     }
 
@@ -483,7 +533,8 @@ public struct DeliveryPlanner: Sendable {
     /// Downgrade memory after a delivery: what it achieved, an alert when that is weaker than
     /// remembered (reported: under enforce within grace no attempt can end weaker).
     func rememberDelivery(attempt: PlannedAttempt, result: AttemptResult) -> [PlannerEffect] {
-        guard local == nil, route == nil, settings.memoryMode != .off else { return [] }
+        // RFC 8689 §5: a delivery without recipient policy says nothing about the domain.
+        guard local == nil, route == nil, settings.memoryMode != .off, sender != .policiesWaived else { return [] }
         let achieved = Self.achieved(demand: attempt.demand, tls: result.tls)
         var effects: [PlannerEffect] = []
         if let memory, achieved < memory.strongest {
@@ -493,6 +544,36 @@ public struct DeliveryPlanner: Sendable {
         }
         effects.append(.remember(security: achieved, acceptDowngrade: graceOver))
         return effects
+    }
+
+    /// What every host being tried came to: a REQUIRETLS bounce (5.7.30) when no host failed
+    /// temporarily and some host could not carry REQUIRETLS, else the last temporary failure.
+    var exhaustedOutcome: RecipientOutcome {
+        if let refusal = requireTLSRefusal, !temporaryFailureSeen {
+            var outcome = refusal
+            outcome.reason = "\(refusal.reason); no MX host of \(domain) can take the message as REQUIRETLS demands, so it is returned to the sender"
+            return outcome
+        }
+        return lastFailure
+    }
+
+    /// Log lines for the sender's request (RFC 8689), once per delivery.
+    func senderEffects() -> [PlannerEffect] {
+        switch sender {
+        case .requireTLS:
+            var effects: [PlannerEffect] = [.log(.info, "REQUIRETLS: \(domain) only over TLS authenticated by DANE or MTA-STS enforce, to MX hosts that announce REQUIRETLS (RFC 8689 section 4.2.1)")]
+            if request.tlsRequiredNo {
+                effects.append(.log(.notice, "TLS-Required: No ignored: the message has REQUIRETLS (RFC 8689 section 5)"))
+            }
+            return effects
+        case .policiesWaived:
+            return [.log(.notice, "TLS-Required: No: the sender asks that recipient TLS policies be ignored (RFC 8689 section 5); \(domain) gets opportunistic TLS and nothing is remembered")]
+        case .standard:
+            if request.tlsRequiredNo {
+                return [.log(.notice, "TLS-Required: No not honoured (policy.honor_tls_required_no = false): the recipient policies of \(domain) apply")]
+            }
+            return []
+        }
     }
 
     /// The security a finished attempt achieved.

@@ -129,6 +129,43 @@ public struct STSFact: Sendable, Equatable {
     public static let none = STSFact(policy: nil)
 }
 
+/// What the message's sender asked of its transport (RFC 8689), as the spool recorded it.
+public struct SenderRequest: Sendable, Hashable {
+    /// `MAIL FROM:<...> REQUIRETLS` (RFC 8689 §4).
+    public var requireTLS: Bool
+    /// The header field `TLS-Required: No` (RFC 8689 §5).
+    public var tlsRequiredNo: Bool
+
+    public init(requireTLS: Bool = false, tlsRequiredNo: Bool = false) {
+        self.requireTLS = requireTLS
+        self.tlsRequiredNo = tlsRequiredNo
+    }
+
+    /// No request: the recipient policies decide.
+    public static let none = SenderRequest()
+}
+
+/// How the planner applies the sender's request to every host decision.
+public enum SenderTLSMode: String, Sendable, CaseIterable {
+    /// The recipient policies decide (no request, or `TLS-Required: No` not honoured).
+    case standard
+    /// REQUIRETLS (RFC 8689 §4.2.1): only MX hosts from a DNSSEC-secure MX answer (or listed by
+    /// an MTA-STS enforce policy), authenticated by DANE or MTA-STS enforce, that announce
+    /// REQUIRETLS; else a bounce with 5.7.30 once every MX was tried.
+    case requireTLS = "requiretls"
+    /// `TLS-Required: No` honoured (RFC 8689 §5): opportunistic TLS (STARTTLS whenever offered),
+    /// no DANE, MTA-STS or downgrade memory enforced, nothing remembered.
+    case policiesWaived = "tls-required-no"
+
+    /// The mode for `request` (RFC 8689 §5: `TLS-Required: No` is ignored when REQUIRETLS is set).
+    /// - Parameter honorTLSRequiredNo: `policy.honor_tls_required_no`.
+    public init(_ request: SenderRequest, honorTLSRequiredNo: Bool) {
+        if request.requireTLS { self = .requireTLS }
+        else if request.tlsRequiredNo && honorTLSRequiredNo { self = .policiesWaived }
+        else { self = .standard }
+    }
+}
+
 /// A local per-domain level (Postfix's `smtp_tls_policy_maps` levels), weakest first.
 public enum LocalLevel: String, Sendable, CaseIterable {
     /// Never STARTTLS.

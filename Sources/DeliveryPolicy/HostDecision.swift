@@ -56,6 +56,18 @@ public enum HostRule: String, Sendable, CaseIterable {
     case opportunistic = "opportunistic"
     /// A DSN to the DSN relay (`delivery.dsn_relay`): no recipient policy applies (RFC 3461 §6.2).
     case dsnRelay = "dsn-relay"
+    /// `TLS-Required: No` honoured: opportunistic STARTTLS, no recipient policy (RFC 8689 §5).
+    case tlsRequiredNo = "tls-required-no"
+    /// REQUIRETLS, and the host is authenticated (DANE, or MTA-STS enforce listing it) behind an
+    /// authenticated MX answer: REQUIRETLS on MAIL FROM, the next hop must announce it (RFC 8689 §4.2.1).
+    case requireTLS = "requiretls"
+    /// REQUIRETLS, but the host cannot be authenticated, or the MX answer is neither
+    /// DNSSEC-secure nor covered by MTA-STS enforce: not used; a bounce (5.7.30) if no other
+    /// host takes the message (RFC 8689 §4.2.1).
+    case requireTLSUnauthenticated = "requiretls-unauthenticated"
+    /// REQUIRETLS, and a local level below authenticated TLS (none, may, encrypt) governs the
+    /// domain: a local level never weakens REQUIRETLS; the host is not used (RFC 8689 §4.2.1).
+    case requireTLSLocalLevel = "requiretls-local-level"
 }
 
 /// The planner's decision for one MX host.
@@ -86,6 +98,8 @@ public struct HostConnectPlan: Sendable, Equatable {
     public var floorSource: PolicySource
     /// The rule that decided the demand.
     public var rule: HostRule
+    /// REQUIRETLS goes on MAIL FROM and the next hop must announce it (RFC 8689 §4.2.1).
+    public var requireTLS = false
     /// True when downgrade memory raised the demand above every discovered policy: a failure is
     /// then a refused downgrade. (A memory floor equal to a discovered one is not the floor's
     /// source: `floors` lists discovered sources first.)
@@ -119,9 +133,16 @@ public struct HostFacts: Sendable {
     public var memoryFirstRefused: Double?
     public var now: Double
     public var grace: Double
+    /// The MX answer was DNSSEC-secure (RFC 7672 §2.2.1; RFC 8689 §4.2.1).
+    public var mxSecure: Bool
+    /// The sender's request, as the planner applies it.
+    public var sender: SenderTLSMode
 
     public init(domain: String, host: String, addresses: [String], dane: DANEState, sts: STSPolicy?, local: LocalLevel?,
-                memoryFloor: AchievedSecurity?, memoryFirstRefused: Double?, now: Double, grace: Double) {
+                memoryFloor: AchievedSecurity?, memoryFirstRefused: Double?, now: Double, grace: Double,
+                mxSecure: Bool = true, sender: SenderTLSMode = .standard) {
+        self.mxSecure = mxSecure
+        self.sender = sender
         self.domain = domain
         self.host = host
         self.addresses = addresses
@@ -184,7 +205,56 @@ public enum HostPolicy {
     /// Decides one host: the floor rule, written once. Every demand this returns (first try and
     /// testing fallback) guarantees at least the highest floor; cleartext is only possible when
     /// no floor asks for TLS. A local level replaces discovered policy with exactly its level.
+    /// The sender's request (RFC 8689) comes last: `TLS-Required: No` replaces every recipient
+    /// policy with opportunistic TLS; REQUIRETLS keeps a host only where the recipient policy
+    /// authenticates it, and never lowers a demand.
     public static func decide(_ facts: HostFacts) -> HostDecision {
+        switch facts.sender {
+        case .policiesWaived: return decideWaived(facts)
+        case .standard: return decideRecipientPolicy(facts)
+        case .requireTLS: return requireTLS(facts, decideRecipientPolicy(facts))
+        }
+    }
+
+    /// `TLS-Required: No` (RFC 8689 §5): STARTTLS whenever offered, no certificate check, never
+    /// a deferral for a recipient policy. A local level `none` stays clear.
+    static func decideWaived(_ facts: HostFacts) -> HostDecision {
+        let demand: TLSDemand = facts.local == LocalLevel.none ? .cleartext : .opportunistic
+        return .connect(HostConnectPlan(host: facts.host, addresses: facts.addresses, demand: demand, testingFallback: nil, floor: .none,
+                                        floors: [], source: .tlsRequiredNo, floorSource: .tlsRequiredNo, rule: .tlsRequiredNo,
+                                        dane: facts.dane, alerts: [], policyNames: policyNames(facts)))
+    }
+
+    /// REQUIRETLS (RFC 8689 §4.2.1) on top of the recipient-policy decision: the host stays only
+    /// when that decision already authenticates it (a DANE or MTA-STS enforce floor, or a local
+    /// `dane`/`dane-only`/`verify` level) and the MX answer is DNSSEC-secure or the host is listed
+    /// by MTA-STS enforce. MTA-STS testing and downgrade memory are not enough. A skip stays
+    /// what it was (a deferral: a policy failure can pass).
+    static func requireTLS(_ facts: HostFacts, _ decision: HostDecision) -> HostDecision {
+        guard case .connect(var plan) = decision else { return decision }
+        let host = facts.host, domain = facts.domain
+        let authenticated = plan.floors.filter { $0.source != .memory }.map(\.level).max() ?? .none
+        if let local = facts.local, authenticated < .mtaSTS {
+            let reason = "REQUIRETLS: local level \(local.rawValue) for \(domain) is below authenticated TLS, and it may not weaken a REQUIRETLS message (RFC 8689 section 4.2.1)"
+            return .skip(rule: .requireTLSLocalLevel, outcome: .bounced(.requireTLSSupportRequired, reason), alert: nil, noteRefusedDowngrade: false)
+        }
+        guard authenticated >= .mtaSTS else {
+            let reason = "REQUIRETLS: MX host \(host) cannot be authenticated: it has no usable DNSSEC-validated TLSA records and no MTA-STS policy of \(domain) in enforce mode lists it (RFC 8689 section 4.2.1)"
+            return .skip(rule: .requireTLSUnauthenticated, outcome: .bounced(.requireTLSSupportRequired, reason), alert: nil, noteRefusedDowngrade: false)
+        }
+        let stsListed = facts.local == nil && facts.sts?.mode == .enforce && facts.sts?.matches(mxHost: host) == true
+        guard facts.mxSecure || stsListed else {
+            let reason = "REQUIRETLS: the MX answer for \(domain) is not DNSSEC-secure and no MTA-STS policy in enforce mode lists \(host), so the MX host itself is not authenticated (RFC 8689 section 4.2.1)"
+            return .skip(rule: .requireTLSUnauthenticated, outcome: .bounced(.requireTLSSupportRequired, reason), alert: nil, noteRefusedDowngrade: false)
+        }
+        plan.requireTLS = true
+        plan.testingFallback = nil
+        plan.rule = .requireTLS
+        return .connect(plan)
+    }
+
+    /// The recipient policies alone: local level, DANE, MTA-STS and downgrade memory.
+    static func decideRecipientPolicy(_ facts: HostFacts) -> HostDecision {
         let host = facts.host, domain = facts.domain
         if let local = facts.local { return decideLocal(facts, level: local) }
         if case .unusable(let resultType, let reason) = facts.dane {

@@ -12,6 +12,11 @@ public enum PolicySource: String, Sendable, Hashable, CaseIterable {
     case local
     /// Downgrade memory ("trust on first use"): the security achieved before.
     case memory = "tofu"
+    /// The sender's REQUIRETLS (RFC 8689 §4.2.1): authenticated TLS to a next hop that takes
+    /// REQUIRETLS, or a bounce.
+    case requireTLS = "requiretls"
+    /// The sender's `TLS-Required: No` (RFC 8689 §5), honoured: no recipient policy applied.
+    case tlsRequiredNo = "tls-required-no"
 }
 
 /// RFC 8460 §4.3 result types: why a TLS negotiation or a policy lookup failed.

@@ -1,4 +1,5 @@
 import Foundation
+import SMTPCore
 internal import TOMLKit
 #if canImport(Glibc)
 import Glibc
@@ -209,6 +210,7 @@ public enum ConfigurationLoader {
             try checkKeys(table, section: section, allowed: [
                 "listen", "hostname", "allowed_clients", "max_message_size", "max_connections", "max_recipients",
                 "max_command_line_length", "max_line_length", "idle_timeout",
+                "starttls", "starttls_required", "tls_certificate_chain_file", "tls_private_key_file",
             ])
             if let list = try stringList(table, section, "listen") {
                 guard !list.isEmpty else { throw error(section, "listen", "'server.listen' must name at least one address") }
@@ -242,6 +244,41 @@ public enum ConfigurationLoader {
             if let value = try integer(table, section, "max_command_line_length", range: 512...65536) { server.maxCommandLineLength = value }
             if let value = try integer(table, section, "max_line_length", range: 1000...1_048_576) { server.maxLineLength = value }
             if let value = try integer(table, section, "idle_timeout", range: 1...86400) { server.idleTimeout = value }
+            if let value = try string(table, section, "starttls") {
+                guard let policy = ServerSession.STARTTLSPolicy(rawValue: value) else {
+                    throw error(section, "starttls", "'server.starttls' must be off, offered or required, got \"\(value)\"")
+                }
+                server.starttls = policy
+            }
+            if let list = try stringList(table, section, "starttls_required") {
+                server.starttlsRequired = try list.map { text in
+                    guard let address = SocketAddressText.parseListen(text) else {
+                        throw error(section, "starttls_required", "'server.starttls_required' entry \"\(text)\" is not IP:port or [IPv6]:port")
+                    }
+                    guard server.listen.contains(address) else {
+                        throw error(section, "starttls_required", "'server.starttls_required' entry \"\(text)\" is not one of server.listen")
+                    }
+                    return address
+                }
+            }
+            for key in ["tls_certificate_chain_file", "tls_private_key_file"] {
+                guard let path = try string(table, section, key) else { continue }
+                guard path.isEmpty || path.hasPrefix("/") else {
+                    throw error(section, key, "'server.\(key)' must be an absolute path, got \"\(path)\"")
+                }
+                if key == "tls_certificate_chain_file" { server.tlsCertificateChainFile = path } else { server.tlsPrivateKeyFile = path }
+            }
+            if server.offersSTARTTLS {
+                for (key, path) in [("tls_certificate_chain_file", server.tlsCertificateChainFile), ("tls_private_key_file", server.tlsPrivateKeyFile)] {
+                    guard !path.isEmpty else {
+                        throw error(section, table.contains(key: "starttls") ? "starttls" : "starttls_required",
+                                    "STARTTLS is offered, so 'server.\(key)' must name a PEM file")
+                    }
+                    guard access(path, R_OK) == 0 else {
+                        throw error(section, key, "'server.\(key)' \(path): \(String(cString: strerror(errno)))")
+                    }
+                }
+            }
         }
 
         func readDNS(_ table: TOMLTable, into dns: inout RelayConfiguration.DNS) throws {
@@ -344,7 +381,13 @@ public enum ConfigurationLoader {
 
         func readPolicy(_ table: TOMLTable, into policy: inout PolicySettings) throws {
             let section = "policy"
-            try checkKeys(table, section: section, allowed: ["downgrade_memory", "downgrade_grace", "dane_for_insecure_mx", "domain"])
+            try checkKeys(table, section: section, allowed: ["downgrade_memory", "downgrade_grace", "dane_for_insecure_mx", "honor_tls_required_no", "domain"])
+            if let value = table["honor_tls_required_no"] {
+                guard let flag = value.bool else {
+                    throw error(section, "honor_tls_required_no", "'policy.honor_tls_required_no' must be true or false, not \(value.type)")
+                }
+                policy.honorTLSRequiredNo = flag
+            }
             if let value = try string(table, section, "downgrade_memory") {
                 guard let mode = PolicySettings.DowngradeMemory(rawValue: value) else {
                     throw error(section, "downgrade_memory", "'policy.downgrade_memory' must be report, enforce or off, got \"\(value)\"")

@@ -44,6 +44,10 @@ public struct PolicySettings: Sendable, Equatable {
     /// (RFC 7672 §2.2.1 leaves it open; Postfix ≥ 3.6 does). Default true.
     public var daneForInsecureMX = true
     public var domains: [DomainLevel] = []
+    /// Honour a message's `TLS-Required: No` header (RFC 8689 §5): deliver it with opportunistic
+    /// TLS and no recipient policy, as its sender asked. Never for a REQUIRETLS message. Default
+    /// true (Postfix ≥ 3.10 does too).
+    public var honorTLSRequiredNo = true
 
     public init() {}
 

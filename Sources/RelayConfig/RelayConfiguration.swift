@@ -1,3 +1,4 @@
+import SMTPCore
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -51,6 +52,31 @@ public struct RelayConfiguration: Sendable, Equatable {
         public var maxLineLength = 10_000
         /// Seconds of client silence before 421 4.4.2. Default 300.
         public var idleTimeout = 300
+        /// STARTTLS (RFC 3207) on every listener: off (default: loopback clients need none),
+        /// offered, or required (530 5.7.0 before STARTTLS).
+        public var starttls: ServerSession.STARTTLSPolicy = .off
+        /// Listeners (entries of `listen`) that require STARTTLS whatever `starttls` says.
+        public var starttlsRequired: [SocketAddressText] = []
+        /// PEM certificate chain (server certificate first) and unencrypted PEM key for STARTTLS;
+        /// both needed once a listener offers it. Read again on SIGHUP.
+        public var tlsCertificateChainFile = ""
+        public var tlsPrivateKeyFile = ""
+
+        /// The STARTTLS policy of each listener, in `listen` order.
+        public var listenerPolicies: [(address: SocketAddressText, starttls: ServerSession.STARTTLSPolicy)] {
+            listen.map { ($0, starttlsRequired.contains($0) ? .required : starttls) }
+        }
+
+        /// True when some listener offers STARTTLS.
+        public var offersSTARTTLS: Bool { starttls != .off || !starttlsRequired.isEmpty }
+
+        public static func == (lhs: Server, rhs: Server) -> Bool {
+            lhs.listen == rhs.listen && lhs.hostname == rhs.hostname && lhs.allowedClients == rhs.allowedClients
+                && lhs.maxMessageSize == rhs.maxMessageSize && lhs.maxConnections == rhs.maxConnections && lhs.maxRecipients == rhs.maxRecipients
+                && lhs.maxCommandLineLength == rhs.maxCommandLineLength && lhs.maxLineLength == rhs.maxLineLength && lhs.idleTimeout == rhs.idleTimeout
+                && lhs.starttls == rhs.starttls && lhs.starttlsRequired == rhs.starttlsRequired
+                && lhs.tlsCertificateChainFile == rhs.tlsCertificateChainFile && lhs.tlsPrivateKeyFile == rhs.tlsPrivateKeyFile
+        }
     }
 
     /// `[dns]`: the validating resolver (libunbound).
@@ -169,6 +195,10 @@ public struct RelayConfiguration: Sendable, Equatable {
         lines.append("max_command_line_length = \(server.maxCommandLineLength)")
         lines.append("max_line_length = \(server.maxLineLength)")
         lines.append("idle_timeout = \(server.idleTimeout)")
+        lines.append("starttls = \(quote(server.starttls.rawValue))")
+        lines.append("starttls_required = \(list(server.starttlsRequired.map(\.description)))")
+        lines.append("tls_certificate_chain_file = \(quote(server.tlsCertificateChainFile))")
+        lines.append("tls_private_key_file = \(quote(server.tlsPrivateKeyFile))")
         lines.append("")
         lines.append("[dns]")
         lines.append("trust_anchor_file = \(quote(dns.trustAnchorFile))")
@@ -206,6 +236,7 @@ public struct RelayConfiguration: Sendable, Equatable {
         lines.append("downgrade_memory = \(quote(policy.downgradeMemory.rawValue))")
         lines.append("downgrade_grace = \(policy.downgradeGrace)")
         lines.append("dane_for_insecure_mx = \(policy.daneForInsecureMX)")
+        lines.append("honor_tls_required_no = \(policy.honorTLSRequiredNo)")
         for entry in policy.domains {
             lines.append("")
             lines.append("[[policy.domain]]")

@@ -23,6 +23,9 @@ public final class Daemon: Sendable {
     public let logger: Logger
     /// Where the configuration was read from; SIGHUP reads it again.
     public let configurationPath: String?
+    /// The STARTTLS certificate in use (set in `run`; replaced on SIGHUP).
+    private let certificateSlot = NIOLockedValueBox<InboundCertificate?>(nil)
+    var inboundCertificate: InboundCertificate? { certificateSlot.withLockedValue { $0 } }
 
     public init(configuration: RelayConfiguration, logger: Logger, configurationPath: String? = nil) {
         self.configuration = configuration
@@ -72,12 +75,30 @@ public final class Daemon: Sendable {
             settings.downgradeMemory = fresh.policy.downgradeMemory
             settings.downgradeGrace = Double(fresh.policy.downgradeGrace)
             settings.daneForInsecureMX = fresh.policy.daneForInsecureMX
+            settings.honorTLSRequiredNo = fresh.policy.honorTLSRequiredNo
+        }
+        // The STARTTLS certificate is read again (a renewed certificate needs no restart); a
+        // file that does not load leaves the one in use.
+        var certificateNote = ""
+        if let certificate = inboundCertificate, fresh.server.offersSTARTTLS {
+            do {
+                if let context = try Daemon.loadInboundCertificate(fresh.server) {
+                    certificate.replace(with: context)
+                    certificateNote = "; STARTTLS certificate re-read (\(context.certificateSubject))"
+                    if context.certificateExpired { logger.warning("reload: the STARTTLS certificate \(fresh.server.tlsCertificateChainFile) has expired") }
+                }
+            } catch {
+                logger.error("reload: STARTTLS certificate not changed: \(error)")
+                certificateNote = "; STARTTLS certificate not changed: \(error)"
+            }
         }
         commands.configuration.withLockedValue { $0.policy = fresh.policy; $0.logLevel = fresh.logLevel }
         var unchanged = fresh
         unchanged.policy = configuration.policy
         unchanged.logLevel = configuration.logLevel
-        var message = "configuration re-read from \(path): log_level \(fresh.logLevel), \(fresh.policy.domains.count) local level(s), downgrade_memory \(fresh.policy.downgradeMemory.rawValue)"
+        unchanged.server.tlsCertificateChainFile = configuration.server.tlsCertificateChainFile
+        unchanged.server.tlsPrivateKeyFile = configuration.server.tlsPrivateKeyFile
+        var message = "configuration re-read from \(path): log_level \(fresh.logLevel), \(fresh.policy.domains.count) local level(s), downgrade_memory \(fresh.policy.downgradeMemory.rawValue)\(certificateNote)"
         if unchanged != configuration {
             var sections: [String] = []
             if unchanged.stateDirectory != configuration.stateDirectory { sections.append("state_directory") }
@@ -85,12 +106,21 @@ public final class Daemon: Sendable {
             if unchanged.dns != configuration.dns { sections.append("[dns]") }
             if unchanged.delivery != configuration.delivery { sections.append("[delivery]") }
             let changed = sections.isEmpty ? "other settings" : sections.joined(separator: ", ")
-            logger.warning("reload: only log_level and [policy] are applied on reload; the changes to \(changed) need a restart")
+            logger.warning("reload: only log_level, [policy] and the STARTTLS certificate files are applied on reload; the changes to \(changed) need a restart")
             message += "; the changes to \(changed) need a restart"
         }
         for warning in ConfigurationCheck.warnings(fresh, now: now) { logger.warning("reload: \(warning)") }
         logger.notice("reload: \(message)")
         return finish(ReloadOutcome(time: now, applied: true, message: message))
+    }
+
+    /// The certificate chain and key STARTTLS presents (`server.tls_certificate_chain_file`,
+    /// `server.tls_private_key_file`); nil when no listener offers STARTTLS.
+    /// - Throws: `TLSContextError` naming the file and OpenSSL's reason (unreadable, not PEM, a
+    ///   key that does not belong to the certificate): start-up stops.
+    public static func loadInboundCertificate(_ server: RelayConfiguration.Server) throws -> TLSServerContext? {
+        guard server.offersSTARTTLS else { return nil }
+        return try TLSServerContext(certificateChainFile: server.tlsCertificateChainFile, privateKeyFile: server.tlsPrivateKeyFile)
     }
 
     /// Start-up self-test of DNSSEC validation: `dns.check_secure_name` must validate as secure
@@ -190,6 +220,13 @@ public final class Daemon: Sendable {
             }
             resolver = try RelayDNS.Resolver(configuration: resolverSettings)
             tlsContext = try TLSClientContext(extraCAFile: configuration.delivery.tlsCAFile.isEmpty ? nil : configuration.delivery.tlsCAFile)
+            if let context = try Daemon.loadInboundCertificate(configuration.server) {
+                certificateSlot.withLockedValue { $0 = InboundCertificate(context) }
+                logger.info("STARTTLS certificate \(configuration.server.tlsCertificateChainFile): \(context.certificateSubject)")
+                if context.certificateExpired {
+                    logger.warning("the STARTTLS certificate \(configuration.server.tlsCertificateChainFile) has expired: clients that verify it will refuse the session")
+                }
+            }
         } catch {
             try? await threadPool.shutdownGracefully()
             try? await group.shutdownGracefully()
@@ -229,6 +266,8 @@ public final class Daemon: Sendable {
                                             address: alert.address, policySource: alert.policySource.rawValue, resultType: alert.resultType.rawValue,
                                             reason: alert.reason))
             })
+        let honorTLSRequiredNo = self.configuration.policy.honorTLSRequiredNo
+        agent.update { $0.honorTLSRequiredNo = honorTLSRequiredNo }
         var schedulerSettings = Scheduler.Settings(hostname: configuration.server.hostname)
         schedulerSettings.queue.destinationConcurrency = configuration.delivery.destinationConcurrency
         schedulerSettings.queue.initialDestinationConcurrency = configuration.delivery.initialDestinationConcurrency
@@ -248,6 +287,7 @@ public final class Daemon: Sendable {
             spool: spool, threadPool: threadPool, logger: logger,
             onMessageQueued: { envelope in queuedIDs.continuation.yield(envelope.queueID) })
         settings.clientName = { await resolver.verifiedName(of: $0) }
+        settings.tlsCertificate = inboundCertificate
         let server = InboundServer(settings: settings, group: group)
         let commands = ControlCommands(configuration: NIOLockedValueBox(configuration), spool: spool, scheduler: scheduler, stsCache: stsCache,
                                        memory: memoryStore, alerts: alerts, startTime: Date().timeIntervalSince1970)
@@ -352,8 +392,12 @@ public final class Daemon: Sendable {
                 try await metricsEndpoint.start(listen: listen, group: group)
                 logger.info("metrics at http://\(listen)/metrics")
             }
-            let bound = try await server.start(listen: configuration.server.listen)
-            logger.info("listening on \(bound.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" }.joined(separator: ", ")) as \(configuration.server.hostname)")
+            let listeners = configuration.server.listenerPolicies.map { InboundListener(address: $0.address, starttls: $0.starttls) }
+            let bound = try await server.start(listeners: listeners)
+            let described = zip(bound, listeners).map { address, listener in
+                "\(address.ipAddress ?? "?"):\(address.port ?? 0)\(listener.starttls == .off ? "" : " (STARTTLS \(listener.starttls.rawValue))")"
+            }
+            logger.info("listening on \(described.joined(separator: ", ")) as \(configuration.server.hostname)")
         } catch {
             await server.shutdown(timeoutSeconds: 0)
             await metricsEndpoint?.stop()

@@ -33,6 +33,8 @@ public final class DeliveryAgent: Sendable {
         public var localLevels: [PolicySettings.DomainLevel]
         /// Downgrade memory mode and grace window (seconds).
         public var downgradeMemory: PolicySettings.DowngradeMemory = .report
+        /// Honour `TLS-Required: No` (RFC 8689 §5; `policy.honor_tls_required_no`). Default true.
+        public var honorTLSRequiredNo = true
 
         /// The local level entry for `domain` (expired or not).
         func localLevel(for domain: String) -> PolicySettings.DomainLevel? {
@@ -42,7 +44,8 @@ public final class DeliveryAgent: Sendable {
         /// The planner's settings.
         func planner(mtaSTS: Bool) -> PlannerSettings {
             PlannerSettings(port: port, daneForInsecureMX: daneForInsecureMX, mtaSTS: mtaSTS, memoryMode: downgradeMemory,
-                            downgradeGrace: downgradeGrace, dsnRelay: dsnRelay.map { (address: $0.address, port: $0.port) })
+                            downgradeGrace: downgradeGrace, dsnRelay: dsnRelay.map { (address: $0.address, port: $0.port) },
+                            honorTLSRequiredNo: honorTLSRequiredNo)
         }
         /// Where DSNs that tlsrelay writes go (`delivery.dsn_relay`); nil: the sender domain's MX.
         public var dsnRelay: (address: String, port: Int)?
@@ -120,7 +123,8 @@ public final class DeliveryAgent: Sendable {
         var planner = DeliveryPlanner(domain: domain, recipients: recipientIndexes, settings: settings.planner(mtaSTS: sts != nil),
                                       local: settings.localLevel(for: domain).map(LocalPolicyFact.init),
                                       memory: settings.downgradeMemory == .off ? nil : memory?.lookup(domain).fact, now: now,
-                                      message: envelope.generated == .deliveryStatusNotification ? .deliveryStatusNotification : .relayed)
+                                      message: envelope.generated == .deliveryStatusNotification ? .deliveryStatusNotification : .relayed,
+                                      sender: SenderRequest(requireTLS: envelope.transaction.parameters.requireTLS, tlsRequiredNo: envelope.tlsRequiredNo))
         let finished = await drive(&planner, effect: { effect in
             switch effect {
             case .log(let level, let text):
@@ -207,6 +211,7 @@ public final class DeliveryAgent: Sendable {
              probe: Bool = false) async -> (result: AttemptResult, report: ConnectionReport?) {
         var job = makeJob(envelope: envelope, indexes: attempt.recipients, tls: attempt.demand.requirement)
         job.probeOnly = probe
+        job.requireTLS = attempt.requireTLS
         let authentication = TLSPeerAuthentication(attempt.demand.authentication, requirement: attempt.demand.requirement)
         if let slots {
             guard await slots.acquire(attempt.address) else {
@@ -219,6 +224,7 @@ public final class DeliveryAgent: Sendable {
         let report: ConnectionReport
         do {
             let bytes = try await content.bytes()
+            job.contentHasNUL = bytes.contains(0)
             report = try await connect(address: attempt.address, port: attempt.port, host: attempt.demand.serverName(host: attempt.host), job: job, content: bytes,
                                        authentication: authentication)
         } catch {

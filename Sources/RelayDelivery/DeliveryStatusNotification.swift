@@ -55,7 +55,9 @@ public enum DeliveryStatusNotification {
     ///   - original: the original content; included whole for RET=FULL or when RET is absent,
     ///     headers only for RET=HDRS (RFC 3461 §4.3).
     ///     A delay report carries the headers only, whatever RET says (the message is not
-    ///     returned: it is still being delivered).
+    ///     returned: it is still being delivered). A REQUIRETLS message (RFC 8689) is returned
+    ///     as headers only too: the report itself is not sent with REQUIRETLS, so its body
+    ///     must not carry what the sender wanted protected.
     ///   - failed: the recipients being reported.
     ///   - reportingMTA: this relay's host name.
     ///   - date: RFC 5322 date-time of the report.
@@ -63,7 +65,7 @@ public enum DeliveryStatusNotification {
     ///   - kind: failure (default) or delay.
     public static func make(envelope: QueuedEnvelope, original: [UInt8], failed: [FailedRecipient],
                             reportingMTA: String, date: String, messageID: String, kind: Kind = .failure) -> [UInt8] {
-        let headersOnly = envelope.transaction.parameters.ret == .headers || kind != .failure
+        let headersOnly = envelope.transaction.parameters.ret == .headers || kind != .failure || envelope.transaction.parameters.requireTLS
         let boundary = "=_\(envelope.queueID.rawValue)/\(reportingMTA)"
         let sender = envelope.transaction.sender?.address ?? ""
         var text = ""

@@ -18,7 +18,7 @@ public struct ConnectionReport: Sendable {
 }
 
 /// Drives a `ClientSession` over one TCP connection: frames replies, writes commands and
-/// content, installs `OpenSSLClientHandler` after the 220 to STARTTLS, runs per-stage timers.
+/// content, installs `OpenSSLHandler` after the 220 to STARTTLS, runs per-stage timers.
 /// With `Job.keepOpen` the connection stays open and idle after a completed transaction for
 /// at most `idleLimit` seconds, and `run(job:content:completion:)` sends the next message on
 /// it; a connection older than `reuseLimit` seconds is closed with QUIT instead.
@@ -208,7 +208,7 @@ final class SMTPClientHandler: ChannelInboundHandler {
     private func startTLS(context: ChannelHandlerContext) {
         let handshake = context.eventLoop.makePromise(of: TLSSessionInfo.self)
         let started = NIODeadline.now()
-        let tls = OpenSSLClientHandler(context: tlsContext, authentication: authentication, serverName: serverName,
+        let tls = OpenSSLHandler(context: tlsContext, authentication: authentication, serverName: serverName,
                                        handshakeCompleted: handshake)
         do {
             try context.pipeline.syncOperations.addHandler(tls, position: .first)

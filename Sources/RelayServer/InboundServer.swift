@@ -2,6 +2,7 @@ import NIOCore
 import NIOPosix
 import Logging
 import RelayConfig
+import SMTPCore
 
 /// The inbound ESMTP listener (RFC 5321) on one or more sockets.
 public final class InboundServer: Sendable {
@@ -19,14 +20,38 @@ public final class InboundServer: Sendable {
         self.listeners = ListenerSet()
     }
 
-    /// Binds every address and starts accepting.
-    /// - Returns: the bound addresses (with the real port when 0 was asked).
+    /// Binds every listener and starts accepting.
+    /// - Parameter listeners: the sockets, each with its STARTTLS policy (`offered` and `required`
+    ///   need `settings.tlsCertificate`).
+    /// - Returns: the bound addresses (with the real port when 0 was asked), in order.
     /// - Throws: the bind error (address in use, permission denied), after closing any sockets
     ///   bound before it.
+    public func start(listeners: [InboundListener]) async throws -> [SocketAddress] {
+        var bound: [SocketAddress] = []
+        for listener in listeners {
+            let bootstrap = self.bootstrap(starttls: settings.tlsCertificate == nil ? .off : listener.starttls)
+            let address = listener.address
+            do {
+                let channel = try await bootstrap.bind(host: address.address.description, port: address.port).get()
+                self.listeners.append(channel)
+                if let local = channel.localAddress { bound.append(local) }
+            } catch {
+                await stopAccepting()
+                throw ListenError(address: address.description, underlying: error)
+            }
+        }
+        return bound
+    }
+
+    /// Binds every address without STARTTLS.
     public func start(listen addresses: [SocketAddressText]) async throws -> [SocketAddress] {
+        try await start(listeners: addresses.map { InboundListener(address: $0, starttls: .off) })
+    }
+
+    private func bootstrap(starttls: ServerSession.STARTTLSPolicy) -> ServerBootstrap {
         let settings = self.settings
         let connections = self.connections
-        let bootstrap = ServerBootstrap(group: group)
+        return ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
@@ -35,21 +60,9 @@ public final class InboundServer: Sendable {
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
                         IdleStateHandler(readTimeout: .seconds(Int64(settings.limits.idleTimeoutSeconds))))
-                    try channel.pipeline.syncOperations.addHandler(SMTPServerHandler(settings: settings, connections: connections))
+                    try channel.pipeline.syncOperations.addHandler(SMTPServerHandler(settings: settings, connections: connections, starttls: starttls))
                 }
             }
-        var bound: [SocketAddress] = []
-        for address in addresses {
-            do {
-                let channel = try await bootstrap.bind(host: address.address.description, port: address.port).get()
-                listeners.append(channel)
-                if let local = channel.localAddress { bound.append(local) }
-            } catch {
-                await stopAccepting()
-                throw ListenError(address: address.description, underlying: error)
-            }
-        }
-        return bound
     }
 
     /// Closes the listening sockets; open sessions go on.

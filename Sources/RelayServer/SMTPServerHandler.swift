@@ -4,6 +4,7 @@ import NIOPosix
 import Logging
 import RelayConfig
 import RelayQueue
+import RelayTLS
 import SMTPCore
 #if canImport(Glibc)
 import Glibc
@@ -43,10 +44,10 @@ final class SMTPServerHandler: ChannelInboundHandler {
     private var registered = false
     private var contentBuffer: [UInt8] = []
 
-    init(settings: InboundSettings, connections: ConnectionRegistry) {
+    init(settings: InboundSettings, connections: ConnectionRegistry, starttls: ServerSession.STARTTLSPolicy = .off) {
         self.settings = settings
         self.connections = connections
-        self.session = ServerSession(hostname: settings.hostname, limits: settings.limits)
+        self.session = ServerSession(hostname: settings.hostname, limits: settings.limits, starttls: starttls)
         self.framer = LineFramer(maxLineLength: settings.limits.maxCommandLineLength)
         self.logger = settings.logger
         contentBuffer.reserveCapacity(65536)
@@ -181,7 +182,10 @@ final class SMTPServerHandler: ChannelInboundHandler {
                 input.withUnsafeBytes { raw in
                     (consumed, outcome) = receiver.consume(raw, into: &contentBuffer)
                 }
-                if !receiver.isRefused { writer?.write(contentBuffer) }
+                if !receiver.isRefused {
+                    writer?.write(contentBuffer)
+                    headerScanner.consume(contentBuffer)
+                }
                 input = input.dropFirst(consumed)
                 guard let outcome else {
                     mode = .data(receiver, dataContext)
@@ -255,6 +259,8 @@ final class SMTPServerHandler: ChannelInboundHandler {
                 beginData(dataContext, context: context)
             case .storeMessage(let transaction):
                 store(transaction, context: context)
+            case .startTLS(let reply):
+                startTLS(reply: reply, context: context)
             case .close:
                 closing = true
                 context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0))).whenComplete { [channel = context.channel] _ in
@@ -273,11 +279,58 @@ final class SMTPServerHandler: ChannelInboundHandler {
     }
 
     private var storeStarted: NIODeadline?
+    /// Reads the header of the message being received (for `TLS-Required: No`).
+    private var headerScanner = MessageHeaderScanner()
+
+    /// STARTTLS (RFC 3207 §4): the 220, then the server handshake before anything else is read.
+    /// Bytes already behind the STARTTLS line would be taken as commands of the TLS session
+    /// (CVE-2011-0411): the session is ended instead.
+    private func startTLS(reply: Reply, context: ChannelHandlerContext) {
+        guard let certificate = settings.tlsCertificate else {
+            perform(session.pipelinedAfterSTARTTLS(), context: context)
+            return
+        }
+        if framer.bufferedByteCount > 0 {
+            // Logged as "NOQUEUE: reject: STARTTLS from ...: 554 5.7.0 ..." by perform().
+            _ = framer.takeBuffered()
+            perform(session.pipelinedAfterSTARTTLS(), context: context)
+            return
+        }
+        var buffer = context.channel.allocator.buffer(capacity: 32)
+        buffer.writeBytes(reply.wireBytes)
+        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+        let promise = context.eventLoop.makePromise(of: TLSSessionInfo.self)
+        let tls = OpenSSLHandler(serverContext: certificate.current, handshakeCompleted: promise)
+        do {
+            try context.pipeline.syncOperations.addHandler(tls, position: .first)
+        } catch {
+            logger.error("STARTTLS from \(client): cannot start TLS: \(error)")
+            closing = true
+            context.close(promise: nil)
+            return
+        }
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        promise.futureResult.whenComplete { result in
+            let (handler, context) = loopBound.value
+            switch result {
+            case .success(let info):
+                let inbound = InboundTLS(protocolVersion: info.protocolVersion, cipher: info.cipher,
+                                         cipherBits: info.cipherBits, algorithmBits: info.algorithmBits)
+                handler.session.tlsStarted(inbound)
+                handler.logger.info("STARTTLS from \(handler.client): \(inbound.commentText)")
+            case .failure(let error):
+                handler.logger.info("STARTTLS from \(handler.client): TLS handshake failed: \(error)")
+                handler.closing = true
+                context.close(promise: nil)
+            }
+        }
+    }
 
     private func beginData(_ dataContext: ServerSession.ReceiveDataContext, context: ChannelHandlerContext) {
         let receiver = DataReceiver(maxMessageSize: settings.limits.maxMessageSize, maxLineLength: settings.limits.maxTextLineLength)
         mode = .data(receiver, dataContext)
         self.dataContext = dataContext
+        headerScanner = MessageHeaderScanner()
         do {
             let writer = try settings.spool.beginMessage()
             let recipients = dataContext.transaction.recipients
@@ -285,7 +338,7 @@ final class SMTPServerHandler: ChannelInboundHandler {
                 heloName: dataContext.heloName, clientAddress: clientAddress, hostname: settings.hostname,
                 protocolName: dataContext.protocolName, queueID: writer.queueID.rawValue,
                 recipient: recipients.count == 1 ? recipients[0].mailbox : nil,
-                date: MessageDate.format(secondsSinceEpoch: Int(time(nil))))
+                date: MessageDate.format(secondsSinceEpoch: Int(time(nil))), tls: dataContext.tls)
             writer.write(header)
             self.writer = writer
         } catch {
@@ -310,9 +363,10 @@ final class SMTPServerHandler: ChannelInboundHandler {
         }
         self.writer = nil
         storeStarted = .now()
-        let envelope = QueuedEnvelope(
+        var envelope = QueuedEnvelope(
             queueID: writer.queueID, arrivalTime: currentTime(), clientAddress: clientAddress,
             heloName: dataContext?.heloName ?? "", transaction: transaction, size: writer.contentLength)
+        envelope.tlsRequiredNo = headerScanner.tlsRequiredNo
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         settings.threadPool.runIfActive(eventLoop: context.eventLoop) {
             try writer.commit(envelope: envelope)
@@ -337,7 +391,10 @@ final class SMTPServerHandler: ChannelInboundHandler {
             if let started = storeStarted { RelayMetrics.inboundData(seconds: Double((NIODeadline.now() - started).nanoseconds) / 1e9) }
             storeStarted = nil
             let transaction = envelope.transaction
-            logger.info("\(envelope.queueID): client=\(client), helo=<\(envelope.heloName)>, from=<\(transaction.sender?.address ?? "")>, size=\(envelope.size), nrcpt=\(transaction.recipients.count) (queued)")
+            var wishes = ""
+            if transaction.parameters.requireTLS { wishes += ", REQUIRETLS" }
+            if envelope.tlsRequiredNo { wishes += ", TLS-Required: No" }
+            logger.info("\(envelope.queueID): client=\(client), helo=<\(envelope.heloName)>, from=<\(transaction.sender?.address ?? "")>, size=\(envelope.size), nrcpt=\(transaction.recipients.count)\(wishes) (queued)")
             perform(session.messageStored(queueID: envelope.queueID.rawValue), context: context)
             settings.onMessageQueued(envelope)
         case .failure(let error):

@@ -82,6 +82,9 @@ public struct TLSSessionInfo: Sendable, Equatable {
     public let protocolVersion: String
     /// The OpenSSL cipher suite name, e.g. "TLS_AES_256_GCM_SHA384".
     public let cipher: String
+    /// Secret bits of the cipher and bits of its algorithm (`SSL_CIPHER_get_bits`), e.g. 256/256.
+    public let cipherBits: Int
+    public let algorithmBits: Int
     /// The server certificate's subject and issuer (RFC 2253 form), nil when none was sent.
     public let peerCertificateSubject: String?
     public let peerCertificateIssuer: String?
@@ -102,11 +105,14 @@ public struct TLSSessionInfo: Sendable, Equatable {
     /// TLSA records of a `.dane` request that were not used (usage 0/1, or refused by OpenSSL).
     public let unusableTLSARecords: Int
 
-    public init(protocolVersion: String, cipher: String, peerCertificateSubject: String?, peerCertificateIssuer: String?,
+    public init(protocolVersion: String, cipher: String, cipherBits: Int = 0, algorithmBits: Int = 0,
+                peerCertificateSubject: String?, peerCertificateIssuer: String?,
                 peerSPKISHA256: String? = nil, verified: Bool, verifyResult: Int, verifyResultText: String, daneMatch: DANEMatch?,
                 authenticationApplied: TLSAuthenticationApplied, unusableTLSARecords: Int) {
         self.protocolVersion = protocolVersion
         self.cipher = cipher
+        self.cipherBits = cipherBits
+        self.algorithmBits = algorithmBits
         self.peerCertificateSubject = peerCertificateSubject
         self.peerCertificateIssuer = peerCertificateIssuer
         self.peerSPKISHA256 = peerSPKISHA256
@@ -190,11 +196,21 @@ public enum TLSConnectionError: Error, Sendable, Equatable, CustomStringConverti
 public enum TLSContextError: Error, Sendable, Equatable, CustomStringConvertible {
     case openSSL(function: String, reason: String)
     case cannotLoadCAFile(path: String, reason: String)
+    /// The server certificate chain file is missing, unreadable or not PEM certificates.
+    case cannotLoadCertificateChain(path: String, reason: String)
+    /// The private key file is missing, unreadable, encrypted or not a PEM key.
+    case cannotLoadPrivateKey(path: String, reason: String)
+    /// The key does not belong to the chain's first certificate.
+    case keyDoesNotMatchCertificate(keyPath: String, certificatePath: String, reason: String)
 
     public var description: String {
         switch self {
         case .openSSL(let function, let reason): return "\(function) failed: \(reason)"
         case .cannotLoadCAFile(let path, let reason): return "cannot load CA file \(path): \(reason)"
+        case .cannotLoadCertificateChain(let path, let reason): return "cannot load the certificate chain \(path): \(reason)"
+        case .cannotLoadPrivateKey(let path, let reason): return "cannot load the private key \(path): \(reason)"
+        case .keyDoesNotMatchCertificate(let key, let certificate, let reason):
+            return "the private key \(key) does not belong to the first certificate of \(certificate): \(reason)"
         }
     }
 }

@@ -36,6 +36,14 @@ public struct ClientSession: Sendable {
         /// next message on it (RFC 5321 §4.1.4: the end of data ends the transaction and the
         /// client may start another). Off: QUIT after the transaction.
         public var keepOpen = false
+        /// REQUIRETLS (RFC 8689 §4.2.1): the server must announce REQUIRETLS in its EHLO reply
+        /// after STARTTLS, and MAIL FROM carries the parameter; otherwise nothing is sent
+        /// (`SessionFailure.requireTLSNotOffered`). Needs `tls == .required`.
+        public var requireTLS = false
+        /// The content holds a NUL octet (a message queued before NULs were refused at DATA):
+        /// it is never sent (RFC 5321 §4.1.1.4; a next hop that drops NULs could find a second
+        /// message in it); every recipient bounces with 5.6.0.
+        public var contentHasNUL = false
 
         public init(heloName: String, sender: Mailbox?, recipients: [Recipient], size: Int, body: BodyType?,
                     needsSMTPUTF8: Bool, ret: DSNReturn?, envelopeID: String?, tls: TLSRequirement) {
@@ -97,6 +105,9 @@ public struct ClientSession: Sendable {
         case serviceClosing(Reply)
         /// The server violated the protocol (bad reply syntax, unexpected code).
         case protocolError(String)
+        /// The job has REQUIRETLS, and the server did not announce REQUIRETLS in the EHLO reply
+        /// of its TLS session (RFC 8689 §4.2.1): nothing was sent.
+        case requireTLSNotOffered
         /// The connection dropped or timed out during `stage`.
         case connectionLost(Stage)
         case timeout(Stage)
@@ -138,6 +149,8 @@ public struct ClientSession: Sendable {
         public var smtputf8 = false
         public var dsn = false
         public var enhancedStatusCodes = false
+        /// REQUIRETLS (RFC 8689 §2).
+        public var requireTLS = false
         /// What the SIZE keyword said (RFC 1870 §4); nil when SIZE was not announced.
         public var size: SizeAnnouncement?
 
@@ -162,6 +175,7 @@ public struct ClientSession: Sendable {
                 case "SMTPUTF8": smtputf8 = true
                 case "DSN": dsn = true
                 case "ENHANCEDSTATUSCODES": enhancedStatusCodes = true
+                case "REQUIRETLS": requireTLS = true
                 case "SIZE": size = SizeAnnouncement(parameter: words.count > 1 ? words[1] : nil)
                 default: break
                 }
@@ -407,7 +421,14 @@ public struct ClientSession: Sendable {
 
     private mutating func beginTransaction() -> [Action] {
         if job.probeOnly { return quit() }
+        if job.requireTLS && !(result.usedTLS && capabilities.requireTLS) {
+            // RFC 8689 §4.2.1: only to a next hop that takes the REQUIRETLS obligation, in TLS.
+            return fail(.requireTLSNotOffered)
+        }
         // Local decisions that make every recipient fail permanently.
+        if job.contentHasNUL {
+            return bounceAll(EnhancedStatusCode(5, 6, 0), "message content contains a NUL character, which SMTP may not carry (RFC 5321 section 4.1.1.4); not sent")
+        }
         if job.needsSMTPUTF8 && !capabilities.smtputf8 {
             return bounceAll(EnhancedStatusCode(5, 6, 7), "SMTPUTF8 is required but not supported by the receiving server (RFC 6531 section 3.4)")
         }
@@ -525,6 +546,7 @@ public struct ClientSession: Sendable {
         if capabilities.size != nil { text += " SIZE=\(job.size)" }
         if job.body == .eightBitMIME && capabilities.eightBitMIME { text += " BODY=8BITMIME" }
         if job.needsSMTPUTF8 && capabilities.smtputf8 { text += " SMTPUTF8" }
+        if job.requireTLS { text += " REQUIRETLS" }
         if capabilities.dsn {
             if let ret = job.ret { text += " RET=\(ret.rawValue)" }
             if let envelopeID = job.envelopeID { text += " ENVID=\(XText.encode(envelopeID))" }

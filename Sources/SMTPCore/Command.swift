@@ -12,7 +12,9 @@ public enum Command: Sendable, Equatable {
     case vrfy(String)
     case expn(String)
     case help
-    /// A verb this server knows of but does not offer (STARTTLS, AUTH, BDAT, ETRN, TURN).
+    /// `STARTTLS` (RFC 3207 §4), which takes no parameters.
+    case starttls
+    /// A verb this server knows of but does not offer (AUTH, BDAT, ETRN, TURN).
     case notImplemented(String)
     /// A verb nobody knows.
     case unknown(String)
@@ -68,7 +70,12 @@ public enum CommandParser {
             return .expn(String(rest))
         case "HELP":
             return .help
-        case "STARTTLS", "AUTH", "BDAT", "ETRN", "TURN", "ATRN", "SEND", "SOML", "SAML":
+        case "STARTTLS":
+            guard rest.trimmingSpaces().isEmpty else {
+                throw CommandSyntaxError(reply: Reply(501, .invalidArguments, "Syntax: STARTTLS (no parameters allowed, RFC 3207 section 4)"))
+            }
+            return .starttls
+        case "AUTH", "BDAT", "ETRN", "TURN", "ATRN", "SEND", "SOML", "SAML":
             return .notImplemented(verb)
         default:
             return .unknown(verb)

@@ -2,8 +2,9 @@
 /// `CRLF . CRLF`, and watches for bare CR/LF, over-long lines and the size limit.
 ///
 /// Only `CRLF . CRLF` ends the content; `LF . LF`, `CR . CR` and any other variant do not, and
-/// a message containing a bare CR or LF is refused as a whole after its real end
-/// (RFC 5321 §2.3.8), so one transaction can never become two.
+/// a message containing a bare CR or LF (RFC 5321 §2.3.8) or a NUL (RFC 5321 §4.1.1.4, RFC 6152)
+/// is refused as a whole after its real end, so one transaction can never become two — not here,
+/// and not at a next hop that drops NULs and would read `CRLF NUL . CRLF` as an end.
 public struct DataReceiver: Sendable {
     enum Position: Sendable {
         case lineStart
@@ -88,6 +89,11 @@ public struct DataReceiver: Sendable {
             mark(.bareLineEnding)
             position = .inLine
             lineLength = 0
+        case 0:
+            // NUL: refused after the real end, as a bare CR or LF is (see `DataOutcome.nulCharacter`).
+            mark(.nulCharacter)
+            position = .inLine
+            lineLength += 1
         default:
             position = .inLine
             lineLength += 1

@@ -47,4 +47,11 @@ public struct EnhancedStatusCode: Sendable, Hashable, CustomStringConvertible {
     public static let mediaNotSupported = EnhancedStatusCode(5, 6, 1)
     public static let contentRejected = EnhancedStatusCode(5, 6, 0)
     public static let timeout = EnhancedStatusCode(4, 4, 2)
+    /// 5.7.0 other security status: "Must issue a STARTTLS command first" (RFC 3207 §4).
+    public static let securityPermanent = EnhancedStatusCode(5, 7, 0)
+    /// 5.7.10 encryption needed (RFC 5248): REQUIRETLS in a session without TLS (RFC 8689 §4.1).
+    public static let encryptionNeeded = EnhancedStatusCode(5, 7, 10)
+    /// 5.7.30 REQUIRETLS support required (RFC 8689 §7.4): no MX host could take a REQUIRETLS
+    /// message as the extension demands.
+    public static let requireTLSSupportRequired = EnhancedStatusCode(5, 7, 30)
 }

@@ -15,6 +15,22 @@ public struct ServerSession: Sendable {
         case storeMessage(MailTransaction)
         /// Close the connection after sending any replies before this action.
         case close
+        /// STARTTLS accepted (RFC 3207 §4): send `reply` (220), then start the TLS handshake as
+        /// the server before reading anything more; call `tlsStarted` after it succeeded and close
+        /// the connection when it fails. Bytes the client sent behind STARTTLS must not be read
+        /// as commands: the handler calls `pipelinedAfterSTARTTLS()` instead of sending `reply`.
+        case startTLS(reply: Reply)
+    }
+
+    /// Whether a listener offers STARTTLS (RFC 3207) and whether it insists on it.
+    public enum STARTTLSPolicy: String, Sendable, Hashable, CaseIterable {
+        /// Not offered; STARTTLS is answered 502.
+        case off
+        /// Offered in the EHLO reply; mail may also be sent without it.
+        case offered
+        /// Offered, and MAIL, RCPT, DATA, VRFY and EXPN get `530 5.7.0` until TLS is active
+        /// (RFC 3207 §4).
+        case required
     }
 
     /// What the handler needs to receive one message.
@@ -22,8 +38,11 @@ public struct ServerSession: Sendable {
         public let transaction: MailTransaction
         /// The client's HELO/EHLO argument.
         public let heloName: String
-        /// "ESMTP", "SMTP" or "UTF8SMTP" for the Received header `with` clause (RFC 3848).
+        /// "ESMTP", "ESMTPS", "SMTP", "UTF8SMTP" or "UTF8SMTPS" for the Received header `with`
+        /// clause (RFC 3848, RFC 6531 §3.7.3).
         public let protocolName: String
+        /// The session's TLS, nil in clear.
+        public let tls: InboundTLS?
     }
 
     /// How DATA ended, as the handler observed it.
@@ -36,6 +55,10 @@ public struct ServerSession: Sendable {
         case bareLineEnding
         /// A line exceeded the text line limit.
         case lineTooLong
+        /// A NUL octet appeared in the content: not allowed in 7-bit or 8BITMIME content
+        /// (RFC 5321 §4.1.1.4 with RFC 6152 §3), and a next hop that drops NULs could read
+        /// `CRLF NUL . CRLF` as the end of the data (SMTP smuggling).
+        case nulCharacter
         /// 8-bit octets in a message declared 7BIT is tolerated (Postfix does too) and not an outcome.
     }
 
@@ -62,6 +85,9 @@ public struct ServerSession: Sendable {
 
     public let hostname: String
     public let limits: ServerLimits
+    public let starttls: STARTTLSPolicy
+    /// The session's TLS once STARTTLS succeeded (RFC 3207 §4.2), nil in clear.
+    public private(set) var tls: InboundTLS?
     public private(set) var heloName: String?
     public private(set) var extended = false
     private(set) var state: State = .awaitingGreeting
@@ -70,9 +96,11 @@ public struct ServerSession: Sendable {
     /// - Parameters:
     ///   - hostname: this server's name for the greeting and the Received header.
     ///   - limits: the session limits.
-    public init(hostname: String, limits: ServerLimits) {
+    ///   - starttls: whether this listener offers or requires STARTTLS.
+    public init(hostname: String, limits: ServerLimits, starttls: STARTTLSPolicy = .off) {
         self.hostname = hostname
         self.limits = limits
+        self.starttls = starttls
     }
 
     /// True while the handler must not feed command lines (content is being read or stored).
@@ -176,6 +204,10 @@ public struct ServerSession: Sendable {
     }
 
     mutating func handle(_ command: Command) -> [Action] {
+        if starttls == .required, tls == nil, command.needsTLSWhenRequired {
+            // RFC 3207 §4: a server that requires TLS answers 530 until STARTTLS.
+            return fail(Reply(530, .securityPermanent, "Must issue a STARTTLS command first"))
+        }
         switch command {
         case .ehlo(let name), .helo(let name):
             guard DomainSyntax.isValidDomain(Substring(name), allowUTF8: false) || DomainSyntax.isAddressLiteral(Substring(name)) else {
@@ -185,7 +217,7 @@ public struct ServerSession: Sendable {
             extended = command.isEHLO
             state = .greeted   // RFC 5321 §4.1.4: EHLO resets any transaction
             if !extended { return [.reply(Reply(250, nil, hostname))] }
-            return [.reply(Reply(250, nil, [
+            var keywords = [
                 hostname,
                 "PIPELINING",
                 "SIZE \(limits.maxMessageSize)",
@@ -193,7 +225,23 @@ public struct ServerSession: Sendable {
                 "SMTPUTF8",
                 "ENHANCEDSTATUSCODES",
                 "DSN",
-            ]))]
+            ]
+            // RFC 3207 §4.2: STARTTLS is not offered again once TLS is active. RFC 8689 §4.1:
+            // REQUIRETLS only in a TLS-protected session.
+            if starttls != .off && tls == nil { keywords.append("STARTTLS") }
+            if tls != nil { keywords.append("REQUIRETLS") }
+            return [.reply(Reply(250, nil, keywords))]
+        case .starttls:
+            guard starttls != .off else {
+                return fail(Reply(502, .invalidCommand, "Error: command STARTTLS not implemented"))
+            }
+            if tls != nil { return fail(Reply(503, .invalidCommand, "Error: TLS is already active")) }
+            switch state {
+            case .ready: return fail(Reply(503, .invalidCommand, "Error: send EHLO first"))
+            case .mail: return fail(Reply(503, .invalidCommand, "Error: MAIL transaction in progress"))
+            default: break
+            }
+            return [.startTLS(reply: Reply(220, .ok, "Ready to start TLS"))]
         case .mail(let pathText, let parameters):
             switch state {
             case .ready: return fail(Reply(503, .invalidCommand, "Error: send HELO/EHLO first"))
@@ -281,10 +329,11 @@ public struct ServerSession: Sendable {
                     return fail(Reply(554, .invalidCommand, "Error: no valid recipients"))
                 }
                 state = .data(transaction)
-                let protocolName = transaction.parameters.smtputf8 ? "UTF8SMTP" : (extended ? "ESMTP" : "SMTP")
+                var protocolName = transaction.parameters.smtputf8 ? "UTF8SMTP" : (extended ? "ESMTP" : "SMTP")
+                if tls != nil && extended { protocolName += "S" }
                 return [
                     .reply(Reply(354, nil, "End data with <CR><LF>.<CR><LF>")),
-                    .receiveData(ReceiveDataContext(transaction: transaction, heloName: heloName ?? "", protocolName: protocolName)),
+                    .receiveData(ReceiveDataContext(transaction: transaction, heloName: heloName ?? "", protocolName: protocolName, tls: tls)),
                 ]
             default: return []
             }
@@ -336,6 +385,15 @@ public struct ServerSession: Sendable {
                 return Reply(501, .invalidArguments, "Bad RET parameter (RFC 3461 section 4.3)")
             }
             parameters.ret = ret
+        case "REQUIRETLS":
+            guard parameter.value == nil, !parameters.requireTLS else {
+                return Reply(501, .invalidArguments, "Bad REQUIRETLS parameter: it takes no value (RFC 8689 section 4)")
+            }
+            // RFC 8689 §4.1: REQUIRETLS is only offered, and only taken, over TLS.
+            guard tls != nil else {
+                return Reply(530, .encryptionNeeded, "REQUIRETLS needs a TLS-protected session: issue STARTTLS first (RFC 8689 section 4.1)")
+            }
+            parameters.requireTLS = true
         case "ENVID":
             // RFC 3461 §4.4: xtext, at most 100 characters.
             guard let value = parameter.value, value.count <= 100, let decoded = XText.decode(value), parameters.envelopeID == nil else {
@@ -364,7 +422,29 @@ public struct ServerSession: Sendable {
         case .lineTooLong:
             state = .greeted
             return fail(Reply(554, .contentRejected, "Message has a line longer than \(limits.maxTextLineLength) octets"))
+        case .nulCharacter:
+            state = .greeted
+            return fail(Reply(554, .contentRejected, "Message contains a NUL character, which SMTP content may not carry (RFC 5321 section 4.1.1.4, RFC 6152)"))
         }
+    }
+
+    /// The TLS handshake after `startTLS` succeeded: everything learnt before is discarded and the
+    /// client must send EHLO again (RFC 3207 §4.2).
+    public mutating func tlsStarted(_ info: InboundTLS) {
+        guard !isClosed else { return }
+        tls = info
+        heloName = nil
+        extended = false
+        state = .ready
+    }
+
+    /// The client sent more bytes behind STARTTLS, before the 220 (RFC 3207 §4.2, RFC 2920
+    /// §3.1: STARTTLS ends a pipelined group). Those bytes would otherwise be read as commands
+    /// from the TLS session — the command injection of CVE-2011-0411 — so the session ends
+    /// without TLS and nothing of them is executed.
+    public mutating func pipelinedAfterSTARTTLS() -> [Action] {
+        state = .closed
+        return [.reply(Reply(554, .securityPermanent, "Error: commands sent behind STARTTLS are not allowed (RFC 3207 section 4.2); closing")), .close]
     }
 
     /// The message is on disk and fsync'ed: only now 250 (RFC 5321 §6.1).
@@ -399,4 +479,13 @@ public struct ServerSession: Sendable {
 
 extension Command {
     var isEHLO: Bool { if case .ehlo = self { return true } else { return false } }
+
+    /// The commands a `required` listener refuses before STARTTLS (RFC 3207 §4: all but EHLO,
+    /// HELO, STARTTLS, NOOP, RSET, QUIT and HELP).
+    var needsTLSWhenRequired: Bool {
+        switch self {
+        case .mail, .rcpt, .data, .vrfy, .expn: return true
+        default: return false
+        }
+    }
 }

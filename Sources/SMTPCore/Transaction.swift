@@ -77,7 +77,8 @@ public struct Recipient: Sendable, Codable, Hashable {
     }
 }
 
-/// Parameters of `MAIL FROM` (RFC 1870 SIZE, RFC 6152 BODY, RFC 6531 SMTPUTF8, RFC 3461 RET/ENVID).
+/// Parameters of `MAIL FROM` (RFC 1870 SIZE, RFC 6152 BODY, RFC 6531 SMTPUTF8, RFC 3461 RET/ENVID,
+/// RFC 8689 REQUIRETLS).
 public struct MailParameters: Sendable, Codable, Hashable {
     /// Declared message size in bytes (RFC 1870 §3), if given.
     public var declaredSize: Int?
@@ -85,8 +86,36 @@ public struct MailParameters: Sendable, Codable, Hashable {
     public var smtputf8: Bool = false
     public var ret: DSNReturn?
     public var envelopeID: String?
+    /// `REQUIRETLS` (RFC 8689 §4.1): the message may travel only over TLS to MX hosts that are
+    /// authenticated (DANE, or MTA-STS enforce) and that take REQUIRETLS in turn, or it bounces.
+    /// Absent in envelopes written before this parameter existed, which read as false.
+    public var requireTLS: Bool = false
 
     public init() {}
+
+    enum CodingKeys: String, CodingKey {
+        case declaredSize, body, smtputf8, ret, envelopeID, requireTLS
+    }
+
+    public init(from decoder: Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        declaredSize = try container.decodeIfPresent(Int.self, forKey: .declaredSize)
+        body = try container.decodeIfPresent(BodyType.self, forKey: .body)
+        smtputf8 = try container.decodeIfPresent(Bool.self, forKey: .smtputf8) ?? false
+        ret = try container.decodeIfPresent(DSNReturn.self, forKey: .ret)
+        envelopeID = try container.decodeIfPresent(String.self, forKey: .envelopeID)
+        requireTLS = try container.decodeIfPresent(Bool.self, forKey: .requireTLS) ?? false
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encodeIfPresent(declaredSize, forKey: .declaredSize)
+        try container.encodeIfPresent(body, forKey: .body)
+        try container.encode(smtputf8, forKey: .smtputf8)
+        try container.encodeIfPresent(ret, forKey: .ret)
+        try container.encodeIfPresent(envelopeID, forKey: .envelopeID)
+        if requireTLS { try container.encode(true, forKey: .requireTLS) }
+    }
 }
 
 /// The envelope of one mail transaction as it stands when DATA ends.

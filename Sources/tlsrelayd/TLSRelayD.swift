@@ -46,6 +46,7 @@ struct TLSRelayD: AsyncParsableCommand {
         var problems = ConfigurationCheck.problems(settings)
         if problems.isEmpty {
             do { try Daemon.checkResolver(settings.dns) } catch { problems.append("[dns]: \(error)") }
+            do { _ = try Daemon.loadInboundCertificate(settings.server) } catch { problems.append("[server]: \(error)") }
         }
         if !problems.isEmpty {
             for problem in problems { writeStandardError("tlsrelayd: configuration error: \(config): \(problem)\n") }

@@ -2,10 +2,11 @@ import DeliveryPolicy
 import SMTPCore
 import Testing
 
-/// The floor rule and the outcome rules, checked on the whole product of inputs (local level ×
-/// DNSSEC status of MX, address and TLSA × TLSA content × MTA-STS × downgrade memory × what the
-/// MX does). The oracle below is written from the policy table (README, "How a message is
-/// delivered"), independently of `HostPolicy`.
+/// The floor rule and the outcome rules, checked on the whole product of inputs (message kind and
+/// sender request (REQUIRETLS, `TLS-Required: No`) × whether the next hop announces REQUIRETLS ×
+/// local level × DNSSEC status of MX, address and TLSA × TLSA content × MTA-STS × downgrade
+/// memory × what the MX does). The oracle below is written from the policy table (README, "How a
+/// message is delivered"), independently of `HostPolicy`.
 struct Oracle {
     /// nil: no connection may be made at all; else the highest floor every attempt must meet.
     var floor: AchievedSecurity?
@@ -18,6 +19,10 @@ struct Oracle {
 
     /// A DSN to the DSN relay: one attempt there, no recipient policy at all.
     var dsnRelay = false
+    /// REQUIRETLS and no way to carry it (RFC 8689 §4.2.1): no attempt, a bounce with 5.7.30.
+    var requireTLSRefused = false
+    /// `TLS-Required: No` honoured (RFC 8689 §5): this exact demand, no recipient policy.
+    var waivedDemand: TLSDemand?
 
     init(_ i: Inputs) {
         if i.message == .deliveryStatusNotification {
@@ -26,6 +31,32 @@ struct Oracle {
             return
         }
         let localApplies = i.local != .absent && i.local != .expired
+        if i.sender == .tlsRequiredNo {
+            // Only DNS integrity still stops a delivery; no DANE, MTA-STS or memory.
+            if i.mxStatus == .failed { noAttemptStatus = .directoryServerFailure; return }
+            if i.mxStatus == .bogus || i.addressStatus == .bogus { noAttemptStatus = .cryptographicFailure; return }
+            if i.addressStatus == .failed { noAttemptStatus = .directoryServerFailure; return }
+            waivedDemand = i.local == .none ? .cleartext : .opportunistic
+            floor = AchievedSecurity.none
+            return
+        }
+        standardRules(i, localApplies: localApplies)
+        guard i.sender.isRequireTLS, floor != nil else { return }
+        // REQUIRETLS: authenticated by DANE or MTA-STS enforce (or a local dane/verify level),
+        // behind a DNSSEC-secure MX answer or an MTA-STS enforce policy listing the host.
+        let stsEnforce = !localApplies && (i.sts == .enforceMatching || i.sts == .cachedAfterFailedRefresh)
+        let authenticated: AchievedSecurity = localApplies ? localDemand!.guaranteed : discoveredFloor
+        if authenticated < .mtaSTS || !(i.mxStatus == .secure || stsEnforce) {
+            requireTLSRefused = true
+            floor = nil
+            noAttemptStatus = .requireTLSSupportRequired
+        }
+    }
+
+    /// The highest floor of discovered policy (DANE, MTA-STS), memory aside.
+    var discoveredFloor: AchievedSecurity = .none
+
+    mutating func standardRules(_ i: Inputs, localApplies: Bool) {
         if i.mxStatus == .failed { noAttemptStatus = .directoryServerFailure; return }
         if i.mxStatus == .bogus { noAttemptStatus = .cryptographicFailure; return }
         if !localApplies && i.sts == .temporaryFailure { noAttemptStatus = .directoryServerFailure; return }
@@ -58,6 +89,7 @@ struct Oracle {
         if stsEnforce && !usable { floors.append(.mtaSTS) }
         if i.sts == .enforceNotMatching && !usable { noAttemptStatus = .cryptographicFailure; return }
         let discovered = floors.max() ?? .none
+        discoveredFloor = discovered
         let memory: AchievedSecurity? = switch i.memory {
         case .enforceTLS: .tls
         case .enforceMTASTS: .mtaSTS
@@ -77,7 +109,8 @@ struct ExhaustivePlannerTests {
     @Test("floor rule and outcome rules on the whole product of inputs")
     func exhaustive() {
         let all = Inputs.all
-        #expect(all.count == 2 * 8 * 64 * 5 * 7 * 6 * 8)
+        #expect(all.count == Inputs.messageVariants.count * 8 * 64 * 5 * 7 * 6 * 8)
+        #expect(Inputs.messageVariants.count == 8)
         var violations: [String] = []
         func violate(_ inputs: Inputs, _ rule: String, _ t: Transcript) {
             if violations.count < 25 {
@@ -88,10 +121,28 @@ struct ExhaustivePlannerTests {
             let t = run(inputs)
             let oracle = Oracle(inputs)
             guard let outcome = t.outcome else { violate(inputs, "the planner did not finish", t); continue }
-            // Policy failures are never a bounce, and nothing here may bounce.
-            if outcome.kind == .bounced { violate(inputs, "bounced", t) }
+            // Policy failures are never a bounce; only REQUIRETLS bounces, with 5.7.30, when no
+            // host could take it as it demands (RFC 8689 §4.2.1).
+            let requireTLSRefusedAtNextHop = t.attempts.contains { $0.result.failure == .requireTLSNotOffered }
+            if outcome.kind == .bounced {
+                if !(oracle.requireTLSRefused || requireTLSRefusedAtNextHop) || outcome.status != .requireTLSSupportRequired {
+                    violate(inputs, "bounced", t)
+                }
+            } else if oracle.requireTLSRefused || requireTLSRefusedAtNextHop {
+                violate(inputs, "REQUIRETLS could not be carried, but not bounced with 5.7.30", t)
+            }
+            for (attempt, _) in t.attempts where attempt.requireTLS != inputs.sender.isRequireTLS {
+                violate(inputs, "REQUIRETLS on MAIL FROM does not follow the message", t)
+            }
+            if inputs.sender.isRequireTLS {
+                for (attempt, _) in t.attempts where attempt.demand.requirement != .required || attempt.demand.guaranteed < .mtaSTS || attempt.kind != .first {
+                    violate(inputs, "a REQUIRETLS message tried without authenticated TLS", t)
+                }
+                if outcome.kind == .delivered && !inputs.announcesRequireTLS { violate(inputs, "REQUIRETLS delivered to a next hop without it", t) }
+            }
             guard let floor = oracle.floor else {
                 if !t.attempts.isEmpty { violate(inputs, "connected where no connection is allowed", t) }
+                if oracle.requireTLSRefused { continue }
                 if outcome.kind != .deferred || outcome.status != oracle.noAttemptStatus { violate(inputs, "wrong deferral without attempts", t) }
                 if oracle.memoryBinding && !t.notedRefusal { violate(inputs, "refused downgrade without starting the grace window", t) }
                 continue
@@ -118,10 +169,19 @@ struct ExhaustivePlannerTests {
                 if !t.remembered.isEmpty { violate(inputs, "memory written under a local level", t) }
             }
             if let achieved = t.deliveredWith, achieved < floor { violate(inputs, "delivered with \(achieved) under floor \(floor)", t) }
+            if let waived = oracle.waivedDemand {
+                // RFC 8689 §5: opportunistic TLS, no recipient policy, nothing remembered.
+                if t.attempts.first?.attempt.demand != waived { violate(inputs, "TLS-Required: No not delivered with opportunistic TLS", t) }
+                if !t.alerts.isEmpty || !t.remembered.isEmpty || t.notedRefusal { violate(inputs, "TLS-Required: No raised alerts or touched memory", t) }
+                if outcome.kind == .delivered && outcome.policy != .tlsRequiredNo { violate(inputs, "TLS-Required: No delivery not attributed to it", t) }
+                if inputs.mx != .bytesAfter220 && outcome.kind != .delivered { violate(inputs, "TLS-Required: No not delivered", t) }
+                continue
+            }
             // Liveness: a delivery the policy allows goes ahead.
-            let mustDeliver = inputs.mx == .verified
+            let mustDeliver = (inputs.mx == .verified
                 || (floor == .none && inputs.mx != .bytesAfter220)
-                || (floor == .tls && (inputs.mx == .unverified || inputs.mx == .wrongName))
+                || (floor == .tls && (inputs.mx == .unverified || inputs.mx == .wrongName)))
+                && (!inputs.sender.isRequireTLS || inputs.announcesRequireTLS)
             if mustDeliver && outcome.kind != .delivered { violate(inputs, "not delivered though the policy allows it", t) }
             if outcome.kind == .deferred, let last = t.attempts.last, last.attempt.demand.requirement == .required,
                last.result.connectFailure == nil, outcome.status != .cryptographicFailure {

@@ -32,9 +32,32 @@ struct Inputs: Sendable, CustomStringConvertible {
     var mx: MX
     /// Relayed mail, or a DSN tlsrelay wrote (with a DSN relay configured).
     var message: MessageKind = .relayed
+    /// What the sender asked (RFC 8689).
+    enum Sender: String, CaseIterable {
+        case standard
+        case requireTLS = "requiretls"
+        /// REQUIRETLS and the header `TLS-Required: No` (the header is ignored, RFC 8689 §5).
+        case requireTLSWithHeader = "requiretls+tls-required-no"
+        case tlsRequiredNo = "tls-required-no"
+        /// `TLS-Required: No` with `policy.honor_tls_required_no = false`.
+        case tlsRequiredNoNotHonoured = "tls-required-no-not-honoured"
+
+        var request: SenderRequest {
+            switch self {
+            case .standard: return .none
+            case .requireTLS: return SenderRequest(requireTLS: true)
+            case .requireTLSWithHeader: return SenderRequest(requireTLS: true, tlsRequiredNo: true)
+            case .tlsRequiredNo, .tlsRequiredNoNotHonoured: return SenderRequest(tlsRequiredNo: true)
+            }
+        }
+        var isRequireTLS: Bool { self == .requireTLS || self == .requireTLSWithHeader }
+    }
+    var sender: Sender = .standard
+    /// The MX announces REQUIRETLS in its TLS session (RFC 8689 §2).
+    var announcesRequireTLS = true
 
     var description: String {
-        "message=\(message.rawValue) local=\(local.rawValue) mx=\(mxStatus.rawValue) a=\(addressStatus.rawValue) tlsa=\(tlsaStatus.rawValue)/\(tlsa.rawValue) sts=\(sts.rawValue) memory=\(memory.rawValue) mx-does=\(mx.rawValue)"
+        "message=\(message.rawValue) sender=\(sender.rawValue) next-hop-requiretls=\(announcesRequireTLS) local=\(local.rawValue) mx=\(mxStatus.rawValue) a=\(addressStatus.rawValue) tlsa=\(tlsaStatus.rawValue)/\(tlsa.rawValue) sts=\(sts.rawValue) memory=\(memory.rawValue) mx-does=\(mx.rawValue)"
     }
 
     static let domain = "example.net"
@@ -112,11 +135,16 @@ struct Inputs: Sendable, CustomStringConvertible {
         }
     }
 
+    /// The message dimensions: a DSN (no sender request), and relayed mail with each sender
+    /// request; whether the next hop announces REQUIRETLS only matters to REQUIRETLS messages.
+    static let messageVariants: [(MessageKind, Sender, Bool)] = [(.deliveryStatusNotification, .standard, true)]
+        + Sender.allCases.flatMap { sender in sender.isRequireTLS ? [(MessageKind.relayed, sender, true), (.relayed, sender, false)] : [(.relayed, sender, true)] }
+
     /// All combinations, in a fixed order.
     static var all: [Inputs] {
         var result: [Inputs] = []
-        result.reserveCapacity(2 * 860_160)
-        for message in MessageKind.allCases {
+        result.reserveCapacity(messageVariants.count * 860_160)
+        for (message, sender, announces) in messageVariants {
         for local in Local.allCases {
             for mxStatus in Status.allCases {
                 for addressStatus in Status.allCases {
@@ -126,7 +154,8 @@ struct Inputs: Sendable, CustomStringConvertible {
                                 for memory in Memory.allCases {
                                     for mx in MX.allCases {
                                         result.append(Inputs(local: local, mxStatus: mxStatus, addressStatus: addressStatus, tlsaStatus: tlsaStatus,
-                                                             tlsa: tlsa, sts: sts, memory: memory, mx: mx, message: message))
+                                                             tlsa: tlsa, sts: sts, memory: memory, mx: mx, message: message,
+                                                             sender: sender, announcesRequireTLS: announces))
                                     }
                                 }
                             }
@@ -160,8 +189,19 @@ struct Transcript: Sendable {
 }
 
 /// The simulated MX: what a connection under `demand` comes to (mirrors `ClientSession`:
-/// opportunistic STARTTLS refused or not offered goes on in clear).
-func simulate(_ mx: Inputs.MX, demand: TLSDemand, recipients: [Int], records: [TLSAEntry]) -> AttemptResult {
+/// opportunistic STARTTLS refused or not offered goes on in clear; a REQUIRETLS attempt stops
+/// after the TLS EHLO when the server does not announce REQUIRETLS).
+func simulate(_ mx: Inputs.MX, demand: TLSDemand, recipients: [Int], records: [TLSAEntry], requireTLS: Bool = false,
+              announcesRequireTLS: Bool = true) -> AttemptResult {
+    let result = simulateTLS(mx, demand: demand, recipients: recipients, records: records)
+    guard requireTLS, result.failure == nil else { return result }
+    guard result.tls != nil, announcesRequireTLS else {
+        return AttemptResult(failure: .requireTLSNotOffered, tls: result.tls, offeredSTARTTLS: result.offeredSTARTTLS)
+    }
+    return result
+}
+
+func simulateTLS(_ mx: Inputs.MX, demand: TLSDemand, recipients: [Int], records: [TLSAEntry]) -> AttemptResult {
     let delivered = Dictionary(uniqueKeysWithValues: recipients.map { ($0, ClientSession.RecipientResult.delivered(Reply(250, .ok, ["ok"]))) })
     let offered = mx != .stripped
     if demand.requirement == .none { return AttemptResult(recipients: delivered, offeredSTARTTLS: offered) }
@@ -211,9 +251,11 @@ func simulate(_ mx: Inputs.MX, demand: TLSDemand, recipients: [Int], records: [T
 /// Runs one delivery of one recipient through the planner, answering every action from `inputs`.
 func run(_ inputs: Inputs, settings overrides: PlannerSettings? = nil, probe: Bool = false) -> Transcript {
     let settings = overrides ?? PlannerSettings(port: 25, daneForInsecureMX: true, mtaSTS: true, memoryMode: inputs.memoryMode,
-                                                downgradeGrace: Inputs.grace, dsnRelay: Inputs.dsnRelay)
+                                                downgradeGrace: Inputs.grace, dsnRelay: Inputs.dsnRelay,
+                                                honorTLSRequiredNo: inputs.sender != .tlsRequiredNoNotHonoured)
     var planner = DeliveryPlanner(domain: Inputs.domain, recipients: probe ? [] : [0], settings: settings, local: inputs.localFact,
-                                  memory: inputs.memoryFact, now: Inputs.now, probe: probe, message: inputs.message)
+                                  memory: inputs.memoryFact, now: Inputs.now, probe: probe, message: inputs.message,
+                                  sender: inputs.sender.request)
     var transcript = Transcript()
     var step = planner.start()
     for _ in 0..<64 {
@@ -240,7 +282,8 @@ func run(_ inputs: Inputs, settings overrides: PlannerSettings? = nil, probe: Bo
                                                     status: Inputs.dnssec(inputs.tlsaStatus)))
             }
         case .connect(let attempt):
-            let result = simulate(inputs.mx, demand: attempt.demand, recipients: attempt.recipients, records: inputs.tlsaRecords)
+            let result = simulate(inputs.mx, demand: attempt.demand, recipients: attempt.recipients, records: inputs.tlsaRecords,
+                                  requireTLS: attempt.requireTLS, announcesRequireTLS: inputs.announcesRequireTLS)
             transcript.attempts.append((attempt, result))
             step = planner.attemptFinished(attempt, result)
         case .finish(let outcomes, _, let lastFailure):

@@ -10,6 +10,7 @@ struct Row: Sendable, CustomTestStringConvertible {
     enum Expect: Sendable, Equatable {
         case delivered(AchievedSecurity)
         case deferred(EnhancedStatusCode)
+        case bounced(EnhancedStatusCode)
     }
 
     var name: String
@@ -25,8 +26,10 @@ struct Row: Sendable, CustomTestStringConvertible {
 }
 
 private func I(local: Inputs.Local = .absent, mx: Inputs.Status = .secure, a: Inputs.Status = .secure, tlsaStatus: Inputs.Status = .secure,
-               tlsa: Inputs.TLSAContent = .none, sts: Inputs.STS = .none, memory: Inputs.Memory = .off, does: Inputs.MX = .verified) -> Inputs {
-    Inputs(local: local, mxStatus: mx, addressStatus: a, tlsaStatus: tlsaStatus, tlsa: tlsa, sts: sts, memory: memory, mx: does)
+               tlsa: Inputs.TLSAContent = .none, sts: Inputs.STS = .none, memory: Inputs.Memory = .off, does: Inputs.MX = .verified,
+               sender: Inputs.Sender = .standard, announces: Bool = true) -> Inputs {
+    Inputs(local: local, mxStatus: mx, addressStatus: a, tlsaStatus: tlsaStatus, tlsa: tlsa, sts: sts, memory: memory, mx: does,
+           sender: sender, announcesRequireTLS: announces)
 }
 
 let rows: [Row] = [
@@ -104,6 +107,36 @@ let rows: [Row] = [
     Row(name: "local dane without TLSA: opportunistic", rfc: "Postfix dane", inputs: I(local: .dane, does: .stripped), expect: .delivered(.none)),
     Row(name: "expired local level: discovered policy governs", rfc: "local levels", inputs: I(local: .expired, tlsa: .daneEE, does: .stripped),
         expect: .deferred(.cryptographicFailure), alert: (.starttlsNotSupported, .dane, true)),
+    // The sender's request (RFC 8689).
+    Row(name: "REQUIRETLS, DANE behind a secure MX answer: delivered with REQUIRETLS", rfc: "RFC 8689 §4.2.1",
+        inputs: I(tlsa: .daneEE, sender: .requireTLS), expect: .delivered(.dane), rule: .requireTLS),
+    Row(name: "REQUIRETLS, MTA-STS enforce listing the host, insecure MX answer: delivered", rfc: "RFC 8689 §4.2.1",
+        inputs: I(mx: .insecure, sts: .enforceMatching, sender: .requireTLS), expect: .delivered(.mtaSTS), rule: .requireTLS),
+    Row(name: "REQUIRETLS, no policy: bounced with 5.7.30, no connection", rfc: "RFC 8689 §4.2.1",
+        inputs: I(sender: .requireTLS), expect: .bounced(.requireTLSSupportRequired), rule: .requireTLSUnauthenticated),
+    Row(name: "REQUIRETLS, MTA-STS testing only: not enough, bounced", rfc: "RFC 8689 §4.2.1",
+        inputs: I(sts: .testingMatching, sender: .requireTLS), expect: .bounced(.requireTLSSupportRequired), rule: .requireTLSUnauthenticated),
+    Row(name: "REQUIRETLS, DANE behind an insecure MX answer: the MX host is not authenticated, bounced", rfc: "RFC 8689 §4.2.1",
+        inputs: I(mx: .insecure, tlsa: .daneEE, sender: .requireTLS), expect: .bounced(.requireTLSSupportRequired), rule: .requireTLSUnauthenticated),
+    Row(name: "REQUIRETLS, local level encrypt: a local level never weakens it, bounced", rfc: "RFC 8689 §4.2.1",
+        inputs: I(local: .encrypt, tlsa: .daneEE, sender: .requireTLS), expect: .bounced(.requireTLSSupportRequired), rule: .requireTLSLocalLevel),
+    Row(name: "REQUIRETLS, local level dane with usable TLSA: delivered", rfc: "RFC 8689 §4.2.1",
+        inputs: I(local: .dane, tlsa: .daneTA, sender: .requireTLS), expect: .delivered(.dane), rule: .requireTLS),
+    Row(name: "REQUIRETLS, next hop does not announce REQUIRETLS: bounced after the TLS EHLO", rfc: "RFC 8689 §4.2.1",
+        inputs: I(tlsa: .daneEE, sender: .requireTLS, announces: false), expect: .bounced(.requireTLSSupportRequired), rule: .requireTLS),
+    Row(name: "REQUIRETLS, DANE and STARTTLS stripped: deferred, never in clear", rfc: "RFC 8689 §4.2.1, RFC 7672 §2.2",
+        inputs: I(tlsa: .daneEE, does: .stripped, sender: .requireTLS), expect: .deferred(.cryptographicFailure), alert: (.starttlsNotSupported, .dane, true)),
+    Row(name: "REQUIRETLS with TLS-Required: No: the header is ignored", rfc: "RFC 8689 §5",
+        inputs: I(sender: .requireTLSWithHeader), expect: .bounced(.requireTLSSupportRequired), rule: .requireTLSUnauthenticated),
+    Row(name: "TLS-Required: No, DANE domain, forged certificate: delivered as the sender asked", rfc: "RFC 8689 §5",
+        inputs: I(tlsa: .daneEE, memory: .enforceDANE, does: .unverified, sender: .tlsRequiredNo), expect: .delivered(.tls), rule: .tlsRequiredNo),
+    Row(name: "TLS-Required: No, STARTTLS stripped: delivered in clear", rfc: "RFC 8689 §5",
+        inputs: I(sts: .enforceMatching, does: .stripped, sender: .tlsRequiredNo), expect: .delivered(.none), rule: .tlsRequiredNo),
+    Row(name: "TLS-Required: No, MX answer bogus: still deferred", rfc: "RFC 8689 §5, RFC 7672 §2.2.1",
+        inputs: I(mx: .bogus, sender: .tlsRequiredNo), expect: .deferred(.cryptographicFailure), alert: (.dnssecInvalid, .dane, true)),
+    Row(name: "TLS-Required: No not honoured: DANE still enforced", rfc: "policy.honor_tls_required_no",
+        inputs: I(tlsa: .daneEE, does: .unverified, sender: .tlsRequiredNoNotHonoured), expect: .deferred(.cryptographicFailure),
+        alert: (.tlsaInvalid, .dane, true), rule: .daneUsable),
 ]
 
 @Suite("Delivery planner: the policy table")
@@ -118,6 +151,8 @@ struct PlannerTableTests {
             #expect(t.deliveredWith == security)
         case .deferred(let status):
             #expect(outcome.kind == .deferred && outcome.status == status, "\(outcome.kind) \(outcome.status) \(outcome.reason)")
+        case .bounced(let status):
+            #expect(outcome.kind == .bounced && outcome.status == status, "\(outcome.kind) \(outcome.status) \(outcome.reason)")
         }
         if let (type, source, enforced) = row.alert {
             #expect(t.alerts.contains { $0.resultType == type && $0.policySource == source && $0.enforced == enforced }, "\(t.alerts)")

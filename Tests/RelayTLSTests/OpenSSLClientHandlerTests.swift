@@ -290,7 +290,7 @@ struct OpenSSLClientHandlerTests {
         let authentication = TLSPeerAuthentication.dane(tlsaBaseDomain: Self.mxName, hostNames: [Self.mxName], records: [pki.tlsa211])
         try await loop.submit {
             try channel.pipeline.syncOperations.addHandler(
-                OpenSSLClientHandler(context: context, authentication: authentication, serverName: nil, handshakeCompleted: handshake),
+                OpenSSLHandler(context: context, authentication: authentication, serverName: nil, handshakeCompleted: handshake),
                 position: .first)
             // Written right away: held back until the handshake has succeeded.
             channel.writeAndFlush(ByteBuffer(string: Self.httpGet), promise: written)

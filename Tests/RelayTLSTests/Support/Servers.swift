@@ -237,7 +237,7 @@ final class ProbeHandler: ChannelInboundHandler {
     }
 }
 
-/// One client connection through `OpenSSLClientHandler`.
+/// One client connection through `OpenSSLHandler`.
 struct TestConnection {
     let channel: Channel
     let handshake: EventLoopFuture<TLSSessionInfo>
@@ -257,7 +257,7 @@ struct TestConnection {
             channel = try await ClientBootstrap(group: loop)
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(OpenSSLClientHandler(
+                        try channel.pipeline.syncOperations.addHandler(OpenSSLHandler(
                             context: context, authentication: authentication, serverName: serverName, handshakeCompleted: handshake))
                         try channel.pipeline.syncOperations.addHandler(ProbeHandler(
                             earlyWrite: earlyWrite, earlyWritePromise: early, receivedPromise: received))

@@ -1,12 +1,14 @@
 import COpenSSL
 import NIOCore
 
-/// The client side of TLS on one connection, driving system OpenSSL through two memory BIOs
+/// TLS on one connection, client or server side, driving system OpenSSL through two memory BIOs
 /// (network → OpenSSL, OpenSSL → network).
 ///
-/// Add it at the front of the pipeline right after the STARTTLS 220 reply (or, on a channel that
-/// is not active yet, before connecting: the handshake then starts on `channelActive`). Outbound
-/// `ByteBuffer`s are encrypted, inbound ones decrypted.
+/// Client: add it at the front of the pipeline right after the STARTTLS 220 reply (or, on a
+/// channel that is not active yet, before connecting: the handshake then starts on
+/// `channelActive`). Server (inbound STARTTLS, RFC 3207 §4): add it at the front right after
+/// writing the 220; the client's ClientHello is the next thing read. Outbound `ByteBuffer`s are
+/// encrypted, inbound ones decrypted.
 ///
 /// `handshakeCompleted` succeeds with the session's parameters, or fails with a
 /// `TLSHandshakeError` after the alert (if any) is flushed and the channel closed. For `.dane`
@@ -19,7 +21,7 @@ import NIOCore
 /// channel.
 ///
 /// The handler must be used from its channel's event loop only.
-public final class OpenSSLClientHandler: ChannelDuplexHandler {
+public final class OpenSSLHandler: ChannelDuplexHandler {
     public typealias InboundIn = ByteBuffer
     public typealias InboundOut = ByteBuffer
     public typealias OutboundIn = ByteBuffer
@@ -43,9 +45,15 @@ public final class OpenSSLClientHandler: ChannelDuplexHandler {
         var unusableRecords: Int
     }
 
-    private let tlsContext: TLSClientContext
-    private let authentication: TLSPeerAuthentication
-    private let serverName: String?
+    /// Which side of the handshake this handler plays.
+    private enum Role {
+        case client(TLSClientContext, TLSPeerAuthentication, serverName: String?)
+        /// The server side: the certificate chain and key of `TLSServerContext`; no client
+        /// certificate is asked for.
+        case server(TLSServerContext)
+    }
+
+    private let role: Role
     private let handshakePromise: EventLoopPromise<TLSSessionInfo>
     private var promiseCompleted = false
     /// Set just before the channel is closed because of a failed handshake, so that the
@@ -81,9 +89,18 @@ public final class OpenSSLClientHandler: ChannelDuplexHandler {
 
     public init(context: TLSClientContext, authentication: TLSPeerAuthentication, serverName: String?,
                 handshakeCompleted: EventLoopPromise<TLSSessionInfo>) {
-        self.tlsContext = context
-        self.authentication = authentication
-        self.serverName = serverName
+        self.role = .client(context, authentication, serverName: serverName)
+        self.handshakePromise = handshakeCompleted
+    }
+
+    /// The server side of one connection (inbound STARTTLS).
+    /// - Parameters:
+    ///   - serverContext: the certificate chain and key to present.
+    ///   - handshakeCompleted: completed once, on the channel's event loop: the protocol and
+    ///     cipher on success (`verified` false: clients are not asked for certificates), a
+    ///     `TLSHandshakeError.handshakeFailed` with OpenSSL's reasons otherwise.
+    public init(serverContext: TLSServerContext, handshakeCompleted: EventLoopPromise<TLSSessionInfo>) {
+        self.role = .server(serverContext)
         self.handshakePromise = handshakeCompleted
     }
 
@@ -231,7 +248,12 @@ public final class OpenSSLClientHandler: ChannelDuplexHandler {
     /// Creates the `SSL` with its BIOs and applies the authentication request.
     private func setUp() throws(TLSHandshakeError) {
         ERR_clear_error()
-        guard let ssl = SSL_new(tlsContext.ctx) else {
+        let ctx: OpaquePointer
+        switch role {
+        case .client(let context, _, _): ctx = context.ctx
+        case .server(let context): ctx = context.ctx
+        }
+        guard let ssl = SSL_new(ctx) else {
             throw .handshakeFailed(reason: "SSL_new: " + OpenSSLErrors.message(fallback: "failed"))
         }
         self.ssl = ssl  // freed in handlerRemoved / deinit
@@ -247,6 +269,12 @@ public final class OpenSSLClientHandler: ChannelDuplexHandler {
         SSL_set_bio(ssl, rbio, wbio)
         readBIO = rbio
         writeBIO = wbio
+        guard case .client(_, let authentication, let serverName) = role else {
+            SSL_set_accept_state(ssl)
+            SSL_set_verify(ssl, SSL_VERIFY_NONE, nil)
+            plan = Plan(applied: .opportunistic, verifiesPeer: false, unusableRecords: 0)
+            return
+        }
         SSL_set_connect_state(ssl)
 
         var sni: String? = serverName
@@ -401,9 +429,12 @@ public final class OpenSSLClientHandler: ChannelDuplexHandler {
             }
         }
 
+        var algorithmBits: Int32 = 0
+        let cipherBits = SSL_get_current_cipher(ssl).map { Int(SSL_CIPHER_get_bits($0, &algorithmBits)) } ?? 0
         let info = TLSSessionInfo(
             protocolVersion: String(cString: SSL_get_version(ssl)),
             cipher: SSL_get_current_cipher(ssl).flatMap { SSL_CIPHER_get_name($0) }.map { String(cString: $0) } ?? "",
+            cipherBits: cipherBits, algorithmBits: Int(algorithmBits),
             peerCertificateSubject: peer.flatMap { OpenSSLText.name(X509_get_subject_name($0)) },
             peerCertificateIssuer: peer.flatMap { OpenSSLText.name(X509_get_issuer_name($0)) },
             peerSPKISHA256: peer.flatMap { OpenSSLText.spkiSHA256($0) },
@@ -583,4 +614,4 @@ public final class OpenSSLClientHandler: ChannelDuplexHandler {
 }
 
 @available(*, unavailable)
-extension OpenSSLClientHandler: Sendable {}
+extension OpenSSLHandler: Sendable {}
