@@ -119,7 +119,7 @@ let package = Package(
         .executableTarget(name: "tlsrelay-fuzz", dependencies: ["FuzzTargets", "CLibFuzzer"], swiftSettings: strict),
 
         .testTarget(name: "SMTPCoreTests", dependencies: ["SMTPCore"]),
-        .testTarget(name: "RelayQueueTests", dependencies: ["RelayQueue", "SMTPCore"]),
+        .testTarget(name: "RelayQueueTests", dependencies: ["RelayQueue", "SMTPCore"], exclude: ["Fixtures"]),
         .testTarget(name: "RelayConfigTests", dependencies: ["RelayConfig"]),
         .testTarget(name: "RelayPolicyTests", dependencies: ["RelayPolicy"]),
         .testTarget(name: "FuzzTests", dependencies: ["FuzzTargets"]),

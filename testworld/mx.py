@@ -11,7 +11,9 @@ Run as ``python3 mx.py DIR``.  Serves every ``world.json`` server of role
 
 Every host records into ``DIR/mx/<host>/``:
 
-* ``msg-<id>.json`` per message: mail_from, rcpt_tos, data_b64 (exact bytes),
+* ``msg-<id>.json`` per message: mail_from, rcpt_tos, mail_options (the MAIL FROM
+  parameters, upper-cased, e.g. ``["SIZE=123", "REQUIRETLS"]``), rcpt_options,
+  requiretls (REQUIRETLS was among them), data_b64 (exact bytes),
   data (text, lossy), tls, tls_version, cipher, sni, helo, peer, session;
 * ``session-<id>.json`` per TCP connection: cleartext_b64 = every byte the client
   sent *before* TLS started (or the whole session without TLS), tls, sni,
@@ -38,7 +40,20 @@ data_end       reply after the message instead of 250; non-2xx: the
 drop_after     "greeting" | "ehlo" | "starttls" | "mail" | "rcpt" | "data" |
                "data_end": close the TCP connection (FIN, no TLS
                close_notify) where that reply would be sent, without it
+requiretls     true | false | "always": overrides the server's own
+               ``requiretls`` (below) for this host
 =============  ===========================================================
+
+REQUIRETLS (RFC 8689 §4): a server whose world.json entry has ``requiretls: true``
+(scenarios.py ``Host(requiretls=True)``), or whose behaviour file says
+``"requiretls": true``, lists ``REQUIRETLS`` in its EHLO reply inside TLS only (just
+before the last line), and then accepts the bare ``REQUIRETLS`` MAIL FROM parameter,
+recorded in the message's ``mail_options`` (and ``requiretls: true``).  ``"always"``
+also announces and accepts it in clear: a broken server, meant for the real MX behind
+an attacker (the attacker's TLS session is its cleartext one), so that a client fooled
+by the attacker would visibly deliver.  Otherwise (default) REQUIRETLS is never listed
+and the parameter gets aiosmtpd's ``555`` (unknown parameter).  A scripted ``ehlo``
+reply replaces the whole reply, REQUIRETLS included.
 
 Each use is appended to the session record's ``scripted`` list
 (``{"at", "reply", "arg", "tls", "time"}``, ``at`` = key or ``drop_after``);
@@ -72,7 +87,7 @@ def _now():
 
 # --- scripted replies ------------------------------------------------------------------
 
-BEHAVIOUR_KEYS = ("greeting", "ehlo", "mail", "rcpt", "data", "data_end", "drop_after")
+BEHAVIOUR_KEYS = ("greeting", "ehlo", "mail", "rcpt", "data", "data_end", "drop_after", "requiretls")
 DROP_POINTS = ("greeting", "ehlo", "starttls", "mail", "rcpt", "data", "data_end")
 _REPLY_LINE = re.compile(r"[2-5]\d\d(?:[ -][^\r\n]*)?")
 TRANSCRIPT_MAX = 1000
@@ -110,7 +125,10 @@ def validate_behaviour(spec) -> dict:
     for k, v in spec.items():
         if v is None:
             continue
-        if k == "drop_after":
+        if k == "requiretls":
+            if v is not True and v is not False and v != "always":
+                raise ValueError(f"requiretls must be true, false or \"always\", not {v!r}")
+        elif k == "drop_after":
             if v not in DROP_POINTS:
                 raise ValueError(f"drop_after must be one of {', '.join(DROP_POINTS)}, not {v!r}")
         elif k == "rcpt":
@@ -229,6 +247,7 @@ def save_message(records_dir, session_id, envelope, extra) -> str:
     msg = {"id": mid, "session": session_id, "received_at": _now(),
            "mail_from": envelope.mail_from, "rcpt_tos": list(envelope.rcpt_tos),
            "mail_options": list(envelope.mail_options), "rcpt_options": list(envelope.rcpt_options),
+           "requiretls": "REQUIRETLS" in [str(o).upper() for o in envelope.mail_options],
            "data_b64": base64.b64encode(data).decode(),
            "data": data.decode("utf-8", "replace"), "size": len(data)}
     msg.update(extra)
@@ -240,10 +259,11 @@ class RecordingSMTP(SMTP):
     """aiosmtpd SMTP that keeps the raw pre-TLS bytes and the TLS parameters, a transcript,
     and answers as its behaviour file says."""
 
-    def __init__(self, handler, record: SessionRecord, behaviour_file=None, **kw):
+    def __init__(self, handler, record: SessionRecord, behaviour_file=None, requiretls=False, **kw):
         super().__init__(handler, **kw)
         self.record = record
         self.behaviour_file = behaviour_file
+        self.requiretls = requiretls    # world.json default; behaviour "requiretls" overrides
         self.behaviour: dict = {}
         self._capture = None            # list: replies are collected instead of sent
         self._replace = None            # (code prefix, lines, key): next such reply is replaced
@@ -267,6 +287,12 @@ class RecordingSMTP(SMTP):
     @property
     def _in_tls(self) -> bool:
         return self._original_transport is not None
+
+    def announces_requiretls(self) -> bool:
+        """REQUIRETLS is listed in EHLO and accepted on MAIL FROM in this state (RFC 8689 §4:
+        only inside TLS, unless the behaviour says "always")."""
+        mode = self.behaviour.get("requiretls", self.requiretls)
+        return mode == "always" or (mode is True and self._in_tls)
 
     def note_scripted(self, key, reply, arg=None, **extra):
         entry = {"at": key, "reply": reply, "arg": arg, "tls": self._in_tls, "time": _now()}
@@ -348,6 +374,12 @@ class RecordingSMTP(SMTP):
     @syntax("EHLO hostname")
     async def smtp_EHLO(self, hostname):
         reply = self.behaviour.get("ehlo")
+        if reply is None and hostname and self.announces_requiretls():
+            lines = await self._captured(super().smtp_EHLO(hostname))
+            lines.insert(len(lines) - 1, "250-REQUIRETLS")
+            for line in lines:
+                await self.push(line)
+            return
         if reply is None or not hostname:
             return await super().smtp_EHLO(hostname)
         await self._captured(super().smtp_EHLO(hostname))
@@ -359,6 +391,22 @@ class RecordingSMTP(SMTP):
 
     @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg):
+        # A bare REQUIRETLS parameter is taken out before aiosmtpd parses the rest (it would
+        # answer 555) when this server announces it, and recorded once MAIL is accepted.
+        requiretls = False
+        if arg and self.announces_requiretls() and ">" in arg:
+            head, _, tail = arg.rpartition(">")
+            kept = [p for p in tail.split() if p.upper() != "REQUIRETLS"]
+            if len(kept) != len(tail.split()):
+                requiretls, arg = True, head + ">" + "".join(" " + p for p in kept)
+        env = self.envelope
+        had = env is not None and env.mail_from is not None
+        await self._mail(arg)
+        env = self.envelope
+        if requiretls and not had and env is not None and env.mail_from is not None:
+            env.mail_options.append("REQUIRETLS")
+
+    async def _mail(self, arg):
         reply = self.behaviour.get("mail")
         if reply is None:
             return await super().smtp_MAIL(arg)
@@ -517,6 +565,7 @@ async def serve_smtp(server: dict, handler):
     def factory():
         rec = SessionRecord(server["name"], server.get("sessions_dir", server["records_dir"]))
         return RecordingSMTP(handler, rec, behaviour_file=server.get("behaviour_file"),
+                             requiretls=bool(server.get("requiretls")),
                              hostname=server["banner"], tls_context=ctx,
                              require_starttls=False, data_size_limit=60 * 1024 * 1024,
                              enable_SMTPUTF8=True, decode_data=False, loop=loop,

@@ -123,11 +123,12 @@ def build(d: str, slot: int = 0) -> dict:
     servers, hosts_index, scenarios = [], {}, {}
     front_zones, front_failures = [], []
 
-    def smtp_server(name, address, starttls, cert, banner):
+    def smtp_server(name, address, starttls, cert, banner, requiretls=False):
         rec = os.path.join(d, "mx", name)
         servers.append({"role": "smtp", "name": name, "address": address, "port": 25,
                         "starttls": starttls, "cert": cert, "records_dir": rec,
-                        "behaviour_file": os.path.join(rec, BEHAVIOUR_FILE), "banner": banner})
+                        "behaviour_file": os.path.join(rec, BEHAVIOUR_FILE), "banner": banner,
+                        "requiretls": requiretls})
         return rec
 
     for s in S.ALL_SCENARIOS:
@@ -154,7 +155,8 @@ def build(d: str, slot: int = 0) -> dict:
                              "tlsa_servfail": h.tlsa_servfail, "aaaa_servfail": h.aaaa_servfail,
                              "front_zone": S.front_zone(s, h)},
                      "backend": None, "attacker": None, "postfix": None, "hostile": None,
-                     "behaviour_file": None, "behaviour": h.behaviour}
+                     "behaviour_file": None, "behaviour": h.behaviour,
+                     "requiretls": h.requiretls}
             fz = entry["dns"]["front_zone"]
             if fz:
                 if S.zone_of(fz) != S.ZONE or h.tlsa_bogus or h.a_bogus or h.tlsa_servfail:
@@ -169,10 +171,12 @@ def build(d: str, slot: int = 0) -> dict:
             if h.behaviour is not None and h.kind not in (S.STARTTLS, S.NOTLS) \
                     and not h.kind.startswith("attacker:"):
                 raise ValueError(f"{s.name}: scripted behaviour needs an aiosmtpd host, not {h.kind}")
+            if h.requiretls and h.kind != S.STARTTLS:
+                raise ValueError(f"{s.name}: requiretls needs an aiosmtpd-starttls host, not {h.kind}")
             if h.kind in (S.STARTTLS, S.NOTLS):
                 entry["address"] = mx_ip()
                 entry["records_dir"] = smtp_server(name, entry["address"], h.kind == S.STARTTLS,
-                                                   cert, base)
+                                                   cert, base, h.requiretls)
             elif h.kind == S.DOWN:
                 # published in DNS, nothing listens (world.up checks the address is free)
                 entry["address"] = mx_ip()

@@ -79,6 +79,7 @@ class Host:
     aaaa_servfail: bool = False     # AAAA lookup fails (SERVFAIL from the DNS front; front_zone)
     cname: Optional[str] = None     # label of the CNAME target (RFC 7672 §2.2.3)
     behaviour: Optional[dict] = None   # scripted replies written at `up` (aiosmtpd only; mx.py)
+    requiretls: bool = False        # announces REQUIRETLS inside TLS (RFC 8689 §4; aiosmtpd-starttls only)
 
 
 @dataclass
@@ -283,7 +284,29 @@ HOSTILE_SCENARIOS: list[Scenario] = [
        [H(TARPIT_HOST, kind=f"{HOSTILE}:tarpit")], _defer("4.4.2"))
      for i in range(1, TARPIT_COUNT + 1)]
 
-ALL_SCENARIOS: list[Scenario] = SCENARIOS + HOSTILE_SCENARIOS
+# --- REQUIRETLS (RFC 8689) ----------------------------------------------------------------
+# MX hosts that announce REQUIRETLS inside TLS (mx.py), for integration/test_requiretls.py: one
+# per kind of authentication a REQUIRETLS message may or may not rely on (RFC 8689 §4.2.1: DANE,
+# or MTA-STS enforce; not MTA-STS testing, not none).  Their expected outcome is that of an
+# ordinary message; a REQUIRETLS message is delivered to the first two only.  The MX hosts that
+# do not announce REQUIRETLS are the ordinary ones (dane-ee, sts-enforce, ...).  Kept out of
+# SCENARIOS like the hostile ones, so the suites that deliver once to every scenario are unchanged.
+REQUIRETLS_SCENARIOS: list[Scenario] = [
+    S("requiretls-dane", "DANE-EE 3 1 1, the MX announces REQUIRETLS: a REQUIRETLS message is "
+      "delivered, with REQUIRETLS on MAIL FROM", "RFC 8689 §4.2.1, RFC 7672 §3.1.1",
+      [H("mx", tlsa=[LEAF], requiretls=True)], _deliver("dane")),
+    S("requiretls-sts", "MTA-STS enforce, the MX announces REQUIRETLS: a REQUIRETLS message is "
+      "delivered, with REQUIRETLS on MAIL FROM", "RFC 8689 §4.2.1, RFC 8461 §5",
+      [H("mx", requiretls=True)], _deliver("mta-sts"), sts="enforce"),
+    S("requiretls-sts-testing", "MTA-STS testing, the MX announces REQUIRETLS: testing "
+      "authenticates nothing, a REQUIRETLS message bounces 5.7.30", "RFC 8689 §4.2.1, RFC 8461 §5",
+      [H("mx", requiretls=True)], _deliver("mta-sts-testing"), sts="testing"),
+    S("requiretls-nopolicy", "no TLSA, no MTA-STS, the MX announces REQUIRETLS: a REQUIRETLS "
+      "message bounces 5.7.30", "RFC 8689 §4.2.1", [H("mx", requiretls=True)],
+      _deliver("opportunistic")),
+]
+
+ALL_SCENARIOS: list[Scenario] = SCENARIOS + HOSTILE_SCENARIOS + REQUIRETLS_SCENARIOS
 
 
 def domain_of(s: Scenario) -> str:

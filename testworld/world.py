@@ -257,6 +257,7 @@ def scenario_table(table=None) -> str:
                           + (f" CNAME->{scenarios.host_name(s, h.cname)}" if h.cname else "")
                           + (" (nothing listens)" if h.kind == scenarios.DOWN else "")
                           + (f" behaviour={json.dumps(h.behaviour)}" if h.behaviour else "")
+                          + (" REQUIRETLS" if h.requiretls else "")
                           for h in s.hosts) or f"({s.mx})"
         out = s.action + (f" {s.status}" if s.action != "deliver" else "")
         if s.security:
@@ -314,6 +315,8 @@ def main(argv=None):
         print(scenario_table())
         print("\nHostile MX scenarios (hostile.py; integration/test_hostile_mx.py):\n")
         print(scenario_table(scenarios.HOSTILE_SCENARIOS))
+        print("\nREQUIRETLS scenarios (MX hosts announcing REQUIRETLS; integration/test_requiretls.py):\n")
+        print(scenario_table(scenarios.REQUIRETLS_SCENARIOS))
         return 0
     d = os.path.abspath(a.dir)
     try:

@@ -38,12 +38,23 @@ public final class TLSServerContext: @unchecked Sendable {
             throw TLSContextError.cannotLoadCertificateChain(path: certificateChainFile, reason: OpenSSLErrors.message(fallback: "unreadable"))
         }
         ERR_clear_error()
-        guard SSL_CTX_use_PrivateKey_file(ctx, privateKeyFile, SSL_FILETYPE_PEM) == 1 else {
+        // Read the key on its own first, so that "not a key" and "not this certificate's key"
+        // are told apart.
+        guard let file = BIO_new_file(privateKeyFile, "r") else {
             SSL_CTX_free(ctx)
             throw TLSContextError.cannotLoadPrivateKey(path: privateKeyFile, reason: OpenSSLErrors.message(fallback: "unreadable"))
         }
+        // No password callback that could prompt on a terminal: an encrypted key fails to load.
+        let key = PEM_read_bio_PrivateKey(file, nil, { _, _, _, _ in 0 }, nil)
+        BIO_free(file)
+        guard let key else {
+            SSL_CTX_free(ctx)
+            throw TLSContextError.cannotLoadPrivateKey(path: privateKeyFile, reason: OpenSSLErrors.message(fallback: "no PEM private key (an encrypted key is not supported)"))
+        }
         ERR_clear_error()
-        guard SSL_CTX_check_private_key(ctx) == 1 else {
+        let used = SSL_CTX_use_PrivateKey(ctx, key)
+        EVP_PKEY_free(key)
+        guard used == 1, SSL_CTX_check_private_key(ctx) == 1 else {
             SSL_CTX_free(ctx)
             throw TLSContextError.keyDoesNotMatchCertificate(keyPath: privateKeyFile, certificatePath: certificateChainFile,
                                                             reason: OpenSSLErrors.message(fallback: "mismatch"))

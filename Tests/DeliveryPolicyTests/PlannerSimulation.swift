@@ -141,10 +141,13 @@ struct Inputs: Sendable, CustomStringConvertible {
         + Sender.allCases.flatMap { sender in sender.isRequireTLS ? [(MessageKind.relayed, sender, true), (.relayed, sender, false)] : [(.relayed, sender, true)] }
 
     /// All combinations, in a fixed order.
-    static var all: [Inputs] {
+    static var all: [Inputs] { messageVariants.indices.flatMap(product) }
+
+    /// The combinations of one message variant (an index into `messageVariants`).
+    static func product(_ variant: Int) -> [Inputs] {
+        let (message, sender, announces) = messageVariants[variant]
         var result: [Inputs] = []
-        result.reserveCapacity(messageVariants.count * 860_160)
-        for (message, sender, announces) in messageVariants {
+        result.reserveCapacity(860_160)
         for local in Local.allCases {
             for mxStatus in Status.allCases {
                 for addressStatus in Status.allCases {
@@ -163,7 +166,6 @@ struct Inputs: Sendable, CustomStringConvertible {
                     }
                 }
             }
-        }
         }
         return result
     }

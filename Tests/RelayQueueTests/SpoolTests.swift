@@ -117,3 +117,54 @@ struct SpoolTests {
         #expect(try FileManager.default.contentsOfDirectory(atPath: directory + "/spool/tmp").isEmpty)
     }
 }
+
+@Suite("Spool format versions")
+struct SpoolFormatTests {
+    /// A queue file written by the release before envelope version 2 (REQUIRETLS, TLS-Required):
+    /// committed as it came out of that tlsrelayd, so every later release is held to load it.
+    static let sampleV1 = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .appendingPathComponent("Fixtures/spool-v1-01K1KK7RF59QF5Q2").path
+
+    @Test("a version 1 queue file of the previous release loads, as a message without REQUIRETLS or TLS-Required")
+    func versionOneLoads() throws {
+        let spool = try Spool(stateDirectory: temporaryDirectory())
+        let id = try #require(QueueID("01K1KK7RF59QF5Q2"))
+        let path = spool.path(of: id)
+        try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: Self.sampleV1, toPath: path)
+        let report = try spool.scanQueue()
+        #expect(report.corrupt.isEmpty && report.queued == [id])
+        let envelope = try spool.envelope(of: id)
+        #expect(envelope.version == 1)
+        #expect(envelope.transaction.sender?.address == "sender@sample.test")
+        #expect(envelope.transaction.recipients.map(\.mailbox.address) == ["rcpt@example.net", "two@example.org"])
+        #expect(envelope.transaction.recipients[0].notify == DSNNotify(failure: true, delay: true))
+        #expect(envelope.transaction.parameters.ret == .headers && envelope.transaction.parameters.envelopeID == "sample-1")
+        #expect(!envelope.transaction.parameters.requireTLS && !envelope.tlsRequiredNo)
+        let content = String(decoding: try spool.content(of: id), as: UTF8.self)
+        #expect(content.hasPrefix("Received: from client.sample.test") && content.contains("Subject: spool sample"))
+    }
+
+    @Test("version 2 keeps REQUIRETLS and TLS-Required: No; a newer version is not read as this one")
+    func versionTwo() throws {
+        let spool = try Spool(stateDirectory: temporaryDirectory())
+        let writer = try spool.beginMessage()
+        writer.write(Array("Subject: x\r\nTLS-Required: No\r\n\r\nbody\r\n".utf8))
+        var parameters = MailParameters()
+        parameters.requireTLS = true
+        var envelope = QueuedEnvelope(queueID: writer.queueID, arrivalTime: 1, clientAddress: "127.0.0.1", heloName: "c.example.org",
+                                      transaction: MailTransaction(sender: nil, parameters: parameters,
+                                                                   recipients: [Recipient(mailbox: Mailbox(localPart: "b", domain: "example.net"))]),
+                                      size: writer.contentLength)
+        envelope.tlsRequiredNo = true
+        try writer.commit(envelope: envelope)
+        let read = try spool.envelope(of: envelope.queueID)
+        #expect(read.version == QueuedEnvelope.currentVersion && QueuedEnvelope.currentVersion == 2)
+        #expect(read.transaction.parameters.requireTLS && read.tlsRequiredNo)
+
+        let json = try JSONEncoder().encode(envelope)
+        var text = String(decoding: json, as: UTF8.self)
+        text = text.replacingOccurrences(of: "\"version\":2", with: "\"version\":3")
+        #expect(throws: DecodingError.self) { try JSONDecoder().decode(QueuedEnvelope.self, from: Data(text.utf8)) }
+    }
+}

@@ -73,6 +73,43 @@ struct ClientSessionTests {
         #expect(result.recipients[1] == .bounced(reply("550 5.1.1 unknown")))
     }
 
+    @Test("REQUIRETLS: on MAIL FROM when the TLS EHLO announces it; else nothing is sent (RFC 8689 §4.2.1)")
+    func requireTLS() {
+        var wanted = job(tls: .required, recipients: 1)
+        wanted.requireTLS = true
+        var session = ClientSession(job: wanted)
+        _ = session.receive(reply("220 mx.example.net ESMTP"))
+        _ = session.receive(reply(fullEHLO))
+        _ = session.receive(reply("220 go ahead"))
+        _ = session.tlsEstablished()
+        let announcing = "250-mx.example.net\n250-PIPELINING\n250-REQUIRETLS\n250 DSN"
+        let batch = sent(session.receive(reply(announcing)))
+        #expect(batch.first?.hasPrefix("MAIL FROM:<a@example.org> REQUIRETLS RET=HDRS") == true, "\(batch)")
+
+        // REQUIRETLS in the clear EHLO only (a stripping attacker could add it) does not count.
+        var other = ClientSession(job: wanted)
+        _ = other.receive(reply("220 mx.example.net ESMTP"))
+        _ = other.receive(reply("250-mx.example.net\n250-STARTTLS\n250 REQUIRETLS"))
+        _ = other.receive(reply("220 go ahead"))
+        _ = other.tlsEstablished()
+        let actions = other.receive(reply("250-mx.example.net\n250 PIPELINING"))
+        guard case .finish(let result)? = actions.first else { Issue.record("\(actions)"); return }
+        #expect(result.failure == .requireTLSNotOffered && result.recipients.isEmpty && !result.contentSent)
+    }
+
+    @Test("content with a NUL is never sent: every recipient bounces with 5.6.0")
+    func nulContent() {
+        var withNUL = job(tls: .opportunistic, recipients: 2)
+        withNUL.contentHasNUL = true
+        var session = ClientSession(job: withNUL)
+        _ = session.receive(reply("220 mx.example.net ESMTP"))
+        let actions = session.receive(reply("250-mx.example.net\n250 PIPELINING"))
+        #expect(sent(actions) == ["QUIT\r\n"])
+        guard case .finish(let result)? = session.receive(reply("221 bye")).first else { Issue.record("no finish"); return }
+        #expect(result.recipients[0] == .bouncedLocally(EnhancedStatusCode(5, 6, 0), "message content contains a NUL character, which SMTP may not carry (RFC 5321 section 4.1.1.4); not sent"))
+        #expect(!result.contentSent)
+    }
+
     @Test("TLS required: missing STARTTLS, refused STARTTLS, injected plaintext, failed handshake send nothing")
     func required() {
         var missing = ClientSession(job: job(tls: .required))
