@@ -54,6 +54,11 @@ public enum ConfigurationCheck {
         if !wide.isEmpty && configuration.server.allowedClients.allSatisfy({ $0.network.isLoopback }) {
             warnings.append("server.listen includes \(wide.map(\.description).joined(separator: ", ")) but server.allowed_clients admits only loopback: remote clients will be refused with 554 5.7.1; add their addresses to server.allowed_clients")
         }
+        let clear = configuration.server.listenerPolicies.filter { !$0.address.address.isLoopback && $0.starttls != .required }
+        if !clear.isEmpty {
+            let how = clear.contains { $0.starttls == .off } ? "does not offer STARTTLS" : "offers STARTTLS without requiring it"
+            warnings.append("server.listen \(clear.map(\.address.description).joined(separator: ", ")) is not loopback and \(how): mail from other hosts can cross the network in clear; set server.starttls = \"required\" (or list the address in server.starttls_required) and point the clients' TLS policy at it")
+        }
         let hostname = configuration.server.hostname
         if !hostname.contains(".") || hostname.hasSuffix(".") {
             warnings.append("server.hostname \"\(hostname)\" is not a fully qualified domain name: set it to this host's FQDN (it is the name in the greeting, in EHLO to other MTAs and in the Received header)")

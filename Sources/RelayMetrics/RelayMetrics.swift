@@ -21,7 +21,7 @@ public enum RelayMetrics {
     /// The catalogue, in the order README lists it.
     public static let families: [Family] = [
         Family(name: "tlsrelay_deliveries_total", kind: .counter,
-               help: "Recipient delivery attempts by outcome (delivered, deferred, bounced) and the policy that decided them (dane, mta-sts, local, memory, opportunistic, none)."),
+               help: "Recipient delivery attempts by outcome (delivered, deferred, bounced) and the policy that decided them (dane, mta-sts, local, memory, opportunistic, requiretls, tls-required-no, none)."),
         Family(name: "tlsrelay_policy_failures_total", kind: .counter,
                help: "TLS policy failures by RFC 8460 result type, policy source, and whether the mail was deferred or delivered anyway (testing, report mode)."),
         Family(name: "tlsrelay_alerts_total", kind: .counter, help: "Security alerts written to the journal, by kind."),
@@ -60,8 +60,10 @@ public enum RelayMetrics {
     // MARK: - Label values
 
     /// What decided a recipient's outcome, as a label value: `dane`, `mta-sts`, `local`,
-    /// `memory` (downgrade memory), `opportunistic` (a host plan without a floor), or `none`
-    /// (decided before any host: DNS, null MX, a suspended destination).
+    /// `memory` (downgrade memory), `opportunistic` (a host plan without a floor), `requiretls`
+    /// (the sender's REQUIRETLS, RFC 8689 §4), `tls-required-no` (the sender's `TLS-Required: No`,
+    /// honoured: no recipient policy, RFC 8689 §5), or `none` (decided before any host: DNS,
+    /// null MX, a suspended destination).
     public static func policyLabel(_ source: PolicySource?) -> String {
         switch source {
         case nil: return "none"
@@ -183,7 +185,7 @@ public enum RelayMetrics {
     public static func registerZeroSeries(alertKinds: [String]) {
         for kind in alertKinds { _ = Counter(label: "tlsrelay_alerts_total", dimensions: [("kind", kind)]) }
         for kind in ["delivered", "deferred", "bounced"] {
-            for policy in ["dane", "mta-sts", "local", "memory", "opportunistic", "none"] {
+            for policy in PolicySource.allCases.map({ policyLabel($0) }) + [policyLabel(nil)] {
                 _ = Counter(label: "tlsrelay_deliveries_total", dimensions: [("outcome", kind), ("policy", policy)])
             }
         }

@@ -351,7 +351,8 @@ public struct ServerSession: Sendable {
         case .expn:
             return fail(Reply(502, .invalidCommand, "EXPN is not supported"))
         case .help:
-            return [.reply(Reply(214, .ok, ["tlsrelay: commands EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP", "See RFC 5321"]))]
+            let commands = "EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP" + (starttls != .off && tls == nil ? " STARTTLS" : "")
+            return [.reply(Reply(214, .ok, ["tlsrelay: commands \(commands)", "See RFC 5321"]))]
         case .notImplemented(let verb):
             return fail(Reply(502, .invalidCommand, "Error: command \(verb) not implemented"))
         case .unknown:

@@ -162,7 +162,42 @@ struct ConfigurationTests {
         Bad(text: "server = 5\n", line: 1, fragment: "must be a table"),
         Bad(text: "[server]\nlisten = [\"127.0.0.1:25\"\n", line: 2, fragment: "TOML syntax"),
         Bad(text: "\n\n[delivery]\nport = 25\nport = 26\n", line: 5, fragment: "TOML syntax"),
+        // Inbound STARTTLS and the sender's TLS wishes (RFC 3207, RFC 8689).
+        Bad(text: "[server]\nstarttls = \"yes\"\n", line: 2, fragment: "must be off, offered or required"),
+        Bad(text: "[server]\n\nstarttls = \"offered\"\n", line: 3, fragment: "'server.tls_certificate_chain_file' must name a PEM file"),
+        Bad(text: "[server]\nlisten = [\"127.0.0.1:2525\"]\nstarttls_required = [\"127.0.0.1:2526\"]\n", line: 3, fragment: "is not one of server.listen"),
+        Bad(text: "[server]\nstarttls = \"offered\"\ntls_certificate_chain_file = \"relay.pem\"\n", line: 3, fragment: "must be an absolute path"),
+        Bad(text: "[server]\nstarttls = \"offered\"\ntls_certificate_chain_file = \"/nonexistent/relay.pem\"\ntls_private_key_file = \"/nonexistent/relay.key\"\n",
+            line: 3, fragment: "/nonexistent/relay.pem: No such file or directory"),
+        Bad(text: "[policy]\nhonor_tls_required_no = \"yes\"\n", line: 2, fragment: "must be true or false"),
     ]
+
+    @Test("[server] STARTTLS per listener and [policy] honor_tls_required_no")
+    func starttls() throws {
+        let pem = NSTemporaryDirectory() + "tlsrelay-config-\(UUID().uuidString).pem"
+        try "not read here".write(toFile: pem, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: pem) }
+        let config = try load("""
+            [server]
+            listen = ["127.0.0.1:2525", "192.0.2.10:2525"]
+            starttls = "offered"
+            starttls_required = ["192.0.2.10:2525"]
+            tls_certificate_chain_file = "\(pem)"
+            tls_private_key_file = "\(pem)"
+            [policy]
+            honor_tls_required_no = false
+            """)
+        #expect(config.server.listenerPolicies.map(\.starttls) == [.offered, .required])
+        #expect(config.server.offersSTARTTLS && !config.policy.honorTLSRequiredNo)
+        let rendered = try load(config.renderTOML())
+        #expect(rendered == config)
+        let defaults = try load("")
+        #expect(!defaults.server.offersSTARTTLS && defaults.policy.honorTLSRequiredNo)
+        #expect(defaults.server.listenerPolicies.allSatisfy { $0.starttls == .off })
+        // A remote listener without required STARTTLS is a warning.
+        let open = try load("[server]\nhostname = \"relay.example.org\"\nlisten = [\"192.0.2.10:2525\"]\nallowed_clients = [\"192.0.2.0/24\"]\n")
+        #expect(ConfigurationCheck.warnings(open, now: 0).contains { $0.contains("can cross the network in clear") })
+    }
 
     @Test("bad input names file, line and reason", arguments: bad)
     func errors(_ bad: Bad) {
