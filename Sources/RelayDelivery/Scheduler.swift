@@ -411,7 +411,7 @@ public actor Scheduler {
             round.progressed = true
             RelayMetrics.delivery(state.status == .bounced ? .bounced : outcome.kind, policy: outcome.policy)
             let recipient = round.envelope.transaction.recipients[index].mailbox.address
-            logger.info("\(id): to=<\(recipient)>, relay=\(outcome.remoteMTA ?? "none"), delay=\(String(format: "%.1f", now - round.envelope.arrivalTime)), attempt-time=\(String(format: "%.2f", now - start)), dsn=\(state.lastStatusCode ?? outcome.status.description), status=\(status)\(outcome.security.map { ", tls=\($0.rawValue)" } ?? "") (\(state.lastReason ?? outcome.reason))")
+            logger.info("\(id): to=<\(recipient)>, relay=\(outcome.remoteMTA ?? "none"), delay=\(String(format: "%.1f", now - round.envelope.arrivalTime)), attempt-time=\(String(format: "%.2f", now - start)), dsn=\(state.lastStatusCode ?? outcome.status.description), status=\(status)\(outcome.security.map { ", tls=\($0.rawValue)" } ?? "")\(Self.senderRequestField(outcome.policy)) (\(state.lastReason ?? outcome.reason))")
         }
         round.jobsLeft -= 1
         rounds[id] = round
@@ -579,5 +579,17 @@ public actor Scheduler {
         guard (try? spool.envelope(of: original)) != nil else { return true }
         guard let record = try? spool.deliveryRecord(of: original) else { return false }
         return record.recipients.contains { $0.dsnQueueID == dsnID || $0.delayDSNQueueID == dsnID }
+    }
+}
+
+extension Scheduler {
+    /// `, requiretls` or `, tls-required=no` on a recipient's log line when the sender's request
+    /// (RFC 8689) decided the delivery.
+    static func senderRequestField(_ policy: PolicySource?) -> String {
+        switch policy {
+        case .requireTLS?: return ", requiretls"
+        case .tlsRequiredNo?: return ", tls-required=no"
+        default: return ""
+        }
     }
 }

@@ -34,27 +34,33 @@ struct OpenSSLServerHandlerTests {
         return path
     }
 
+    /// A listener on 127.0.0.1 whose one connection runs the server role (and, with `echo`,
+    /// answers the first read): the channel, its port and the server handshake's result.
+    func listen(_ context: TLSServerContext, echo: Bool) async throws -> (Channel, Int, EventLoopFuture<TLSSessionInfo>) {
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let handshake = loop.makePromise(of: TLSSessionInfo.self)
+        let server = try await ServerBootstrap(group: loop)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(OpenSSLHandler(serverContext: context, handshakeCompleted: handshake))
+                    if echo { try channel.pipeline.syncOperations.addHandler(EchoOnceHandler()) }
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        return (server, try #require(server.localAddress?.port), handshake.futureResult)
+    }
+
     @Test("our client, checking WebPKI against the test CA, completes a handshake with the server role and exchanges data")
     func handshake() async throws {
         let context = try TLSServerContext(certificateChainFile: chainFile(), privateKeyFile: pki.keyFile(.good))
         #expect(context.certificateSubject.contains("mx.example.test") && !context.certificateExpired)
-        let loop = MultiThreadedEventLoopGroup.singleton.next()
-        let serverHandshake = loop.makePromise(of: TLSSessionInfo.self)
-        let server = try await ServerBootstrap(group: loop)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(OpenSSLHandler(serverContext: context, handshakeCompleted: serverHandshake))
-                    try channel.pipeline.syncOperations.addHandler(EchoOnceHandler())
-                }
-            }
-            .bind(host: "127.0.0.1", port: 0).get()
+        let (server, port, serverHandshake) = try await listen(context, echo: true)
         defer { server.close(promise: nil) }
-        let port = try #require(server.localAddress?.port)
         let connection = try await TestConnection.open(port: port, context: TLSClientContext(extraCAFile: pki.caFile),
                                                        authentication: .webPKI(hostName: "mx.example.test"), earlyWrite: "EHLO client")
         let client = try await connection.handshake.get()
         #expect(client.verified && client.protocolVersion == "TLSv1.3")
-        let info = try await serverHandshake.futureResult.get()
+        let info = try await serverHandshake.get()
         #expect(info.protocolVersion == "TLSv1.3" && info.cipher == client.cipher && info.cipherBits >= 128 && info.algorithmBits >= 128)
         #expect(try await connection.received.get() == "echo: EHLO client")
     }
@@ -62,22 +68,13 @@ struct OpenSSLServerHandlerTests {
     @Test("a client that speaks no TLS fails the server handshake")
     func plaintextClient() async throws {
         let context = try TLSServerContext(certificateChainFile: chainFile(), privateKeyFile: pki.keyFile(.good))
-        let loop = MultiThreadedEventLoopGroup.singleton.next()
-        let serverHandshake = loop.makePromise(of: TLSSessionInfo.self)
-        let server = try await ServerBootstrap(group: loop)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(OpenSSLHandler(serverContext: context, handshakeCompleted: serverHandshake))
-                }
-            }
-            .bind(host: "127.0.0.1", port: 0).get()
+        let (server, port, serverHandshake) = try await listen(context, echo: false)
         defer { server.close(promise: nil) }
-        let port = try #require(server.localAddress?.port)
-        let client = try await ClientBootstrap(group: loop).connect(host: "127.0.0.1", port: port).get()
+        let client = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connect(host: "127.0.0.1", port: port).get()
         var buffer = client.allocator.buffer(capacity: 32)
         buffer.writeString("MAIL FROM:<a@example.org>\r\n")
         try await client.writeAndFlush(buffer)
-        await #expect(throws: TLSHandshakeError.self) { try await serverHandshake.futureResult.get() }
+        await #expect(throws: TLSHandshakeError.self) { try await serverHandshake.get() }
         client.close(promise: nil)
     }
 
