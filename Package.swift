@@ -21,6 +21,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/adam-fowler/compress-nio.git", from: "1.5.0"),
     ],
     targets: [
         // System libraries (module maps + tiny shims for function-like macros).
@@ -57,6 +58,19 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
+        // TLS reporting (RFC 8460) formats: the _smtp._tls record, the report, the report mail. No I/O.
+        .target(name: "TLSRPTCore", dependencies: ["DeliveryPolicy"], swiftSettings: strict),
+        // TLS reporting with I/O: the durable session results, discovery, sending by mail and HTTPS.
+        .target(name: "RelayTLSRPT", dependencies: [
+            "TLSRPTCore", "DeliveryPolicy", "RelayDNS", "RelayQueue", "SMTPCore", "RelayMetrics", "RelayPolicy",
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            .product(name: "CompressNIO", package: "compress-nio"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
         // MTA-STS (RFC 8461) text formats: the policy file and the TXT record. No I/O.
         .target(name: "MTASTSCore", swiftSettings: strict),
         // MTA-STS (RFC 8461): TXT discovery, HTTPS fetch, persistent cache.
@@ -89,7 +103,7 @@ let package = Package(
         // Wiring of all parts into a running daemon.
         .target(name: "RelayDaemon", dependencies: [
             "RelayConfig", "RelayServer", "RelayQueue", "RelayObservability", "RelayDelivery", "RelayDNS", "RelayTLS", "RelayPolicy", "RelayControl",
-            "RelayMetrics", "DeliveryPolicy",
+            "RelayMetrics", "DeliveryPolicy", "RelayTLSRPT", "TLSRPTCore",
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "Metrics", package: "swift-metrics"),

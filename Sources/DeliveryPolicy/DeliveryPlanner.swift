@@ -5,7 +5,8 @@ import SMTPCore
 public struct PlannerSettings: Sendable, Equatable {
     public static func == (lhs: PlannerSettings, rhs: PlannerSettings) -> Bool {
         lhs.port == rhs.port && lhs.daneForInsecureMX == rhs.daneForInsecureMX && lhs.mtaSTS == rhs.mtaSTS && lhs.memoryMode == rhs.memoryMode
-            && lhs.downgradeGrace == rhs.downgradeGrace && lhs.honorTLSRequiredNo == rhs.honorTLSRequiredNo && lhs.dsnRelay?.address == rhs.dsnRelay?.address && lhs.dsnRelay?.port == rhs.dsnRelay?.port
+            && lhs.downgradeGrace == rhs.downgradeGrace && lhs.honorTLSRequiredNo == rhs.honorTLSRequiredNo
+            && lhs.tlsrptSkipReusedHandshakes == rhs.tlsrptSkipReusedHandshakes && lhs.dsnRelay?.address == rhs.dsnRelay?.address && lhs.dsnRelay?.port == rhs.dsnRelay?.port
     }
 
     /// MX port, for `host[address]:port` in reasons (RFC 5321 §4.5.4.2: 25).
@@ -24,10 +25,15 @@ public struct PlannerSettings: Sendable, Equatable {
 
     /// Honour `TLS-Required: No` (RFC 8689 §5; `policy.honor_tls_required_no`).
     public var honorTLSRequiredNo: Bool
+    /// A reused connection's session is not counted again for TLS reports (Postfix's
+    /// `smtp_tlsrpt_skip_reused_handshakes`). Default true.
+    public var tlsrptSkipReusedHandshakes = true
 
     public init(port: Int = 25, daneForInsecureMX: Bool = true, mtaSTS: Bool = true, memoryMode: MemoryMode = .report,
-                downgradeGrace: Double = 86400, dsnRelay: (address: String, port: Int)? = nil, honorTLSRequiredNo: Bool = true) {
+                downgradeGrace: Double = 86400, dsnRelay: (address: String, port: Int)? = nil, honorTLSRequiredNo: Bool = true,
+                tlsrptSkipReusedHandshakes: Bool = true) {
         self.honorTLSRequiredNo = honorTLSRequiredNo
+        self.tlsrptSkipReusedHandshakes = tlsrptSkipReusedHandshakes
         self.dsnRelay = dsnRelay
         self.port = port
         self.daneForInsecureMX = daneForInsecureMX
@@ -92,6 +98,11 @@ public enum PlannerEffect: Sendable, Equatable {
     case noteRefusedDowngrade
     /// The MTA-STS decision the planner applies (for `check`; delivery logs it as text).
     case mtaSTS(STSFact)
+    /// One TLS negotiation or failed policy lookup to count for the domain's daily TLS report
+    /// (RFC 8460 §4). Never for a TLS report itself, a DSN, a `TLS-Required: No` message, a
+    /// probe, a fallback after a counted failure, or a reused connection (with
+    /// `tlsrptSkipReusedHandshakes`).
+    case tlsSession(TLSSessionResult)
 }
 
 /// What kind of message a delivery carries.
@@ -100,6 +111,9 @@ public enum MessageKind: String, Sendable, CaseIterable {
     case relayed
     /// A DSN tlsrelay wrote (a bounce): to `dsnRelay` when one is set.
     case deliveryStatusNotification = "dsn"
+    /// A TLS report tlsrelay wrote (RFC 8460 §5.3, sent with `TLS-Required: No`): its own
+    /// delivery is never counted in a report (no report loops).
+    case tlsReport = "tls-report"
 }
 
 /// The planner's answer to one event.
@@ -132,6 +146,10 @@ public struct DeliveryPlanner: Sendable {
     /// The sender's request as applied (RFC 8689).
     public let sender: SenderTLSMode
     let request: SenderRequest
+    let message: MessageKind
+    /// Session results are counted for TLS reports (RFC 8460): not for a probe, a DSN, a TLS
+    /// report or a message whose sender waived the recipient policies.
+    var countsSessions: Bool { !probe && message == .relayed && sender != .policiesWaived }
 
     enum State: Sendable {
         case idle
@@ -170,6 +188,7 @@ public struct DeliveryPlanner: Sendable {
     public init(domain: String, recipients: [Int], settings: PlannerSettings, local: LocalPolicyFact?, memory: MemoryFact?,
                 now: Double, probe: Bool = false, message: MessageKind = .relayed, sender: SenderRequest = .none) {
         self.domain = domain
+        self.message = message
         let request = message == .deliveryStatusNotification ? SenderRequest.none : sender
         self.request = request
         self.sender = SenderTLSMode(request, honorTLSRequiredNo: settings.honorTLSRequiredNo)
@@ -239,7 +258,7 @@ public struct DeliveryPlanner: Sendable {
         case .bogus(let why):
             let reason = "MX lookup for \(domain) failed DNSSEC validation (bogus: \(why ?? "no reason given"))"
             let alert = PolicyAlert(resultType: .dnssecInvalid, domain: domain, mxHost: nil, address: nil, policySource: .dane, reason: reason, enforced: true)
-            return finish([.alert(alert)], all: .deferred(.cryptographicFailure, reason))
+            return finish([.alert(alert)] + sessionResult(for: alert), all: .deferred(.cryptographicFailure, reason))
         case .nxdomain:
             return finish([], all: .bounced(.badDestinationSystem, "Host or domain name not found: \(domain) does not exist (NXDOMAIN)"))
         case .nullMX:
@@ -269,8 +288,10 @@ public struct DeliveryPlanner: Sendable {
             return finish(effects, all: .deferred(.directoryServerFailure, "MTA-STS discovery for \(domain) failed temporarily: \(failure)"))
         }
         if let problem = fact.problem {
-            effects.append(.alert(PolicyAlert(resultType: problem.resultType, domain: domain, mxHost: nil, address: nil, policySource: .mtaSTS,
-                                              reason: problem.reason, enforced: false)))
+            let alert = PolicyAlert(resultType: problem.resultType, domain: domain, mxHost: nil, address: nil, policySource: .mtaSTS,
+                                    reason: problem.reason, enforced: false)
+            effects.append(.alert(alert))
+            effects += sessionResult(for: alert, sts: fact.policy)
         }
         if let policy = fact.policy, policy.mode != .none {
             sts = policy
@@ -385,6 +406,7 @@ public struct DeliveryPlanner: Sendable {
             effects.append(.log(.info, "connect to \(relay): \(failure)"))
             return nextAddress(effects, plan: plan, after: addressIndex)
         }
+        effects += sessionResult(attempt: attempt, result: result, plan: plan)
         var delivered = false
         let decidingSource: PolicySource = plan.requireTLS ? .requireTLS : plan.memoryBinding ? .memory : plan.floorSource
         for (index, recipientResult) in result.recipients where remaining.contains(index) {
@@ -476,7 +498,10 @@ public struct DeliveryPlanner: Sendable {
         guard case .skip(_, let outcome, let alert, let note) = decision else { preconditionFailure() }
         guard case .skip(let rule, _, _, _) = decision else { preconditionFailure() }
         var effects: [PlannerEffect] = [.hostDecided(host: host, decision), .log(.info, "MX host \(host) skipped (rule \(rule.rawValue)): \(outcome.reason)")]
-        if let alert { effects.append(.alert(alert)) }
+        if let alert {
+            effects.append(.alert(alert))
+            effects += sessionResult(for: alert, sts: sts)
+        }
         if note { effects.append(.noteRefusedDowngrade) }
         if outcome.kind == .bounced {
             // Only REQUIRETLS refuses a host for good (RFC 8689 §4.2.1).
@@ -555,6 +580,67 @@ public struct DeliveryPlanner: Sendable {
             return outcome
         }
         return lastFailure
+    }
+
+    // MARK: - TLS reports (RFC 8460)
+
+    /// The session result of a finished attempt: a success when TLS was negotiated (whatever
+    /// SMTP did afterwards), a failure when the negotiation failed or STARTTLS was missing, none
+    /// when no negotiation was tried (clear by policy, a failure before STARTTLS), for a fallback
+    /// after a failure already counted, or for a reused connection.
+    func sessionResult(attempt: PlannedAttempt, result: AttemptResult, plan: HostConnectPlan) -> [PlannerEffect] {
+        guard countsSessions, attempt.kind == .first, attempt.demand.requirement != .none else { return [] }
+        if result.reusedConnection && settings.tlsrptSkipReusedHandshakes { return [] }
+        let policy = reportedPolicy(attempt: attempt, plan: plan)
+        if result.tls != nil { return [.tlsSession(TLSSessionResult(policy: policy, failure: nil))] }
+        let resultType: TLSRPTResultType
+        if let failure = result.failure {
+            guard let type = AttemptOutcomes.resultType(for: failure, verifyResult: result.verifyResult,
+                                                       authentication: attempt.demand.authentication) else { return [] }
+            resultType = type
+        } else {
+            // Opportunistic and no STARTTLS: the session went on in clear.
+            resultType = .starttlsNotSupported
+        }
+        let reason = result.failure.map { AttemptOutcomes.outcome(for: $0, relay: attempt.relay).reason }
+            ?? "\(attempt.relay) did not offer STARTTLS"
+        let failure = TLSRPTFailure(resultType: resultType, sendingMTAIP: result.localAddress, receivingMXHostname: attempt.host,
+                                    receivingMXHelo: result.greetingName, receivingIP: attempt.address, additionalInformation: reason,
+                                    failureReasonCode: result.verifyResult.map { "X509_V_ERR_\($0)" })
+        return [.tlsSession(TLSSessionResult(policy: policy, failure: failure))]
+    }
+
+    /// The published policy an attempt ran under: DANE (the host's TLSA records) where the host
+    /// has secure records, else MTA-STS where the domain has a policy (enforce or testing), else
+    /// none. A local level is not a published policy: its sessions count as `no-policy-found`
+    /// unless DANE records were used.
+    func reportedPolicy(attempt: PlannedAttempt, plan: HostConnectPlan) -> TLSRPTPolicy {
+        if case .records(_, _, let all, _) = plan.dane, local == nil || attempt.demand.authentication != .none {
+            return TLSRPTPolicy(type: .tlsa, strings: all.map(\.description), domain: domain, mxHosts: [attempt.host])
+        }
+        if let sts, local == nil {
+            return TLSRPTPolicy(type: .sts, strings: TLSRPTPolicy.stsLines(sts), domain: domain, mxHosts: sts.mx)
+        }
+        return TLSRPTPolicy(type: .noPolicyFound, strings: [], domain: domain, mxHosts: [])
+    }
+
+    /// A failed policy lookup as a session failure: DNSSEC or TLSA failures under `tlsa`,
+    /// discovery and fetch failures and unlisted hosts under `sts`. Downgrade memory and local
+    /// levels are not published policies: not reported.
+    func sessionResult(for alert: PolicyAlert, sts policy: STSPolicy? = nil) -> [PlannerEffect] {
+        guard countsSessions else { return [] }
+        let reported: TLSRPTPolicy
+        switch alert.policySource {
+        case .dane:
+            reported = TLSRPTPolicy(type: .tlsa, strings: [], domain: domain, mxHosts: alert.mxHost.map { [$0] } ?? [])
+        case .mtaSTS:
+            reported = TLSRPTPolicy(type: .sts, strings: policy.map(TLSRPTPolicy.stsLines) ?? [], domain: domain, mxHosts: policy?.mx ?? [])
+        default:
+            return []
+        }
+        let failure = TLSRPTFailure(resultType: alert.resultType, receivingMXHostname: alert.mxHost, receivingIP: alert.address,
+                                    additionalInformation: alert.reason)
+        return [.tlsSession(TLSSessionResult(policy: reported, failure: failure))]
     }
 
     /// Log lines for the sender's request (RFC 8689), once per delivery.

@@ -253,6 +253,12 @@ public struct AttemptResult: Sendable, Equatable {
     public var tls: TLS?
     /// STARTTLS was in the EHLO reply.
     public var offeredSTARTTLS: Bool
+    /// The session ran on a connection kept from an earlier message (no new TLS handshake).
+    public var reusedConnection = false
+    /// This relay's address on the connection, for TLS reports (`sending-mta-ip`).
+    public var localAddress: String?
+    /// The name in the server's 220 greeting (`receiving-mx-helo`), when it was read.
+    public var greetingName: String?
 
     public init(connectFailure: String? = nil, recipients: [Int: ClientSession.RecipientResult] = [:],
                 failure: ClientSession.SessionFailure? = nil, verifyResult: Int? = nil, tls: TLS? = nil, offeredSTARTTLS: Bool = false) {

@@ -20,7 +20,7 @@ public enum PolicySource: String, Sendable, Hashable, CaseIterable {
 }
 
 /// RFC 8460 §4.3 result types: why a TLS negotiation or a policy lookup failed.
-public enum TLSRPTResultType: String, Sendable, Hashable, CaseIterable {
+public enum TLSRPTResultType: String, Sendable, Hashable, Codable, CaseIterable {
     // §4.3.1 negotiation failures
     case starttlsNotSupported = "starttls-not-supported"
     case certificateHostMismatch = "certificate-host-mismatch"

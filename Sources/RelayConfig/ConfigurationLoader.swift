@@ -170,7 +170,7 @@ public enum ConfigurationLoader {
 
         mutating func read(_ root: TOMLTable) throws -> RelayConfiguration {
             var config = RelayConfiguration()
-            try checkKeys(root, section: nil, allowed: ["state_directory", "log_level", "server", "dns", "delivery", "policy", "metrics"])
+            try checkKeys(root, section: nil, allowed: ["state_directory", "log_level", "server", "dns", "delivery", "policy", "metrics", "tlsrpt"])
             if let value = try string(root, nil, "state_directory") {
                 guard value.hasPrefix("/") else { throw error(nil, "state_directory", "'state_directory' must be an absolute path, got \"\(value)\"") }
                 // One spelling per directory: no repeated or trailing slashes ("/var//lib/x/" is "/var/lib/x").
@@ -187,7 +187,47 @@ public enum ConfigurationLoader {
             if let delivery = try subtable(root, "delivery") { try readDelivery(delivery, into: &config.delivery) }
             if let policy = try subtable(root, "policy") { try readPolicy(policy, into: &config.policy) }
             if let metrics = try subtable(root, "metrics") { try readMetrics(metrics, into: &config.metrics) }
+            if let tlsrpt = try subtable(root, "tlsrpt") { try readTLSRPT(tlsrpt, into: &config.tlsrpt) }
             return config
+        }
+
+        func readTLSRPT(_ table: TOMLTable, into tlsrpt: inout RelayConfiguration.TLSRPT) throws {
+            let section = "tlsrpt"
+            try checkKeys(table, section: section, allowed: [
+                "enabled", "organization_name", "contact_info", "submitter", "from", "send_delay", "send_without_failures",
+                "skip_reused_handshakes", "max_disk_mb", "give_up_after_days", "https_attempts", "https_retry_delay",
+            ])
+            for key in ["enabled", "send_without_failures", "skip_reused_handshakes"] {
+                guard let value = table[key] else { continue }
+                guard let flag = value.bool else { throw error(section, key, "'tlsrpt.\(key)' must be true or false, not \(value.type)") }
+                switch key {
+                case "enabled": tlsrpt.enabled = flag
+                case "send_without_failures": tlsrpt.sendWithoutFailures = flag
+                default: tlsrpt.skipReusedHandshakes = flag
+                }
+            }
+            if let value = try string(table, section, "organization_name") { tlsrpt.organizationName = value }
+            if let value = try string(table, section, "contact_info") { tlsrpt.contactInfo = value }
+            if let value = try string(table, section, "submitter") {
+                guard value.isEmpty || isHostname(value) else { throw error(section, "submitter", "'tlsrpt.submitter' \"\(value)\" is not a domain name") }
+                tlsrpt.submitter = value.lowercased()
+            }
+            if let value = try string(table, section, "from") {
+                guard value.isEmpty || (try? PathParser.parsePath(Substring("<\(value)>"), allowUTF8: false)) != nil else {
+                    throw error(section, "from", "'tlsrpt.from' \"\(value)\" is not a mail address (local@domain)")
+                }
+                tlsrpt.from = value
+            }
+            if let value = try integer(table, section, "send_delay", range: 0...86_000) { tlsrpt.sendDelay = value }
+            if let value = try integer(table, section, "max_disk_mb", range: 1...1_048_576) { tlsrpt.maxDiskMB = value }
+            if let value = try integer(table, section, "give_up_after_days", range: 1...365) { tlsrpt.giveUpAfterDays = value }
+            if let value = try integer(table, section, "https_attempts", range: 1...10) { tlsrpt.httpsAttempts = value }
+            if let value = try integer(table, section, "https_retry_delay", range: 1...3600) { tlsrpt.httpsRetryDelay = value }
+            if tlsrpt.enabled {
+                for (key, value) in [("organization_name", tlsrpt.organizationName), ("contact_info", tlsrpt.contactInfo), ("from", tlsrpt.from)] where value.isEmpty {
+                    throw error(section, "enabled", "'tlsrpt.enabled' is true, so 'tlsrpt.\(key)' must be set (RFC 8460 §4.4: reports name their sender)")
+                }
+            }
         }
 
         func readMetrics(_ table: TOMLTable, into metrics: inout RelayConfiguration.Metrics) throws {

@@ -17,6 +17,39 @@ public struct RelayConfiguration: Sendable, Equatable {
     public var delivery = Delivery()
     public var policy = PolicySettings()
     public var metrics = Metrics()
+    public var tlsrpt = TLSRPT()
+
+    /// `[tlsrpt]`: TLS reporting (RFC 8460): daily reports to the domains that ask for them.
+    public struct TLSRPT: Sendable, Equatable {
+        /// Record session results and send reports. Default false: a report names its sender
+        /// (organization, contact, From address), which only the administrator can say.
+        public var enabled = false
+        /// `organization-name` of the reports.
+        public var organizationName = ""
+        /// `contact-info`: an e-mail address or URI where receivers reach the sender.
+        public var contactInfo = ""
+        /// The submitter's domain (file name, `TLS-Report-Submitter`). Empty: `server.hostname`.
+        public var submitter = ""
+        /// Envelope sender and `From:` of report mails.
+        public var from = ""
+        /// Largest random delay after 00:00 UTC before the day's reports go out, seconds.
+        /// Default 3600 (spreads receivers' load, as RFC 8460 §4.1 asks).
+        public var sendDelay = 3600
+        /// Report days without a failed session too. Default true (RFC 8460 §4.1: reports
+        /// cover all sessions, so a receiver also learns that its TLS works).
+        public var sendWithoutFailures = true
+        /// A reused connection's session is counted once (Postfix's
+        /// `smtp_tlsrpt_skip_reused_handshakes`). Default true.
+        public var skipReusedHandshakes = true
+        /// Cap on the stored results of days not yet reported, MiB. Default 512.
+        public var maxDiskMB = 512
+        /// Days of failed report delivery in a row after which a domain gets no more reports
+        /// until one arrives again. Default 7.
+        public var giveUpAfterDays = 7
+        /// HTTPS POST attempts per report, and the first pause between them (doubling), seconds.
+        public var httpsAttempts = 3
+        public var httpsRetryDelay = 60
+    }
 
     /// `[metrics]`: the Prometheus endpoint.
     public struct Metrics: Sendable, Equatable {
@@ -231,6 +264,20 @@ public struct RelayConfiguration: Sendable, Equatable {
         lines.append("")
         lines.append("[metrics]")
         lines.append("listen = \(quote(metrics.listen?.description ?? ""))")
+        lines.append("")
+        lines.append("[tlsrpt]")
+        lines.append("enabled = \(tlsrpt.enabled)")
+        lines.append("organization_name = \(quote(tlsrpt.organizationName))")
+        lines.append("contact_info = \(quote(tlsrpt.contactInfo))")
+        lines.append("submitter = \(quote(tlsrpt.submitter))")
+        lines.append("from = \(quote(tlsrpt.from))")
+        lines.append("send_delay = \(tlsrpt.sendDelay)")
+        lines.append("send_without_failures = \(tlsrpt.sendWithoutFailures)")
+        lines.append("skip_reused_handshakes = \(tlsrpt.skipReusedHandshakes)")
+        lines.append("max_disk_mb = \(tlsrpt.maxDiskMB)")
+        lines.append("give_up_after_days = \(tlsrpt.giveUpAfterDays)")
+        lines.append("https_attempts = \(tlsrpt.httpsAttempts)")
+        lines.append("https_retry_delay = \(tlsrpt.httpsRetryDelay)")
         lines.append("")
         lines.append("[policy]")
         lines.append("downgrade_memory = \(quote(policy.downgradeMemory.rawValue))")

@@ -5,6 +5,8 @@ import RelayDelivery
 import RelayObservability
 import RelayPolicy
 import RelayQueue
+import RelayTLSRPT
+import TLSRPTCore
 
 /// Carries out control-socket requests (see `ControlServer`) against the running daemon.
 struct ControlCommands: Sendable {
@@ -16,8 +18,22 @@ struct ControlCommands: Sendable {
     let memory: DowngradeMemoryStore
     let alerts: AlertJournal
     let startTime: Double
+    /// TLS reporting; nil when `tlsrpt.enabled` is false.
+    let reports: TLSReportService?
     /// The result of the last reload (SIGHUP or `tlsrelayctl reload`), nil before the first.
     let lastReload = NIOLockedValueBox<ReloadOutcome?>(nil)
+
+    init(configuration: NIOLockedValueBox<RelayConfiguration>, spool: Spool, scheduler: Scheduler, stsCache: STSPolicyCache,
+         memory: DowngradeMemoryStore, alerts: AlertJournal, startTime: Double, reports: TLSReportService? = nil) {
+        self.configuration = configuration
+        self.spool = spool
+        self.scheduler = scheduler
+        self.stsCache = stsCache
+        self.memory = memory
+        self.alerts = alerts
+        self.startTime = startTime
+        self.reports = reports
+    }
     /// Re-reads the configuration (set by the daemon once the parts exist).
     let reloader = NIOLockedValueBox<(@Sendable () -> ReloadOutcome)?>(nil)
 
@@ -105,8 +121,42 @@ struct ControlCommands: Sendable {
             guard let domain = (request["domain"] as? String)?.lowercased() else { throw CommandError("policy.show needs a domain") }
             return StateReports.policy(domain: domain, configuration: configuration, stsCache: stsCache, memory: memory,
                                        now: Date().timeIntervalSince1970)
+        case "tlsrpt.list", "tlsrpt.show", "tlsrpt.send":
+            return try await tlsrpt(command, request)
         default:
             throw CommandError("unknown command '\(command)'")
+        }
+    }
+
+    /// `tlsrelayctl tlsrpt list | show DOMAIN [--date D] | send [DOMAIN] [--date D]`.
+    func tlsrpt(_ command: String, _ request: [String: Any]) async throws -> Any {
+        guard let reports else { throw CommandError("TLS reporting is off (tlsrpt.enabled = false)") }
+        let now = Date().timeIntervalSince1970
+        var day = TLSReport.dayStart(now)
+        if let text = request["date"] as? String {
+            guard let start = SessionResultStore.dayStart(named: text) else { throw CommandError("'\(text)' is not a date (YYYY-MM-DD)") }
+            day = start
+        }
+        let domain = (request["domain"] as? String)?.lowercased()
+        switch command {
+        case "tlsrpt.list":
+            let counts = reports.counts(dayStart: day)
+            return [
+                "date": TLSReport.dayName(day),
+                "domains": counts.keys.sorted().map { ["domain": $0, "successful": counts[$0]!.successes, "failed": counts[$0]!.failures] as [String: Any] },
+            ] as [String: Any]
+        case "tlsrpt.show":
+            guard let domain else { throw CommandError("tlsrpt show needs a domain") }
+            guard let report = reports.report(domain: domain, dayStart: day, until: min(now, Double(day + TLSReport.day))) else {
+                throw CommandError("no unreported TLS sessions to \(domain) on \(TLSReport.dayName(day))")
+            }
+            return try JSONSerialization.jsonObject(with: Data(report.json()))
+        default:
+            let outcomes = await reports.send(now: now, only: domain, dayStart: request["date"] != nil || domain != nil ? day : nil)
+            return outcomes.map { outcome in
+                ["domain": outcome.domain, "report_id": outcome.reportID ?? NSNull(), "skipped": outcome.skipped ?? NSNull(),
+                 "deliveries": outcome.deliveries.map { ["uri": $0.uri, "sent": $0.succeeded, "detail": $0.detail] as [String: Any] }] as [String: Any]
+            }
         }
     }
 

@@ -15,6 +15,8 @@ import RelayTLS
 import RelayObservability
 import RelayQueue
 import RelayServer
+import RelayTLSRPT
+import TLSRPTCore
 import SMTPCore
 
 /// Wires configuration, spool and the inbound listener into the running `tlsrelayd`.
@@ -112,6 +114,18 @@ public final class Daemon: Sendable {
         for warning in ConfigurationCheck.warnings(fresh, now: now) { logger.warning("reload: \(warning)") }
         logger.notice("reload: \(message)")
         return finish(ReloadOutcome(time: now, applied: true, message: message))
+    }
+
+    /// The report service's settings from `[tlsrpt]` (the submitter defaults to `server.hostname`).
+    static func reportSettings(_ configuration: RelayConfiguration) -> TLSReportService.Settings {
+        let tlsrpt = configuration.tlsrpt
+        let submitter = tlsrpt.submitter.isEmpty ? configuration.server.hostname : tlsrpt.submitter
+        let from = (try? PathParser.parsePath(Substring("<\(tlsrpt.from)>"), allowUTF8: false)) ?? Mailbox(localPart: "postmaster", domain: submitter)
+        return TLSReportService.Settings(
+            submitter: TLSReport.Submitter(organizationName: tlsrpt.organizationName, contactInfo: tlsrpt.contactInfo, domain: submitter),
+            from: from, sendDelay: tlsrpt.sendDelay, sendWithoutFailures: tlsrpt.sendWithoutFailures, giveUpAfterDays: tlsrpt.giveUpAfterDays,
+            httpsAttempts: tlsrpt.httpsAttempts, httpsRetryDelay: Double(tlsrpt.httpsRetryDelay),
+            extraCAFile: configuration.delivery.tlsCAFile.isEmpty ? nil : configuration.delivery.tlsCAFile, hostname: configuration.server.hostname)
     }
 
     /// The certificate chain and key STARTTLS presents (`server.tls_certificate_chain_file`,
@@ -243,6 +257,19 @@ public final class Daemon: Sendable {
             resolver: resolver, cache: stsCache,
             fetcher: STSPolicyFetcher(extraCAFile: configuration.delivery.tlsCAFile.isEmpty ? nil : configuration.delivery.tlsCAFile),
             logger: logger)
+        // Messages reach delivery through one stream, not a task each.
+        let queuedIDs = AsyncStream<QueueID>.makeStream()
+        // TLS reporting (RFC 8460): durable session results and the daily reports.
+        let resultStore: SessionResultStore? = configuration.tlsrpt.enabled
+            ? try SessionResultStore(stateDirectory: configuration.stateDirectory, maxBytes: configuration.tlsrpt.maxDiskMB * 1_048_576, logger: logger)
+            : nil
+        var reports: TLSReportService?
+        if let resultStore {
+            reports = try TLSReportService(store: resultStore, settings: Daemon.reportSettings(self.configuration), resolver: resolver, spool: spool,
+                                           stateDirectory: self.configuration.stateDirectory, logger: self.logger,
+                                           onQueued: { queuedIDs.continuation.yield($0) })
+        }
+        let reportService = reports
         let agent = DeliveryAgent(
             resolver: resolver, group: group, tlsContext: tlsContext,
             settings: .init(heloName: configuration.server.hostname, port: configuration.delivery.port, timeouts: timeouts,
@@ -265,21 +292,22 @@ public final class Daemon: Sendable {
                 alerts.report(SecurityAlert(kind: kind, queueID: queueID.rawValue, domain: alert.domain, mxHost: alert.mxHost,
                                             address: alert.address, policySource: alert.policySource.rawValue, resultType: alert.resultType.rawValue,
                                             reason: alert.reason))
-            })
+            },
+            onSessionResult: { result, time in resultStore?.record(result, at: time) })
         let honorTLSRequiredNo = self.configuration.policy.honorTLSRequiredNo
-        agent.update { $0.honorTLSRequiredNo = honorTLSRequiredNo }
+        let skipReused = self.configuration.tlsrpt.skipReusedHandshakes
+        agent.update { $0.honorTLSRequiredNo = honorTLSRequiredNo; $0.tlsrptSkipReusedHandshakes = skipReused }
         var schedulerSettings = Scheduler.Settings(hostname: configuration.server.hostname)
         schedulerSettings.queue.destinationConcurrency = configuration.delivery.destinationConcurrency
         schedulerSettings.queue.initialDestinationConcurrency = configuration.delivery.initialDestinationConcurrency
         schedulerSettings.holdAll = configuration.delivery.hold
         schedulerSettings.delayWarning = Double(configuration.delivery.delayWarningTime)
+        schedulerSettings.onReportBounced = { domain in reportService?.noteFailed(domain, dayStart: TLSReport.dayStart(Date().timeIntervalSince1970)) }
         if configuration.delivery.hold { logger.warning("delivery.hold is set: mail is accepted and queued, nothing is delivered") }
         schedulerSettings.retry = RetrySchedule(
             minimumBackoff: Double(configuration.delivery.minBackoff), maximumBackoff: Double(configuration.delivery.maxBackoff),
             queueLifetime: Double(configuration.delivery.queueLifetime))
         let scheduler = Scheduler(spool: spool, agent: agent, settings: schedulerSettings, threadPool: threadPool, logger: logger)
-        // Messages reach delivery through one stream, not a task each.
-        let queuedIDs = AsyncStream<QueueID>.makeStream()
         var settings = InboundSettings(
             hostname: configuration.server.hostname,
             limits: Daemon.limits(from: configuration.server),
@@ -290,7 +318,7 @@ public final class Daemon: Sendable {
         settings.tlsCertificate = inboundCertificate
         let server = InboundServer(settings: settings, group: group)
         let commands = ControlCommands(configuration: NIOLockedValueBox(configuration), spool: spool, scheduler: scheduler, stsCache: stsCache,
-                                       memory: memoryStore, alerts: alerts, startTime: Date().timeIntervalSince1970)
+                                       memory: memoryStore, alerts: alerts, startTime: Date().timeIntervalSince1970, reports: reportService)
         commands.reloader.withLockedValue { $0 = { [self] in self.reload(agent: agent, commands: commands) } }
         let control = ControlServer(path: configuration.stateDirectory + "/control.sock", group: group,
                                     dispatch: { await commands.handle($0) })
@@ -316,7 +344,7 @@ public final class Daemon: Sendable {
         // stop reloading, finish the queue scan, stop accepting (open transactions end), stop the
         // metrics and control sockets, let deliveries in flight end (then cancel them), write the
         // alerts' repeat counts, tell systemd.
-        let services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: DaemonService("notifier", body: {
                 // STATUS= with queue counts for systemctl status; WATCHDOG=1 when WatchdogSec= is set.
                 let watchdog = ProcessInfo.processInfo.environment["WATCHDOG_USEC"].flatMap { Double($0) }
@@ -408,6 +436,22 @@ public final class Daemon: Sendable {
             throw error
         }
         ServiceNotifier.notify("READY=1\nSTATUS=accepting mail; recovering the queue")
+        if let reports = reportService {
+            // Results are made durable every second (kill -9 loses none: each is written at
+            // once); the day's reports go out after 00:00 UTC plus a random delay.
+            services.insert(.init(service: DaemonService("tlsrpt", body: {
+                await withTaskGroup(of: Void.self) { group in
+                    group.addTask { await reports.runDaily() }
+                    group.addTask {
+                        while !Task.isCancelled {
+                            try? await Task.sleep(for: .seconds(1))
+                            reports.store.sync()
+                        }
+                    }
+                }
+            }, stop: { reports.store.sync() }), successTerminationBehavior: .ignore), at: 2)
+            logger.info("TLS reporting (RFC 8460) on: reports for \(TLSReport.dayName(TLSReport.dayStart(Date().timeIntervalSince1970))) go out after 00:00 UTC plus up to \(configuration.tlsrpt.sendDelay) s")
+        }
         var groupConfiguration = ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         groupConfiguration.logging.keys = .init()
         let serviceGroup = ServiceGroup(configuration: groupConfiguration)

@@ -35,6 +35,8 @@ public final class DeliveryAgent: Sendable {
         public var downgradeMemory: PolicySettings.DowngradeMemory = .report
         /// Honour `TLS-Required: No` (RFC 8689 §5; `policy.honor_tls_required_no`). Default true.
         public var honorTLSRequiredNo = true
+        /// Count a reused connection's session once for TLS reports (`tlsrpt.skip_reused_handshakes`).
+        public var tlsrptSkipReusedHandshakes = true
 
         /// The local level entry for `domain` (expired or not).
         func localLevel(for domain: String) -> PolicySettings.DomainLevel? {
@@ -45,7 +47,7 @@ public final class DeliveryAgent: Sendable {
         func planner(mtaSTS: Bool) -> PlannerSettings {
             PlannerSettings(port: port, daneForInsecureMX: daneForInsecureMX, mtaSTS: mtaSTS, memoryMode: downgradeMemory,
                             downgradeGrace: downgradeGrace, dsnRelay: dsnRelay.map { (address: $0.address, port: $0.port) },
-                            honorTLSRequiredNo: honorTLSRequiredNo)
+                            honorTLSRequiredNo: honorTLSRequiredNo, tlsrptSkipReusedHandshakes: tlsrptSkipReusedHandshakes)
         }
         /// Where DSNs that tlsrelay writes go (`delivery.dsn_relay`); nil: the sender domain's MX.
         public var dsnRelay: (address: String, port: Int)?
@@ -83,6 +85,8 @@ public final class DeliveryAgent: Sendable {
     var settings: Settings { liveSettings.withLockedValue { $0 } }
     let logger: Logger
     let onAlert: @Sendable (PolicyAlert, QueueID) -> Void
+    /// Each TLS session result the planner counts (RFC 8460), with the time it happened.
+    public let onSessionResult: @Sendable (TLSSessionResult, Double) -> Void
     let sts: STSPolicyService?
     let memory: DowngradeMemoryStore?
     let connections = ConnectionCache()
@@ -95,7 +99,9 @@ public final class DeliveryAgent: Sendable {
     /// - Parameter slots: caps sessions overall and per MX address; nil: no cap.
     public init(resolver: RelayDNS.Resolver, group: EventLoopGroup, tlsContext: TLSClientContext, settings: Settings, logger: Logger,
                 sts: STSPolicyService? = nil, memory: DowngradeMemoryStore? = nil, slots: ConnectionSlots? = nil,
-                onAlert: @escaping @Sendable (PolicyAlert, QueueID) -> Void = { _, _ in }) {
+                onAlert: @escaping @Sendable (PolicyAlert, QueueID) -> Void = { _, _ in },
+                onSessionResult: @escaping @Sendable (TLSSessionResult, Double) -> Void = { _, _ in }) {
+        self.onSessionResult = onSessionResult
         self.slots = slots
         self.sts = sts
         self.memory = memory
@@ -123,7 +129,7 @@ public final class DeliveryAgent: Sendable {
         var planner = DeliveryPlanner(domain: domain, recipients: recipientIndexes, settings: settings.planner(mtaSTS: sts != nil),
                                       local: settings.localLevel(for: domain).map(LocalPolicyFact.init),
                                       memory: settings.downgradeMemory == .off ? nil : memory?.lookup(domain).fact, now: now,
-                                      message: envelope.generated == .deliveryStatusNotification ? .deliveryStatusNotification : .relayed,
+                                      message: Self.messageKind(envelope.generated),
                                       sender: SenderRequest(requireTLS: envelope.transaction.parameters.requireTLS, tlsRequiredNo: envelope.tlsRequiredNo))
         let finished = await drive(&planner, effect: { effect in
             switch effect {
@@ -152,6 +158,8 @@ public final class DeliveryAgent: Sendable {
                 do { try memory?.noteRefusedDowngrade(domain: domain, now: now) } catch {
                     logger.error("\(queueID): cannot update the downgrade memory of \(domain): \(error)")
                 }
+            case .tlsSession(let result):
+                onSessionResult(result, Date().timeIntervalSince1970)
             }
         }, attempt: { attempt in
             await self.run(attempt, envelope: envelope, content: content, queueID: queueID).result
@@ -247,9 +255,12 @@ public final class DeliveryAgent: Sendable {
         }
         var verifyResult: Int?
         if case .authenticationFailed(let code, _)? = report.tlsError { verifyResult = code }
-        let result = AttemptResult(recipients: recipients, failure: report.result.failure, verifyResult: verifyResult,
+        var result = AttemptResult(recipients: recipients, failure: report.result.failure, verifyResult: verifyResult,
                                    tls: report.tls.map { AttemptResult.TLS(verified: $0.verified, daneMatched: $0.daneMatch != nil) },
                                    offeredSTARTTLS: report.result.offeredSTARTTLS)
+        result.reusedConnection = report.connectionUse > 1
+        result.localAddress = report.localAddress
+        result.greetingName = report.greetingName
         return (result, report)
     }
 
@@ -268,6 +279,15 @@ public final class DeliveryAgent: Sendable {
             envelopeID: transaction.parameters.envelopeID, tls: tls)
         job.keepOpen = settings.connectionCacheTime > 0
         return job
+    }
+
+    /// The planner's kind of a queued message.
+    static func messageKind(_ generated: GeneratedMessage?) -> MessageKind {
+        switch generated {
+        case .deliveryStatusNotification?: return .deliveryStatusNotification
+        case .tlsReport?: return .tlsReport
+        case nil: return .relayed
+        }
     }
 
     /// Replaces the settings for deliveries that start from now on (SIGHUP reload).

@@ -107,7 +107,7 @@ extension DeliveryAgent {
             case .alert(let alert): report.alerts.append(alert)
             case .hostDecided(let host, let decision): report.hosts.append(DomainCheckReport.Host(name: host, decision: decision, connections: []))
             case .mtaSTS(let fact): report.mtaSTS = fact
-            case .log, .remember, .noteRefusedDowngrade: break
+            case .log, .remember, .noteRefusedDowngrade, .tlsSession: break
             }
         }, attempt: { attempt in
             let (result, connection) = await self.run(attempt, envelope: nil, content: MessageContent([]), queueID: nil, probe: true)

@@ -15,6 +15,10 @@ public struct ConnectionReport: Sendable {
     public var connectionUse = 1
     /// Seconds the TLS handshake took, when this transaction's connection made one just now.
     public var tlsHandshakeSeconds: Double?
+    /// This relay's address on the connection.
+    public var localAddress: String?
+    /// The server's name in its 220 greeting.
+    public var greetingName: String?
 }
 
 /// Drives a `ClientSession` over one TCP connection: frames replies, writes commands and
@@ -104,8 +108,12 @@ final class SMTPClientHandler: ChannelInboundHandler {
         context.close(promise: nil)
     }
 
+    /// This relay's address on the connection (for TLS reports).
+    private var localAddress: String?
+
     func channelActive(context: ChannelHandlerContext) {
         openedAt = .now()
+        localAddress = context.channel.localAddress?.ipAddress
         armTimer(context: context)
         context.fireChannelActive()
     }
@@ -187,7 +195,8 @@ final class SMTPClientHandler: ChannelInboundHandler {
                 let keep = result.reusable && session.isIdle && age < reuseLimit
                 result.reusable = keep
                 completion?.succeed(ConnectionReport(result: result, tls: tlsInfo, tlsError: tlsError, connectionUse: uses,
-                                                     tlsHandshakeSeconds: uses == 1 ? handshakeSeconds : nil))
+                                                     tlsHandshakeSeconds: uses == 1 ? handshakeSeconds : nil,
+                                                     localAddress: localAddress, greetingName: session.greetingName))
                 completion = nil
                 content = []
                 if keep {

@@ -24,6 +24,9 @@ public actor Scheduler {
         /// Seconds after arrival when recipients still pending get one delay DSN (RFC 3464
         /// `Action: delayed`; NOTIFY absent or with DELAY); 0 = none. Default 14400 (4 h).
         public var delayWarning: Double = 14400
+        /// Called when a TLS report tlsrelay wrote (RFC 8460 §5.3) bounced, with the policy
+        /// domain it was about (so that reports to a domain that keeps rejecting them stop).
+        public var onReportBounced: @Sendable (String) -> Void = { _ in }
 
         public init(hostname: String) { self.hostname = hostname }
     }
@@ -409,6 +412,9 @@ public actor Scheduler {
             }
             round.record.recipients[index] = state
             round.progressed = true
+            if state.status == .bounced, round.envelope.generated == .tlsReport, let domain = round.envelope.tlsReportDomain {
+                settings.onReportBounced(domain)
+            }
             RelayMetrics.delivery(state.status == .bounced ? .bounced : outcome.kind, policy: outcome.policy)
             let recipient = round.envelope.transaction.recipients[index].mailbox.address
             logger.info("\(id): to=<\(recipient)>, relay=\(outcome.remoteMTA ?? "none"), delay=\(String(format: "%.1f", now - round.envelope.arrivalTime)), attempt-time=\(String(format: "%.2f", now - start)), dsn=\(state.lastStatusCode ?? outcome.status.description), status=\(status)\(outcome.security.map { ", tls=\($0.rawValue)" } ?? "")\(Self.senderRequestField(outcome.policy)) (\(state.lastReason ?? outcome.reason))")

@@ -24,6 +24,9 @@ public struct QueuedEnvelope: Sendable, Codable, Hashable {
     /// The message's header had `TLS-Required: No` (RFC 8689 §5): the sender asks that recipient
     /// TLS policies (DANE, MTA-STS) be ignored. Whether it is honoured is the planner's decision.
     public var tlsRequiredNo: Bool = false
+    /// For a TLS report tlsrelay wrote (`generated == .tlsReport`): the policy domain it reports
+    /// on, so that a bounce of it counts against that domain (RFC 8460 §5.3).
+    public var tlsReportDomain: String?
 
     public init(queueID: QueueID, arrivalTime: Double, clientAddress: String, heloName: String,
                 transaction: MailTransaction, size: Int) {
@@ -36,7 +39,7 @@ public struct QueuedEnvelope: Sendable, Codable, Hashable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case version, queueID, arrivalTime, clientAddress, heloName, transaction, size, generated, tlsRequiredNo
+        case version, queueID, arrivalTime, clientAddress, heloName, transaction, size, generated, tlsRequiredNo, tlsReportDomain
     }
 
     /// - Throws: `DecodingError` when a key of version 1 is missing or mistyped, or the record
@@ -56,6 +59,7 @@ public struct QueuedEnvelope: Sendable, Codable, Hashable {
         size = try container.decode(Int.self, forKey: .size)
         generated = try container.decodeIfPresent(GeneratedMessage.self, forKey: .generated)
         tlsRequiredNo = try container.decodeIfPresent(Bool.self, forKey: .tlsRequiredNo) ?? false
+        tlsReportDomain = try container.decodeIfPresent(String.self, forKey: .tlsReportDomain)
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -69,6 +73,7 @@ public struct QueuedEnvelope: Sendable, Codable, Hashable {
         try container.encode(size, forKey: .size)
         try container.encodeIfPresent(generated, forKey: .generated)
         if tlsRequiredNo { try container.encode(true, forKey: .tlsRequiredNo) }
+        try container.encodeIfPresent(tlsReportDomain, forKey: .tlsReportDomain)
     }
 }
 
@@ -76,4 +81,6 @@ public struct QueuedEnvelope: Sendable, Codable, Hashable {
 public enum GeneratedMessage: String, Sendable, Codable, Hashable {
     /// A delivery status notification (RFC 3464): a bounce.
     case deliveryStatusNotification = "dsn"
+    /// A TLS report (RFC 8460 §5.3), sent with `TLS-Required: No`.
+    case tlsReport = "tls-report"
 }

@@ -232,6 +232,8 @@ public struct ClientSession: Sendable {
     public private(set) var job: Job
     public private(set) var capabilities = Capabilities()
     public private(set) var stage: Stage = .greeting
+    /// The first word of the server's 220 greeting (its name, RFC 5321 §4.2), once read.
+    public private(set) var greetingName: String?
     private var state: State = .greeting
     private var result = Result()
     private var pending: [Pending] = []
@@ -267,6 +269,7 @@ public struct ClientSession: Sendable {
         switch state {
         case .greeting:
             guard reply.code == 220 else { return fail(.greetingRefused(reply)) }
+            greetingName = reply.lines.first?.split(separator: " ").first.map(String.init)
             return sendEHLO()
         case .ehlo(let afterTLS):
             if reply.code == 250 {

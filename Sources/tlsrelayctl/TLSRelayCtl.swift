@@ -22,7 +22,7 @@ struct TLSRelayCtl: AsyncParsableCommand {
         abstract: "Operate tlsrelay: queue, status, reload, policies, and checking a domain.",
         discussion: "Talks to tlsrelayd over the control socket in state_directory (root or the tlsrelay user only); queue list, queue show and policy show read state_directory themselves when the daemon is not running. --config and --json may stand before or after the command (tlsrelayctl --config FILE status). Exit status: 0 done, 1 the request was refused (reload: file refused; check: a delivery would defer or bounce), 2 error, 64 usage error.",
         version: TLSRelayVersion.string,
-        subcommands: [Status.self, Queue.self, Reload.self, Policy.self, Check.self])
+        subcommands: [Status.self, Queue.self, Reload.self, Policy.self, TLSRPT.self, Check.self])
 
     /// Moves `--config FILE`, `--config=FILE` and `--json` written before the command's name to
     /// the end, where the subcommands' options are parsed (as `postqueue -c DIR -p` reads).

@@ -32,6 +32,7 @@ struct Oracle {
         }
         let localApplies = i.local != .absent && i.local != .expired
         if i.sender == .tlsRequiredNo {
+            // A TLS report is sent with TLS-Required: No (RFC 8460 §5.3) and takes the same way.
             // Only DNS integrity still stops a delivery; no DANE, MTA-STS or memory.
             if i.mxStatus == .failed { noAttemptStatus = .directoryServerFailure; return }
             if i.mxStatus == .bogus || i.addressStatus == .bogus { noAttemptStatus = .cryptographicFailure; return }
@@ -109,7 +110,7 @@ struct ExhaustivePlannerTests {
     @Test("the product covers every message variant once")
     func product() {
         let variants = Inputs.messageVariants.map { "\($0.0.rawValue) \($0.1.rawValue) \($0.2)" }
-        #expect(variants.count == 8 && Set(variants).count == 8)
+        #expect(variants.count == 9 && Set(variants).count == 9)
         #expect(Inputs.product(0).count == 8 * 64 * 5 * 7 * 6 * 8)
     }
 
@@ -128,6 +129,35 @@ struct ExhaustivePlannerTests {
             let t = run(inputs)
             let oracle = Oracle(inputs)
             guard let outcome = t.outcome else { violate(inputs, "the planner did not finish", t); continue }
+            // TLS reports (RFC 8460): one result per first attempt that negotiated or tried TLS, and
+            // per failed policy lookup; none for a DSN, a TLS report or a waived message; a
+            // failure's result type is the one the alert of the same event names.
+            if inputs.message != .relayed || inputs.sender == .tlsRequiredNo {
+                if !t.sessions.isEmpty { violate(inputs, "session counted for a DSN, a TLS report or a TLS-Required: No message", t) }
+            } else {
+                let negotiated = t.attempts.filter { $0.attempt.kind == .first && $0.attempt.demand.requirement != .none }
+                // At most: each negotiation, the MTA-STS discovery and one DNSSEC/TLSA/host failure.
+                if t.sessions.count > negotiated.count + 2 { violate(inputs, "more session results than negotiations and lookups", t) }
+                for (attempt, result) in negotiated where result.tls != nil {
+                    if !t.sessions.contains(where: { $0.isSuccess }) { violate(inputs, "a negotiated session not counted as a success (\(attempt.relay))", t) }
+                }
+                // Where every negotiation required TLS, each failure counted is one the alerts name.
+                let required = negotiated.allSatisfy { $0.attempt.demand.requirement == .required }
+                for session in t.sessions where !session.isSuccess && required {
+                    let type = session.failure!.resultType
+                    if !t.alerts.contains(where: { $0.resultType == type }) {
+                        violate(inputs, "a session failure \(type.rawValue) without an alert of that type", t)
+                    }
+                }
+                if t.alerts.contains(where: { $0.policySource == .dane && $0.resultType == .dnssecInvalid }),
+                   !t.sessions.contains(where: { $0.failure?.resultType == .dnssecInvalid && $0.policy.type == .tlsa }) {
+                    violate(inputs, "a DNSSEC failure not counted for the TLS report", t)
+                }
+                if inputs.tlsa != .none, inputs.tlsaStatus == .secure, inputs.addressStatus == .secure, inputs.local == .absent,
+                   !t.attempts.isEmpty, !t.sessions.isEmpty, !t.sessions.contains(where: { $0.policy.type == .tlsa }) {
+                    violate(inputs, "a DANE host's session not counted under its TLSA policy", t)
+                }
+            }
             // Policy failures are never a bounce; only REQUIRETLS bounces, with 5.7.30, when no
             // host could take it as it demands (RFC 8689 §4.2.1).
             let requireTLSRefusedAtNextHop = t.attempts.contains { $0.result.failure == .requireTLSNotOffered }

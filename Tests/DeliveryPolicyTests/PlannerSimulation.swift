@@ -137,7 +137,7 @@ struct Inputs: Sendable, CustomStringConvertible {
 
     /// The message dimensions: a DSN (no sender request), and relayed mail with each sender
     /// request; whether the next hop announces REQUIRETLS only matters to REQUIRETLS messages.
-    static let messageVariants: [(MessageKind, Sender, Bool)] = [(.deliveryStatusNotification, .standard, true)]
+    static let messageVariants: [(MessageKind, Sender, Bool)] = [(.deliveryStatusNotification, .standard, true), (.tlsReport, .tlsRequiredNo, true)]
         + Sender.allCases.flatMap { sender in sender.isRequireTLS ? [(MessageKind.relayed, sender, true), (.relayed, sender, false)] : [(.relayed, sender, true)] }
 
     /// All combinations, in a fixed order.
@@ -179,6 +179,7 @@ struct Transcript: Sendable {
     var outcome: RecipientOutcome?
 
     var alerts: [PolicyAlert] { effects.compactMap { if case .alert(let a) = $0 { return a } else { return nil } } }
+    var sessions: [TLSSessionResult] { effects.compactMap { if case .tlsSession(let s) = $0 { return s } else { return nil } } }
     var remembered: [(AchievedSecurity, Bool)] {
         effects.compactMap { if case .remember(let s, let accept) = $0 { return (s, accept) } else { return nil } }
     }

@@ -1,0 +1,420 @@
+import AsyncHTTPClient
+import CompressNIO
+import DeliveryPolicy
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOSSL
+import RelayDNS
+import RelayPolicy
+import RelayQueue
+import SMTPCore
+import TLSRPTCore
+
+/// Daily TLS reports (RFC 8460 §4, §5): after 00:00 UTC plus a random delay, one report per
+/// policy domain and day to every `rua` URI of its `_smtp._tls` record — by mail through
+/// tlsrelay's own queue (`mailto:`), or as an HTTPS POST (`https:`).
+///
+/// What was sent is remembered per day and domain as the time the report reached
+/// (`<state>/tlsrpt/sent/YYYY-MM-DD.json`, written temp + fsync + rename), so a report is sent
+/// once even across a crash, and a report sent early by `tlsrelayctl tlsrpt send` leaves the
+/// rest of the day for the daily one. A domain whose reports fail to arrive on
+/// `giveUpAfterDays` consecutive days gets none until one succeeds again (a new day's first
+/// report is tried once), with a log line.
+public final class TLSReportService: Sendable {
+    public struct Settings: Sendable {
+        public var submitter: TLSReport.Submitter
+        /// Envelope sender and `From:` of report mails.
+        public var from: Mailbox
+        /// Largest random delay after 00:00 UTC, seconds.
+        public var sendDelay: Int
+        /// Send a report for a day without any failed session (RFC 8460 §4 asks for every
+        /// session to be reported; default true).
+        public var sendWithoutFailures: Bool
+        /// Consecutive days of failed delivery after which a domain gets no more reports.
+        public var giveUpAfterDays: Int
+        /// HTTPS POST attempts per report and the first pause between them (doubling), seconds.
+        public var httpsAttempts: Int
+        public var httpsRetryDelay: Double
+        /// Extra trusted CAs for the POST's WebPKI check (`delivery.tls_ca_file`).
+        public var extraCAFile: String?
+        /// This relay's host name (Message-ID, the report mail's envelope).
+        public var hostname: String
+
+        public init(submitter: TLSReport.Submitter, from: Mailbox, sendDelay: Int, sendWithoutFailures: Bool, giveUpAfterDays: Int,
+                    httpsAttempts: Int = 3, httpsRetryDelay: Double = 60, extraCAFile: String?, hostname: String) {
+            self.submitter = submitter
+            self.from = from
+            self.sendDelay = sendDelay
+            self.sendWithoutFailures = sendWithoutFailures
+            self.giveUpAfterDays = giveUpAfterDays
+            self.httpsAttempts = httpsAttempts
+            self.httpsRetryDelay = httpsRetryDelay
+            self.extraCAFile = extraCAFile
+            self.hostname = hostname
+        }
+    }
+
+    /// What became of one report at one URI.
+    public struct Delivery: Sendable, Equatable, CustomStringConvertible {
+        public var uri: String
+        public var succeeded: Bool
+        public var detail: String
+        public var description: String { "\(uri): \(succeeded ? "sent" : "failed"): \(detail)" }
+    }
+
+    /// What became of one domain's report.
+    public struct Outcome: Sendable, CustomStringConvertible {
+        public var domain: String
+        public var reportID: String?
+        public var deliveries: [Delivery]
+        /// Why nothing was sent (no record, nothing to report, given up), if so.
+        public var skipped: String?
+        public var description: String {
+            if let skipped { return "\(domain): not sent: \(skipped)" }
+            return "\(domain): report \(reportID ?? "?"): " + deliveries.map(\.description).joined(separator: "; ")
+        }
+    }
+
+    public let store: SessionResultStore
+    private let settings: NIOLockedValueBox<Settings>
+    private let resolver: RelayDNS.Resolver
+    private let spool: Spool
+    private let stateDirectory: String
+    private let logger: Logger
+    /// Hands a queued report mail to delivery.
+    private let onQueued: @Sendable (QueueID) -> Void
+    private let sending = NIOLockedValueBox(false)
+
+    public init(store: SessionResultStore, settings: Settings, resolver: RelayDNS.Resolver, spool: Spool, stateDirectory: String,
+                logger: Logger, onQueued: @escaping @Sendable (QueueID) -> Void) throws {
+        self.store = store
+        self.settings = NIOLockedValueBox(settings)
+        self.resolver = resolver
+        self.spool = spool
+        self.stateDirectory = stateDirectory + "/tlsrpt"
+        self.logger = logger
+        self.onQueued = onQueued
+        try FileManager.default.createDirectory(atPath: self.stateDirectory + "/sent", withIntermediateDirectories: true,
+                                                attributes: [.posixPermissions: 0o700])
+    }
+
+    // MARK: - Reports
+
+    /// Per domain, the sessions of the day starting at `dayStart` not yet reported: successes
+    /// and failures.
+    public func counts(dayStart: Int) -> [String: (successes: Int, failures: Int)] {
+        let sent = sentUntil(dayStart: dayStart)
+        var counts: [String: (successes: Int, failures: Int)] = [:]
+        for (time, result) in store.results(dayStart: dayStart).results where time >= sent[result.policy.domain] ?? 0 {
+            var entry = counts[result.policy.domain] ?? (0, 0)
+            if result.isSuccess { entry.successes += 1 } else { entry.failures += 1 }
+            counts[result.policy.domain] = entry
+        }
+        return counts
+    }
+
+    /// The report `domain` would get now for the day starting at `dayStart`, covering the
+    /// sessions since the last report of that day up to `until` (seconds since the epoch).
+    /// - Returns: the report, and the time its range ends; nil when there is nothing to report.
+    public func report(domain: String, dayStart: Int, until: Double, reportID: String? = nil) -> TLSReport? {
+        let since = sentUntil(dayStart: dayStart)[domain] ?? Double(dayStart)
+        let results = store.results(dayStart: dayStart).results.filter { $0.result.policy.domain == domain && $0.time >= since && $0.time < until }
+        guard !results.isEmpty else { return nil }
+        let settings = self.settings.withLockedValue { $0 }
+        let id = reportID ?? "\(TLSReport.dayName(dayStart)).\(Self.uniqueID())@\(settings.submitter.domain)"
+        var report = TLSReport.make(domain: domain, dayStart: dayStart, results: results.map(\.result), submitter: settings.submitter, reportID: id)
+        if since > Double(dayStart) { report.dateRange.start = RFC3339.dateTime(Int(since)) }
+        if until < Double(dayStart + TLSReport.day) { report.dateRange.end = RFC3339.dateTime(Int(until)) }
+        return report
+    }
+
+    /// Sends the reports of every complete day not yet sent (the daily run), or of one domain and
+    /// day now (`tlsrelayctl tlsrpt send`).
+    /// - Parameters:
+    ///   - now: seconds since the epoch.
+    ///   - only: one domain; nil: every domain with results.
+    ///   - dayStart: one day (today's sessions so far when it is today); nil: every day before today.
+    public func send(now: Double, only: String? = nil, dayStart: Int? = nil) async -> [Outcome] {
+        guard sending.withLockedValue({ busy in defer { busy = true }; return !busy }) else {
+            return [Outcome(domain: only ?? "*", reportID: nil, deliveries: [], skipped: "reports are being sent already")]
+        }
+        defer { sending.withLockedValue { $0 = false } }
+        let today = TLSReport.dayStart(now)
+        let days = dayStart.map { [$0] } ?? store.days().filter { $0 < today }
+        var outcomes: [Outcome] = []
+        for day in days {
+            let until = min(now, Double(day + TLSReport.day))
+            let domains = counts(dayStart: day).keys.sorted().filter { only == nil || $0 == only }
+            for domain in domains {
+                guard !Task.isCancelled else { return outcomes }
+                let outcome = await send(domain: domain, dayStart: day, until: until)
+                outcomes.append(outcome)
+            }
+            if day < today, only == nil, counts(dayStart: day).isEmpty {
+                store.remove(dayStart: day)
+                try? FileManager.default.removeItem(atPath: sentPath(dayStart: day))
+            }
+        }
+        return outcomes
+    }
+
+    func send(domain: String, dayStart: Int, until: Double) async -> Outcome {
+        let settings = self.settings.withLockedValue { $0 }
+        guard let report = report(domain: domain, dayStart: dayStart, until: until) else {
+            return Outcome(domain: domain, reportID: nil, deliveries: [], skipped: "nothing to report")
+        }
+        if report.failureCount == 0 && !settings.sendWithoutFailures {
+            markSent(domain: domain, dayStart: dayStart, until: until)
+            return Outcome(domain: domain, reportID: report.reportID, deliveries: [], skipped: "no failed session (tlsrpt.send_without_failures = false)")
+        }
+        let failures = failedDays(domain)
+        if failures.days >= settings.giveUpAfterDays, failures.lastDay == dayStart {
+            return Outcome(domain: domain, reportID: report.reportID, deliveries: [],
+                           skipped: "reports to \(domain) failed on \(failures.days) day(s) in a row; tried again on the next day")
+        }
+        let record: TLSRPTRecord
+        do {
+            record = try await discover(domain)
+        } catch {
+            markSent(domain: domain, dayStart: dayStart, until: until)
+            logger.info("TLS-RPT: no report for \(domain) (\(TLSReport.dayName(dayStart))): \(error)")
+            return Outcome(domain: domain, reportID: report.reportID, deliveries: [], skipped: "\(error)")
+        }
+        for ignored in record.ignored {
+            logger.warning("TLS-RPT: _smtp._tls.\(domain): ignored \(ignored)")
+        }
+        let json = report.json()
+        var buffer = ByteBufferAllocator().buffer(bytes: json)
+        let gzip: [UInt8]
+        do {
+            var compressed = try buffer.compress(with: .gzip)
+            gzip = compressed.readBytes(length: compressed.readableBytes) ?? []
+        } catch {
+            logger.error("TLS-RPT: cannot gzip the report for \(domain): \(error)")
+            return Outcome(domain: domain, reportID: report.reportID, deliveries: [], skipped: "gzip failed: \(error)")
+        }
+        let unique = Self.uniqueID()
+        let fileName = TLSReport.fileName(submitter: settings.submitter.domain, domain: domain, dayStart: dayStart, unique: unique)
+        var deliveries: [Delivery] = []
+        for uri in record.rua {
+            let delivery: Delivery
+            switch uri {
+            case .mailto(let address):
+                delivery = queueMail(report: report, gzip: gzip, fileName: fileName, to: address, domain: domain, settings: settings)
+            case .https(let url):
+                delivery = await post(gzip, to: url, settings: settings)
+            }
+            if delivery.succeeded {
+                logger.notice("TLS-RPT: report \(report.reportID) for \(domain) (\(report.dateRange.start) to \(report.dateRange.end), \(report.failureCount) failed session(s)) \(delivery.detail)")
+            } else {
+                logger.warning("TLS-RPT: report \(report.reportID) for \(domain) to \(uri): \(delivery.detail)")
+            }
+            deliveries.append(delivery)
+        }
+        markSent(domain: domain, dayStart: dayStart, until: until)
+        if deliveries.contains(where: \.succeeded) {
+            noteDelivered(domain)
+        } else {
+            noteFailed(domain, dayStart: dayStart, limit: settings.giveUpAfterDays)
+        }
+        return Outcome(domain: domain, reportID: report.reportID, deliveries: deliveries, skipped: nil)
+    }
+
+    /// The `_smtp._tls` record of `domain` through the validating resolver (RFC 8460 §3).
+    /// - Throws: `TLSRPTRecord.Problem`, or the lookup's error (a bogus answer counts as no record).
+    public func discover(_ domain: String) async throws -> TLSRPTRecord {
+        let answer = try await resolver.txt("_smtp._tls.\(domain)")
+        if answer.status == .bogus {
+            throw TLSRPTRecord.Problem.noRecord
+        }
+        return try TLSRPTRecord.select(answer.records)
+    }
+
+    /// Writes a report mail into the spool (`TLS-Required: No`, RFC 8460 §5.3) and hands it to
+    /// delivery; its own delivery is never counted in a report.
+    func queueMail(report: TLSReport, gzip: [UInt8], fileName: String, to address: String, domain: String, settings: Settings) -> Delivery {
+        let uri = "mailto:\(address)"
+        let recipient: Mailbox
+        do {
+            recipient = try PathParser.parsePath(Substring("<\(address)>"), allowUTF8: false)
+        } catch {
+            return Delivery(uri: uri, succeeded: false, detail: "not a mail address")
+        }
+        let now = Date().timeIntervalSince1970
+        let messageID = "\(report.reportID.filter { $0.isLetter || $0.isNumber || $0 == "." })@\(settings.hostname)"
+        let bytes = TLSReportMail.make(report: report, gzip: gzip, fileName: fileName, from: settings.from.address, to: address, domain: domain,
+                                       submitter: settings.submitter.domain, date: MessageDate.format(secondsSinceEpoch: Int(now)),
+                                       messageID: messageID)
+        do {
+            let writer = try spool.beginMessage()
+            writer.write(bytes)
+            var envelope = QueuedEnvelope(queueID: writer.queueID, arrivalTime: now, clientAddress: "127.0.0.1", heloName: settings.hostname,
+                                          transaction: MailTransaction(sender: settings.from, parameters: MailParameters(),
+                                                                       recipients: [Recipient(mailbox: recipient, notify: DSNNotify(failure: true))]),
+                                          size: writer.contentLength)
+            envelope.generated = .tlsReport
+            envelope.tlsRequiredNo = true
+            envelope.tlsReportDomain = domain
+            try writer.commit(envelope: envelope)
+            onQueued(writer.queueID)
+            return Delivery(uri: uri, succeeded: true, detail: "queued as \(writer.queueID) to \(uri)")
+        } catch {
+            return Delivery(uri: uri, succeeded: false, detail: "cannot queue the report mail: \(error)")
+        }
+    }
+
+    /// POSTs the gzip'd report (RFC 8460 §5.4): `Content-Type: application/tlsrpt+gzip`, WebPKI
+    /// checked, no redirects, a 2xx answer counts; retried `httpsAttempts` times with doubling
+    /// pauses.
+    func post(_ gzip: [UInt8], to url: String, settings: Settings) async -> Delivery {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.minimumTLSVersion = .tlsv12
+        if let file = settings.extraCAFile, !file.isEmpty, let extra = try? NIOSSLCertificate.fromPEMFile(file) {
+            tls.additionalTrustRoots = [.certificates(extra)]
+        }
+        var configuration = HTTPClient.Configuration(tlsConfiguration: tls, redirectConfiguration: .disallow,
+                                                     timeout: .init(connect: .seconds(20), read: .seconds(30)))
+        configuration.decompression = .disabled
+        let host = Self.host(of: url)
+        var failure = "no attempt"
+        var pause = settings.httpsRetryDelay
+        for attempt in 1...max(1, settings.httpsAttempts) {
+            if attempt > 1 {
+                try? await Task.sleep(for: .seconds(pause))
+                pause *= 2
+                if Task.isCancelled { break }
+            }
+            // The name is resolved by the validating resolver, never by the system's.
+            let lookups = await resolver.addressLookups(host)
+            let address = (try? lookups.ipv4.get())?.records.first ?? (try? lookups.ipv6.get())?.records.first
+            guard let address else {
+                failure = "no address for \(host)"
+                continue
+            }
+            var perAttempt = configuration
+            perAttempt.dnsOverride = [host: address]
+            let client = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: perAttempt)
+            var request = HTTPClientRequest(url: url)
+            request.method = .POST
+            request.headers.add(name: "Content-Type", value: "application/tlsrpt+gzip")
+            request.headers.add(name: "User-Agent", value: "tlsrelay (TLS-RPT, RFC 8460)")
+            request.body = .bytes(ByteBuffer(bytes: gzip))
+            do {
+                let response = try await client.execute(request, timeout: .seconds(30))
+                _ = try? await response.body.collect(upTo: 65536)
+                try? await client.shutdown()
+                if (200..<300).contains(Int(response.status.code)) {
+                    return Delivery(uri: url, succeeded: true, detail: "POSTed to \(url): \(response.status.code) \(response.status.reasonPhrase)")
+                }
+                failure = "\(url) answered \(response.status.code) \(response.status.reasonPhrase)"
+            } catch {
+                try? await client.shutdown()
+                failure = "POST to \(url) failed: \(error)"
+            }
+        }
+        return Delivery(uri: url, succeeded: false, detail: "\(failure) (after \(max(1, settings.httpsAttempts)) attempt(s))")
+    }
+
+    static func host(of url: String) -> String {
+        String(url.dropFirst("https://".count).prefix { $0 != "/" && $0 != ":" && $0 != "?" }).lowercased()
+    }
+
+    static func uniqueID() -> String {
+        (0..<16).map { _ in String("0123456789abcdef".randomElement()!) }.joined()
+    }
+
+    // MARK: - Daily run
+
+    /// Sends the reports of past days at the first due time — 00:00 UTC plus a random delay of
+    /// up to `sendDelay` seconds, chosen anew each day — and at once for days already due at
+    /// start (after a delay of up to a minute); runs until cancelled.
+    public func runDaily(now: @Sendable () -> Double = { Date().timeIntervalSince1970 }) async {
+        var startUp = true
+        while !Task.isCancelled {
+            let current = now()
+            let settings = self.settings.withLockedValue { $0 }
+            let pendingPast = store.days().contains { $0 < TLSReport.dayStart(current) }
+            let wait: Double
+            if startUp && pendingPast {
+                wait = Double.random(in: 0...min(60, Double(settings.sendDelay)))
+            } else {
+                let nextMidnight = Double(TLSReport.dayStart(current) + TLSReport.day)
+                wait = nextMidnight - current + Double.random(in: 0...Double(max(0, settings.sendDelay)))
+            }
+            startUp = false
+            try? await Task.sleep(for: .seconds(wait))
+            guard !Task.isCancelled else { return }
+            for outcome in await send(now: now()) where outcome.skipped != nil {
+                logger.info("TLS-RPT: \(outcome)")
+            }
+        }
+    }
+
+    // MARK: - State
+
+    func sentPath(dayStart: Int) -> String { stateDirectory + "/sent/" + TLSReport.dayName(dayStart) + ".json" }
+
+    /// Per domain, the time up to which the day's sessions were reported.
+    func sentUntil(dayStart: Int) -> [String: Double] {
+        guard let data = FileManager.default.contents(atPath: sentPath(dayStart: dayStart)),
+              let map = try? JSONDecoder().decode([String: Double].self, from: data) else { return [:] }
+        return map
+    }
+
+    func markSent(domain: String, dayStart: Int, until: Double) {
+        var map = sentUntil(dayStart: dayStart)
+        map[domain] = until
+        do {
+            try StateFile.replace(sentPath(dayStart: dayStart), with: try JSONEncoder().encode(map))
+        } catch {
+            logger.error("TLS-RPT: cannot record the report of \(domain) as sent: \(error) (it may be sent again)")
+        }
+    }
+
+    var failuresPath: String { stateDirectory + "/delivery-failures.json" }
+
+    struct FailedDays: Codable {
+        var days: Int
+        var lastDay: Int
+    }
+
+    func failedDays(_ domain: String) -> FailedDays {
+        guard let data = FileManager.default.contents(atPath: failuresPath),
+              let map = try? JSONDecoder().decode([String: FailedDays].self, from: data) else { return FailedDays(days: 0, lastDay: 0) }
+        return map[domain] ?? FailedDays(days: 0, lastDay: 0)
+    }
+
+    private func updateFailures(_ change: (inout [String: FailedDays]) -> Void) {
+        var map = (FileManager.default.contents(atPath: failuresPath)).flatMap { try? JSONDecoder().decode([String: FailedDays].self, from: $0) } ?? [:]
+        change(&map)
+        try? StateFile.replace(failuresPath, with: (try? JSONEncoder().encode(map)) ?? Data())
+    }
+
+    func noteDelivered(_ domain: String) {
+        guard failedDays(domain).days > 0 else { return }
+        updateFailures { $0[domain] = nil }
+    }
+
+    /// A day's report to `domain` did not arrive anywhere (every POST failed, or the report mail
+    /// bounced).
+    public func noteFailed(_ domain: String, dayStart: Int, limit: Int? = nil) {
+        var reached = false
+        let limit = limit ?? settings.withLockedValue { $0.giveUpAfterDays }
+        updateFailures { map in
+            var entry = map[domain] ?? FailedDays(days: 0, lastDay: 0)
+            if entry.lastDay != dayStart { entry.days += 1; entry.lastDay = dayStart }
+            reached = entry.days == limit
+            map[domain] = entry
+        }
+        if reached {
+            logger.warning("TLS-RPT: reports to \(domain) failed on \(limit) day(s) in a row; no more reports are sent there until a new day's report arrives")
+        }
+    }
+
+    /// Replaces the settings (SIGHUP).
+    public func update(_ settings: Settings) {
+        self.settings.withLockedValue { $0 = settings }
+    }
+}

@@ -1,0 +1,80 @@
+import ArgumentParser
+import Foundation
+
+/// `tlsrelayctl tlsrpt`: the TLS reports (RFC 8460) the daemon collects and sends.
+struct TLSRPT: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tlsrpt", abstract: "TLS reports (RFC 8460): sessions counted, the report a domain would get, sending now.",
+        subcommands: [List.self, Show.self, Send.self])
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Policy domains with unreported TLS sessions on a day (default: today, UTC).")
+        @OptionGroup var options: Options
+        @Option(name: .long, help: "The day, YYYY-MM-DD (UTC).") var date: String?
+
+        func run() throws {
+            try guarded {
+                var request = ["command": "tlsrpt.list"]
+                if let date { request["date"] = date }
+                let result = try options.call(request)
+                if options.json { options.printJSON(result); return }
+                guard let entry = result as? [String: Any], let domains = entry["domains"] as? [[String: Any]] else { return }
+                if domains.isEmpty { print("no unreported TLS sessions on \(entry["date"] ?? "")"); return }
+                print("\("DOMAIN".padding(toLength: 40, withPad: " ", startingAt: 0)) \("SUCCESSFUL".padding(toLength: 11, withPad: " ", startingAt: 0)) FAILED   (\(entry["date"] ?? ""))")
+                for domain in domains {
+                    let name = "\(domain["domain"] ?? "")".padding(toLength: 40, withPad: " ", startingAt: 0)
+                    let ok = "\(domain["successful"] ?? 0)".padding(toLength: 11, withPad: " ", startingAt: 0)
+                    print("\(name) \(ok) \(domain["failed"] ?? 0)")
+                }
+            }
+        }
+    }
+
+    struct Show: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "The exact JSON report DOMAIN would get now for a day (default: today, UTC).")
+        @OptionGroup var options: Options
+        @Argument(help: "Policy (recipient) domain.") var domain: String
+        @Option(name: .long, help: "The day, YYYY-MM-DD (UTC).") var date: String?
+
+        func run() throws {
+            try guarded {
+                var request = ["command": "tlsrpt.show", "domain": domain]
+                if let date { request["date"] = date }
+                options.printJSON(try options.call(request))
+            }
+        }
+    }
+
+    struct Send: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Send reports now: of every complete day not yet sent, or of DOMAIN (and --date, default today: the sessions so far; the rest of the day goes in the daily report).")
+        @OptionGroup var options: Options
+        @Argument(help: "Only this policy domain.") var domain: String?
+        @Option(name: .long, help: "The day, YYYY-MM-DD (UTC).") var date: String?
+
+        func run() throws {
+            try guarded {
+                var request = ["command": "tlsrpt.send"]
+                if let domain { request["domain"] = domain }
+                if let date { request["date"] = date }
+                let result = try options.call(request)
+                if options.json { options.printJSON(result); return }
+                guard let outcomes = result as? [[String: Any]] else { return }
+                if outcomes.isEmpty { print("nothing to send") }
+                var failed = false
+                for outcome in outcomes {
+                    if let skipped = outcome["skipped"] as? String {
+                        print("\(outcome["domain"] ?? ""): not sent: \(skipped)")
+                        continue
+                    }
+                    for delivery in outcome["deliveries"] as? [[String: Any]] ?? [] {
+                        let sent = delivery["sent"] as? Bool ?? false
+                        failed = failed || !sent
+                        print("\(outcome["domain"] ?? ""): \(outcome["report_id"] ?? ""): \(delivery["detail"] ?? "")")
+                    }
+                }
+                if failed { throw Failure("some reports could not be sent", code: 1) }
+            }
+        }
+    }
+}
