@@ -133,6 +133,9 @@ let package = Package(
         .executableTarget(name: "tlsrelay-fuzz", dependencies: ["FuzzTargets", "CLibFuzzer"], swiftSettings: strict),
 
         .testTarget(name: "SMTPCoreTests", dependencies: ["SMTPCore"]),
+        .testTarget(name: "TLSRPTTests", dependencies: [
+            "TLSRPTCore", "RelayTLSRPT", "DeliveryPolicy", .product(name: "Logging", package: "swift-log"),
+        ]),
         .testTarget(name: "RelayQueueTests", dependencies: ["RelayQueue", "SMTPCore"], exclude: ["Fixtures"]),
         .testTarget(name: "RelayConfigTests", dependencies: ["RelayConfig"]),
         .testTarget(name: "RelayPolicyTests", dependencies: ["RelayPolicy"]),
