@@ -42,6 +42,10 @@ public enum RelayMetrics {
         Family(name: "tlsrelay_mta_sts_fetches_total", kind: .counter,
                help: "MTA-STS policy fetches over HTTPS by result (success, failure)."),
         Family(name: "tlsrelay_downgrade_memory_entries", kind: .gauge, help: "Domains in the downgrade memory by remembered level."),
+        Family(name: "tlsrelay_tlsrpt_sessions_total", kind: .counter,
+               help: "TLS sessions and failed policy lookups counted for TLS reports (RFC 8460), by result (success, failure)."),
+        Family(name: "tlsrelay_tlsrpt_reports_total", kind: .counter,
+               help: "TLS reports sent, by transport (mailto, https) and result (sent, failed)."),
         Family(name: "tlsrelay_inbound_sessions_total", kind: .counter, help: "Inbound SMTP sessions accepted by the listener."),
         Family(name: "tlsrelay_inbound_messages_total", kind: .counter, help: "Messages accepted with 250 and queued."),
         Family(name: "tlsrelay_inbound_refusals_total", kind: .counter, help: "Inbound refusals by reason."),
@@ -154,6 +158,16 @@ public enum RelayMetrics {
         Counter(label: "tlsrelay_inbound_refusals_total", dimensions: [("reason", reason.rawValue)]).increment()
     }
 
+    /// One session result recorded for TLS reports.
+    public static func tlsrptSession(success: Bool) {
+        Counter(label: "tlsrelay_tlsrpt_sessions_total", dimensions: [("result", success ? "success" : "failure")]).increment()
+    }
+
+    /// One TLS report at one URI: queued as mail or POSTed (`sent`), or not.
+    public static func tlsrptReport(https: Bool, sent: Bool) {
+        Counter(label: "tlsrelay_tlsrpt_reports_total", dimensions: [("transport", https ? "https" : "mailto"), ("result", sent ? "sent" : "failed")]).increment()
+    }
+
     /// An MTA-STS policy fetch.
     public static func stsFetch(success: Bool) {
         Counter(label: "tlsrelay_mta_sts_fetches_total", dimensions: [("result", success ? "success" : "failure")]).increment()
@@ -190,6 +204,12 @@ public enum RelayMetrics {
             }
         }
         _ = Counter(label: "tlsrelay_connection_reuses_total")
+        for result in ["success", "failure"] { _ = Counter(label: "tlsrelay_tlsrpt_sessions_total", dimensions: [("result", result)]) }
+        for transport in ["mailto", "https"] {
+            for result in ["sent", "failed"] {
+                _ = Counter(label: "tlsrelay_tlsrpt_reports_total", dimensions: [("transport", transport), ("result", result)])
+            }
+        }
         _ = Counter(label: "tlsrelay_starttls_not_offered_total")
         _ = Counter(label: "tlsrelay_inbound_sessions_total")
         _ = Counter(label: "tlsrelay_inbound_messages_total")

@@ -2,6 +2,7 @@ import DeliveryPolicy
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
+import RelayMetrics
 import RelayPolicy
 import TLSRPTCore
 #if canImport(Glibc)
@@ -69,33 +70,34 @@ public final class SessionResultStore: Sendable {
         guard var bytes = try? encoder.encode(Line(t: time, r: result)) else { return }
         bytes.append(10)
         let day = TLSReport.dayStart(time)
-        let failure: String? = state.withLockedValue { state in
+        let (recorded, failure): (Bool, String?) = state.withLockedValue { state in
             if state.bytes + bytes.count > maxBytes {
                 if state.fullLoggedDay != day {
                     state.fullLoggedDay = day
-                    return "TLS-RPT result store full (\(state.bytes / 1_048_576) MiB of tlsrpt.max_disk \(maxBytes / 1_048_576) MiB): sessions of \(TLSReport.dayName(day)) are no longer counted until reports are sent"
+                    return (false, "TLS-RPT result store full (\(state.bytes / 1_048_576) MiB of tlsrpt.max_disk_mb = \(maxBytes / 1_048_576) MiB): sessions of \(TLSReport.dayName(day)) are no longer counted until reports are sent")
                 }
-                return nil
+                return (false, nil)
             }
             if state.open?.dayStart != day {
                 if let open = state.open { fsync(open.fd); close(open.fd) }
                 let fd = open(path(dayStart: day), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
                 guard fd >= 0 else {
                     state.open = nil
-                    return "cannot open \(path(dayStart: day)): \(String(cString: strerror(errno)))"
+                    return (false, "cannot open \(path(dayStart: day)): \(String(cString: strerror(errno)))")
                 }
                 state.open = OpenDay(dayStart: day, fd: fd)
             }
             let fd = state.open!.fd
             let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
             guard written == bytes.count else {
-                return "cannot append to \(path(dayStart: day)): \(written < 0 ? String(cString: strerror(errno)) : "short write")"
+                return (false, "cannot append to \(path(dayStart: day)): \(written < 0 ? String(cString: strerror(errno)) : "short write")")
             }
             state.bytes += bytes.count
             state.dirty = true
-            return nil
+            return (true, nil)
         }
         if let failure { logger.error("\(failure)") }
+        if recorded { RelayMetrics.tlsrptSession(success: result.isSuccess) }
     }
 
     /// Makes what was recorded durable (fdatasync of the open day's file).

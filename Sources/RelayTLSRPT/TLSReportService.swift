@@ -7,6 +7,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOSSL
 import RelayDNS
+import RelayMetrics
 import RelayPolicy
 import RelayQueue
 import SMTPCore
@@ -206,6 +207,7 @@ public final class TLSReportService: Sendable {
             case .https(let url):
                 delivery = await post(gzip, to: url, settings: settings)
             }
+            RelayMetrics.tlsrptReport(https: { if case .https = uri { return true } else { return false } }(), sent: delivery.succeeded)
             if delivery.succeeded {
                 logger.notice("TLS-RPT: report \(report.reportID) for \(domain) (\(report.dateRange.start) to \(report.dateRange.end), \(report.failureCount) failed session(s)) \(delivery.detail)")
             } else {
