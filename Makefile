@@ -64,7 +64,7 @@ faults: test-deps
 # (default 60), from the seeds in fuzz/corpus/. make test runs it for 10 s per target; the
 # deterministic mutation fuzzer also runs within swift test (3000 mutants per target).
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := smtp-commands smtp-data replies sts-policy sts-record config tlsa-rdata
+FUZZ_TARGETS := smtp-commands smtp-data replies sts-policy sts-record config tlsa-rdata tlsrpt-record message-header
 fuzz: deps
 	$(SWIFT) build -c release --scratch-path .build-fuzz --product tlsrelay-fuzz -Xswiftc -sanitize=fuzzer -Xswiftc -DLIBFUZZER -Xswiftc -use-ld=lld
 	scripts/fuzz.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)

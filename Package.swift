@@ -128,7 +128,7 @@ let package = Package(
 
         // The parsers' fuzz targets (input -> broken invariant), shared by the deterministic
         // fuzzer of `swift test` and the libFuzzer binary `tlsrelay-fuzz` (make fuzz).
-        .target(name: "FuzzTargets", dependencies: ["SMTPCore", "MTASTSCore", "RelayConfig", "RelayDNS", "DeliveryPolicy"], swiftSettings: strict),
+        .target(name: "FuzzTargets", dependencies: ["SMTPCore", "MTASTSCore", "RelayConfig", "RelayDNS", "DeliveryPolicy", "TLSRPTCore"], swiftSettings: strict),
         .systemLibrary(name: "CLibFuzzer", path: "Sources/CLibFuzzer"),
         .executableTarget(name: "tlsrelay-fuzz", dependencies: ["FuzzTargets", "CLibFuzzer"], swiftSettings: strict),
 

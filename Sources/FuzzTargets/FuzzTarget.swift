@@ -3,6 +3,7 @@ import MTASTSCore
 import RelayDNS
 import RelayConfig
 import SMTPCore
+import TLSRPTCore
 
 /// The parsers that read untrusted input, each as a fuzz target: one input (bytes) in, the
 /// first broken invariant out. A crash or a trap inside a parser is a finding too; the harness
@@ -24,6 +25,10 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     /// A TLSA RRset from the wire (each record's rdata after a one-octet length) through the
     /// resolver's rdata parser and the planner's host decision (RFC 6698 §2.1, RFC 7672 §3.1.3).
     case tlsaRdata = "tlsa-rdata"
+    /// `_smtp._tls` TXT records (RFC 8460 §3).
+    case tlsrptRecord = "tlsrpt-record"
+    /// Message header sections, as the inbound server scans them for `TLS-Required` (RFC 8689 §5).
+    case messageHeader = "message-header"
 
     /// Runs one input through the target's parser.
     /// - Returns: a description of the first invariant that does not hold, or nil.
@@ -36,6 +41,8 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         case .stsRecord: return Self.stsRecord(input)
         case .config: return Self.configuration(input)
         case .tlsaRdata: return Self.tlsa(input)
+        case .tlsrptRecord: return Self.tlsrptRecord(input)
+        case .messageHeader: return Self.messageHeader(input)
         }
     }
 
@@ -113,6 +120,45 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     static func stsRecord(_ input: [UInt8]) -> String? {
         guard let text = String(validating: input, as: UTF8.self), let record = try? STSRecord.parse(txtRecords: [text]) else { return nil }
         if !(1...32).contains(record.id.count) { return "id of \(record.id.count) characters" }
+        return nil
+    }
+
+    /// An accepted `_smtp._tls` record has at least one URI, each `mailto:` with an address or
+    /// `https://` with a host, and none with white space or control characters.
+    static func tlsrptRecord(_ input: [UInt8]) -> String? {
+        guard let text = String(validating: input, as: UTF8.self), let record = try? TLSRPTRecord.parse(text) else { return nil }
+        if record.rua.isEmpty { return "a record without a URI was accepted" }
+        for uri in record.rua {
+            switch uri {
+            case .mailto(let address):
+                if !address.contains("@") || address.unicodeScalars.contains(where: { $0.value <= 0x20 || $0.value == 0x7F }) {
+                    return "mailto address \(address.debugDescription)"
+                }
+            case .https(let url):
+                if !url.lowercased().hasPrefix("https://") || url.unicodeScalars.contains(where: { $0.value <= 0x20 || $0.value == 0x7F }) {
+                    return "https URI \(url.debugDescription)"
+                }
+            }
+        }
+        return nil
+    }
+
+    /// Any chunking of the same content finds the same `TLS-Required: No`, and a scanner that
+    /// finished stays finished.
+    static func messageHeader(_ input: [UInt8]) -> String? {
+        var whole = MessageHeaderScanner()
+        whole.consume(input)
+        var pieces = MessageHeaderScanner()
+        var index = 0
+        var size = 1
+        while index < input.count {
+            let end = min(input.count, index + size)
+            pieces.consume(input[index..<end])
+            index = end
+            size = size % 7 + 1
+        }
+        if whole.tlsRequiredNo != pieces.tlsRequiredNo { return "chunking changed TLS-Required: \(whole.tlsRequiredNo) vs \(pieces.tlsRequiredNo)" }
+        if whole.finished != pieces.finished { return "chunking changed the end of the header" }
         return nil
     }
 
