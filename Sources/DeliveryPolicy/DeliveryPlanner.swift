@@ -625,13 +625,18 @@ public struct DeliveryPlanner: Sendable {
     }
 
     /// A failed policy lookup as a session failure: DNSSEC or TLSA failures under `tlsa`,
-    /// discovery and fetch failures and unlisted hosts under `sts`. Downgrade memory and local
-    /// levels are not published policies: not reported.
+    /// discovery and fetch failures and unlisted hosts under `sts`, a local `dane-only` without
+    /// TLSA records as `dane-required`. Downgrade memory and other local levels are not
+    /// published policies: not reported.
     func sessionResult(for alert: PolicyAlert, sts policy: STSPolicy? = nil) -> [PlannerEffect] {
         guard countsSessions else { return [] }
         let reported: TLSRPTPolicy
         switch alert.policySource {
         case .dane:
+            reported = TLSRPTPolicy(type: .tlsa, strings: [], domain: domain, mxHosts: alert.mxHost.map { [$0] } ?? [])
+        case .local where alert.resultType == .daneRequired:
+            // RFC 8460 §4.3.2.1 `dane-required`: this sender requires DANE (local dane-only) and
+            // the host has no DNSSEC-validated TLSA records.
             reported = TLSRPTPolicy(type: .tlsa, strings: [], domain: domain, mxHosts: alert.mxHost.map { [$0] } ?? [])
         case .mtaSTS:
             reported = TLSRPTPolicy(type: .sts, strings: policy.map(TLSRPTPolicy.stsLines) ?? [], domain: domain, mxHosts: policy?.mx ?? [])

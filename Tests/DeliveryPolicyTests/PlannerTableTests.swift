@@ -169,6 +169,47 @@ struct PlannerTableTests {
         }
     }
 
+    @Test("TLS-RPT (RFC 8460): what each named situation counts, under which policy type", arguments: [
+        (I(tlsa: .daneEE), ["tlsa success"]),
+        (I(tlsa: .daneEE, does: .unverified), ["tlsa tlsa-invalid"]),
+        (I(tlsa: .daneTA, does: .wrongName), ["tlsa certificate-host-mismatch"]),
+        (I(sts: .enforceMatching, does: .stripped), ["sts starttls-not-supported"]),
+        (I(sts: .enforceMatching, does: .unverified), ["sts sts-webpki-invalid"]),
+        (I(sts: .enforceNotMatching), ["sts validation-failure"]),
+        (I(sts: .cachedAfterFailedRefresh), ["sts sts-policy-fetch-error", "sts success"]),
+        (I(sts: .testingMatching, does: .unverified), ["sts sts-webpki-invalid"]),
+        (I(does: .stripped), ["no-policy-found starttls-not-supported"]),
+        (I(does: .unverified), ["no-policy-found success"]),
+        (I(mx: .bogus), ["tlsa dnssec-invalid"]),
+        (I(tlsaStatus: .failed), ["tlsa tlsa-invalid"]),
+        (I(local: .daneOnly), ["tlsa dane-required"]),
+        (I(local: .none), []),
+        (I(tlsa: .daneEE, does: .unverified, sender: .tlsRequiredNo), []),
+    ] as [(Inputs, [String])])
+    func tlsReportSessions(_ inputs: Inputs, _ expected: [String]) {
+        let sessions = run(inputs).sessions.map { "\($0.policy.type.rawValue) \($0.failure?.resultType.rawValue ?? "success")" }
+        #expect(sessions == expected, "\(inputs)")
+    }
+
+    @Test("a reused connection's session is not counted again (tlsrptSkipReusedHandshakes), and is with the setting off")
+    func reusedConnection() {
+        for skip in [true, false] {
+            var planner = DeliveryPlanner(domain: "example.net", recipients: [0], settings: PlannerSettings(mtaSTS: false, tlsrptSkipReusedHandshakes: skip),
+                                          local: nil, memory: nil, now: 0)
+            _ = planner.start()
+            _ = planner.mxResolved(.hosts(["mx.example.net"], secure: false, implicit: false))
+            let step = planner.addressesResolved(AddressFact(ipv4: .answer(records: ["192.0.2.1"], status: .insecure, canonicalName: "mx.example.net"),
+                                                             ipv6: .answer(records: [], status: .insecure, canonicalName: "mx.example.net")))
+            guard case .connect(let attempt) = step.action else { Issue.record("\(step.action)"); return }
+            var result = AttemptResult(recipients: [0: .delivered(Reply(250, .ok, ["ok"]))], tls: .init(verified: false, daneMatched: false),
+                                       offeredSTARTTLS: true)
+            result.reusedConnection = true
+            let finished = planner.attemptFinished(attempt, result)
+            let counted = finished.effects.contains { if case .tlsSession = $0 { return true } else { return false } }
+            #expect(counted == !skip)
+        }
+    }
+
     @Test("matching type 0 counts only for a DER certificate or key; a digest published as 3 1 0 is unusable")
     func fullDataRecords() {
         let der = [UInt8]([0x30, 0x82, 0x01, 0x00]) + Array(repeating: 0x01, count: 256)
