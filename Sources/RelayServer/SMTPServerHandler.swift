@@ -287,7 +287,9 @@ final class SMTPServerHandler: ChannelInboundHandler {
     /// (CVE-2011-0411): the session is ended instead.
     private func startTLS(reply: Reply, context: ChannelHandlerContext) {
         guard let certificate = settings.tlsCertificate else {
-            perform(session.pipelinedAfterSTARTTLS(), context: context)
+            // Not reachable: a listener without a certificate never offers STARTTLS.
+            logger.error("STARTTLS from \(client) on a listener without a certificate; session closed")
+            perform(session.shutdown(), context: context)
             return
         }
         if framer.bufferedByteCount > 0 {
