@@ -37,9 +37,10 @@ local_recipient_maps =
 alias_maps =
 alias_database =
 relayhost = [127.0.0.1]:{port}
-# The README's form: TLS off for the hop to tlsrelay only, per next hop.
+# The README's form: TLS off for the hop to tlsrelay only, per next hop (relay_tls).
 smtp_tls_security_level = may
-smtp_tls_policy_maps = inline:{{ [127.0.0.1]:{port}=none }}
+smtp_tls_policy_maps = inline:{{ {{[127.0.0.1]:{port} = {relay_tls}}} }}
+smtp_tls_loglevel = 1
 smtputf8_enable = yes
 smtp_host_lookup = native
 smtp_dns_support_level = disabled
@@ -52,7 +53,7 @@ maximal_backoff_time = 2s
 
 
 class PostfixClient:
-    def __init__(self, base, relay_port):
+    def __init__(self, base, relay_port, relay_tls="none", ca_file=None):
         self.base = Path(base)
         self.conf = self.base / "conf"
         self.queue = self.base / "queue"
@@ -62,8 +63,14 @@ class PostfixClient:
             d.mkdir(parents=True, exist_ok=True)
         os.chown(self.data, *_ids("postfix"))
         (self.conf / "master.cf").write_text(MASTER_CF)
-        (self.conf / "main.cf").write_text(MAIN_CF.format(
-            conf=self.conf, queue=self.queue, data=self.data, log=self.log, base=self.base, port=relay_port))
+        main_cf = MAIN_CF.format(conf=self.conf, queue=self.queue, data=self.data, log=self.log, base=self.base,
+                                 port=relay_port, relay_tls=relay_tls)
+        if ca_file:
+            # Copied in: Postfix's smtp runs as user postfix and reads it at each connection.
+            shutil.copy(ca_file, self.conf / "relay-ca.pem")
+            os.chmod(self.conf / "relay-ca.pem", 0o644)
+            main_cf += f"smtp_tls_CAfile = {self.conf / 'relay-ca.pem'}\n"
+        (self.conf / "main.cf").write_text(main_cf)
         self.env = dict(os.environ, MAIL_CONFIG=str(self.conf))
 
     def postfix(self, *args):
@@ -105,13 +112,14 @@ def _ids(user):
 
 
 @contextlib.contextmanager
-def running_postfix(relay_port):
+def running_postfix(relay_port, relay_tls="none", ca_file=None):
     """A started PostfixClient relaying to 127.0.0.1:relay_port, in its own temporary directory
     (not under pytest's 0700 tmp_path: Postfix's daemons run as the postfix user); stopped and
-    removed afterwards."""
+    removed afterwards. ``relay_tls`` is Postfix's TLS security level for that hop (none, may,
+    encrypt, verify, secure [match=...]); ``ca_file`` becomes its smtp_tls_CAfile."""
     base = tempfile.mkdtemp(prefix="tlsrelay-postfix-")
     os.chmod(base, 0o755)
-    client = PostfixClient(base, relay_port).start()
+    client = PostfixClient(base, relay_port, relay_tls, ca_file).start()
     try:
         yield client
     finally:

@@ -30,6 +30,24 @@ TLS_KEYWORDS = [HOST, "PIPELINING", "SIZE 52428800", "8BITMIME", "SMTPUTF8", "EN
 STARTTLS_LOG = re.compile(r"STARTTLS from (?:localhost|unknown)\[127\.0\.0\.1\]: using (TLSv1\.[23]) with cipher (\S+) \((\d+)/(\d+) bits\)")
 
 
+_sessions = []
+
+
+def smtp(port):
+    """A RawSMTP session, closed after the test (before the relay is stopped: the daemon's
+    SIGTERM waits for open sessions)."""
+    c = RawSMTP(port)
+    _sessions.append(c)
+    return c
+
+
+@pytest.fixture(autouse=True)
+def close_sessions(relay_factory):
+    yield
+    while _sessions:
+        _sessions.pop().close()
+
+
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     return PKI(str(tmp_path_factory.mktemp("pki")))
@@ -46,7 +64,8 @@ def tls_relay(relay_factory, cert):
     STARTTLS with `cert`; required=True adds a second listener in starttls_required
     (relay.required_port)."""
     def make(starttls="offered", required=False, name="tls", chain=None, key=None, start=True, **server):
-        relay = relay_factory(name=name, start=False, starttls=starttls,
+        # hold: queued messages stay queued (no delivery to example.net, no DNS at stop).
+        relay = relay_factory(name=name, start=False, extra_toml="[delivery]\nhold = true\n", starttls=starttls,
                               tls_certificate_chain_file=chain or cert["chain_file"],
                               tls_private_key_file=key or cert["key_file"], **server)
         if required:
@@ -89,7 +108,7 @@ def starttls(c, pki, version=None):
 
 
 def tls_session(relay, pki, port=None, version=None):
-    c = RawSMTP(port or relay.port)
+    c = smtp(port or relay.port)
     assert c.code().startswith("220 ")
     assert ehlo(c) == CLEAR_KEYWORDS
     starttls(c, pki, version)
@@ -178,7 +197,7 @@ def test_swaks_message_over_starttls_is_queued_with_esmtps(tls_relay, pki):
 
 def test_starttls_command_errors(tls_relay, pki):
     relay = tls_relay()
-    c = RawSMTP(relay.port)
+    c = smtp(relay.port)
     c.code()
     assert c.command("STARTTLS").startswith("503 5.5.1")                  # before EHLO
     ehlo(c)
@@ -195,14 +214,14 @@ def test_starttls_command_errors(tls_relay, pki):
 def test_listener_without_starttls_and_required_listener(tls_relay, pki):
     """starttls = "off" applies to every listener but those in starttls_required."""
     relay = tls_relay(starttls="off", required=True)
-    c = RawSMTP(relay.port)
+    c = smtp(relay.port)
     c.code()
     lines = ehlo(c)
     assert "STARTTLS" not in lines and "REQUIRETLS" not in lines, lines
     assert c.command("STARTTLS").startswith("502 5.5.1")
     assert c.command("MAIL FROM:<a@example.org> REQUIRETLS").startswith("530 5.7.10")
     transaction(c, b"Subject: clear\r\n\r\nclear on the other listener\r\n")   # off: clear is fine
-    r = RawSMTP(relay.required_port)
+    r = smtp(relay.required_port)
     r.code()
     assert ehlo(r) == CLEAR_KEYWORDS
 
@@ -213,7 +232,7 @@ def test_listener_without_starttls_and_required_listener(tls_relay, pki):
                                      "VRFY someone", "EXPN list"])
 def test_required_listener_refuses_before_starttls(tls_relay, pki, command):
     relay = tls_relay(required=True)
-    c = RawSMTP(relay.required_port)
+    c = smtp(relay.required_port)
     c.code()
     assert ehlo(c) == CLEAR_KEYWORDS
     assert c.command(command) == "530 5.7.0 Must issue a STARTTLS command first"
@@ -224,7 +243,7 @@ def test_required_listener_refuses_before_starttls(tls_relay, pki, command):
     queue_id = transaction(c, b"Subject: required\r\n\r\nafter starttls\r\n")
     assert queue_id in relay.queued()
     # The offered listener of the same relay takes mail in clear.
-    o = RawSMTP(relay.port)
+    o = smtp(relay.port)
     o.code()
     ehlo(o)
     transaction(o, b"Subject: offered\r\n\r\nclear\r\n")
@@ -250,7 +269,7 @@ def test_swaks_on_the_required_listener(tls_relay, pki):
                                     b"EHLO injected.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\n"])
 def test_commands_behind_starttls_are_refused(tls_relay, pki, behind):
     relay = tls_relay()
-    c = RawSMTP(relay.port)
+    c = smtp(relay.port)
     c.code()
     ehlo(c)
     c.send(b"STARTTLS\r\n" + behind)                       # one write, one segment
@@ -271,7 +290,7 @@ def test_commands_behind_starttls_are_refused(tls_relay, pki, behind):
 
 def test_requiretls_refused_in_clear_accepted_and_stored_under_tls(tls_relay, pki):
     relay = tls_relay()
-    c = RawSMTP(relay.port)
+    c = smtp(relay.port)
     c.code()
     ehlo(c)
     reply = c.command("MAIL FROM:<a@example.org> REQUIRETLS")
@@ -319,7 +338,7 @@ def test_requiretls_with_smtplib(tls_relay, pki):
 ])
 def test_tls_required_header_is_recorded(tls_relay, pki, header, flagged):
     relay = tls_relay()
-    c = RawSMTP(relay.port)
+    c = smtp(relay.port)
     c.code()
     ehlo(c)
     # The same field in the body is content, never a header field.
@@ -333,7 +352,7 @@ def test_tls_required_header_is_recorded(tls_relay, pki, header, flagged):
 
 # --- the Received header notes the TLS ---------------------------------------------------------
 
-@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2])
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2], ids=["TLSv1.3", "TLSv1.2"])
 def test_received_header_notes_tls(tls_relay, pki, version):
     relay = tls_relay()
     c = tls_session(relay, pki, version=version)
@@ -355,7 +374,7 @@ def test_received_header_notes_tls(tls_relay, pki, version):
     _, utf8 = relay.queued()[utf8_id]
     assert b"\tby relay.example.org (tlsrelay) with UTF8SMTPS id " + utf8_id.encode() in utf8
     # The same listener in clear: ESMTP, no "using" line.
-    clear = RawSMTP(relay.port)
+    clear = smtp(relay.port)
     clear.code()
     ehlo(clear)
     clear_id = transaction(clear, body)
@@ -379,7 +398,7 @@ NUL_PAYLOADS = [
 @pytest.mark.parametrize("payload", NUL_PAYLOADS, ids=["crlf-nul-dot", "dot-nul-crlf", "header", "first", "last"])
 def test_nul_in_message_data_is_refused(tls_relay, pki, payload, tls):
     relay = tls_relay()
-    c = tls_session(relay, pki) if tls else RawSMTP(relay.port)
+    c = tls_session(relay, pki) if tls else smtp(relay.port)
     if not tls:
         c.code()
         ehlo(c)
@@ -440,10 +459,10 @@ def test_bad_certificate_or_key_stops_startup(pki, cert, world_readable_dir, cas
         bad, reason = chain, "cannot load the certificate chain {path}: no start line"
     elif case == "empty-chain":
         chain.write_text("")
-        bad, reason = chain, "cannot load the certificate chain {path}: "
+        bad, reason = chain, "cannot load the certificate chain {path}: no start line"
     elif case == "key-mismatch":
         shutil.copy(pki.issue("other", HOST)["key_file"], key)
-        bad, reason = key, "cannot load the private key {path}: key values mismatch"
+        bad, reason = key, "the private key {path} does not belong to the first certificate of " + str(chain) + ": key values mismatch"
     elif case == "key-is-a-certificate":
         shutil.copy(cert["cert_file"], key)
         bad, reason = key, "cannot load the private key {path}: "

@@ -55,9 +55,10 @@ public enum DeliveryStatusNotification {
     ///   - original: the original content; included whole for RET=FULL or when RET is absent,
     ///     headers only for RET=HDRS (RFC 3461 §4.3).
     ///     A delay report carries the headers only, whatever RET says (the message is not
-    ///     returned: it is still being delivered). A REQUIRETLS message (RFC 8689) is returned
-    ///     as headers only too: the report itself is not sent with REQUIRETLS, so its body
-    ///     must not carry what the sender wanted protected.
+    ///     returned: it is still being delivered). Of a REQUIRETLS message (RFC 8689 §4.4)
+    ///     nothing is returned, not even the headers: the report itself travels without
+    ///     REQUIRETLS, so it is redacted to the delivery status. Content holding a NUL (queued
+    ///     by an earlier release) is returned as headers only, NULs removed.
     ///   - failed: the recipients being reported.
     ///   - reportingMTA: this relay's host name.
     ///   - date: RFC 5322 date-time of the report.
@@ -65,7 +66,8 @@ public enum DeliveryStatusNotification {
     ///   - kind: failure (default) or delay.
     public static func make(envelope: QueuedEnvelope, original: [UInt8], failed: [FailedRecipient],
                             reportingMTA: String, date: String, messageID: String, kind: Kind = .failure) -> [UInt8] {
-        let headersOnly = envelope.transaction.parameters.ret == .headers || kind != .failure || envelope.transaction.parameters.requireTLS
+        let redacted = envelope.transaction.parameters.requireTLS
+        let headersOnly = envelope.transaction.parameters.ret == .headers || kind != .failure || original.contains(0)
         let boundary = "=_\(envelope.queueID.rawValue)/\(reportingMTA)"
         let sender = envelope.transaction.sender?.address ?? ""
         var text = ""
@@ -91,10 +93,15 @@ public enum DeliveryStatusNotification {
         if case .delay(let until) = kind {
             text += "Your message (queue id \(envelope.queueID.rawValue)) could not yet be delivered to one or more\r\n"
             text += "recipients. It will be tried again until \(MessageDate.format(secondsSinceEpoch: Int(until))); you do\r\n"
-            text += "not need to send it again. Its headers are attached below.\r\n\r\n"
+            text += redacted ? "not need to send it again.\r\n\r\n" : "not need to send it again. Its headers are attached below.\r\n\r\n"
         } else {
             text += "Your message (queue id \(envelope.queueID.rawValue)) could not be delivered to one or more\r\n"
-            text += headersOnly ? "recipients. Its headers are attached below.\r\n\r\n" : "recipients. It is attached below.\r\n\r\n"
+            text += redacted ? "recipients.\r\n\r\n" : headersOnly ? "recipients. Its headers are attached below.\r\n\r\n" : "recipients. It is attached below.\r\n\r\n"
+        }
+        if redacted {
+            text += "It asked for REQUIRETLS (RFC 8689): it may travel only over authenticated TLS to\r\n"
+            text += "servers that take REQUIRETLS. This report does not travel that way, so it does not\r\n"
+            text += "include the message or its headers.\r\n\r\n"
         }
         for item in failed {
             text += "<\(item.recipient.mailbox.address)>: \(item.diagnostic)\r\n"
@@ -131,11 +138,15 @@ public enum DeliveryStatusNotification {
             text += "Diagnostic-Code: \(item.diagnosticIsSMTP ? "smtp" : "x-tlsrelay"); \(item.diagnostic)\r\n"
         }
         text += "\r\n"
+        if redacted {
+            text += "--\(boundary)--\r\n"
+            return Array(text.utf8)
+        }
         text += "--\(boundary)\r\n"
         var bytes = Array(text.utf8)
         if headersOnly {
             bytes += Array("Content-Description: \(kind == .failure ? "Undelivered" : "Delayed") Message Headers\r\nContent-Type: text/rfc822-headers\r\n\r\n".utf8)
-            bytes += headerSection(of: original)
+            bytes += headerSection(of: original).filter { $0 != 0 }
         } else {
             bytes += Array("Content-Description: Undelivered Message\r\nContent-Type: message/rfc822\r\n\r\n".utf8)
             bytes += original

@@ -426,7 +426,10 @@ public struct ClientSession: Sendable {
         if job.probeOnly { return quit() }
         if job.requireTLS && !(result.usedTLS && capabilities.requireTLS) {
             // RFC 8689 §4.2.1: only to a next hop that takes the REQUIRETLS obligation, in TLS.
-            return fail(.requireTLSNotOffered)
+            // Nothing is sent; the session ends politely and the attempt with this failure.
+            result.failure = .requireTLSNotOffered
+            result.reusable = false
+            return quit()
         }
         // Local decisions that make every recipient fail permanently.
         if job.contentHasNUL {

@@ -92,9 +92,11 @@ struct ClientSessionTests {
         _ = other.receive(reply("250-mx.example.net\n250-STARTTLS\n250 REQUIRETLS"))
         _ = other.receive(reply("220 go ahead"))
         _ = other.tlsEstablished()
-        let actions = other.receive(reply("250-mx.example.net\n250 PIPELINING"))
+        // Nothing is sent but QUIT; the attempt ends with the failure.
+        #expect(sent(other.receive(reply("250-mx.example.net\n250 PIPELINING"))) == ["QUIT\r\n"])
+        let actions = other.receive(reply("221 bye"))
         guard case .finish(let result)? = actions.first else { Issue.record("\(actions)"); return }
-        #expect(result.failure == .requireTLSNotOffered && result.recipients.isEmpty && !result.contentSent)
+        #expect(result.failure == .requireTLSNotOffered && result.recipients.isEmpty && !result.contentSent && !result.reusable)
     }
 
     @Test("content with a NUL is never sent: every recipient bounces with 5.6.0")

@@ -748,6 +748,73 @@ def test_mx_behaviour_cli_validation_and_defaults(w, mx):
         connect(h1)
 
 
+# --- REQUIRETLS (RFC 8689 §4): announced inside TLS only, by the hosts that say so ---------
+
+def requiretls_session(h, tls=True):
+    """(REQUIRETLS listed, reply to MAIL FROM with REQUIRETLS, the smtplib session)."""
+    c = connect(h, starttls=tls)
+    c.ehlo()
+    return c.has_extn("requiretls"), c.docmd("MAIL FROM:<a@example.org> SIZE=100 REQUIRETLS"), c
+
+
+def test_mx_requiretls(w, mx):
+    hosts = {n: w.scenario(n)["mx"][0] for n in ("requiretls-dane", "requiretls-sts", "requiretls-sts-testing",
+                                                 "requiretls-nopolicy")}
+    assert all(h["requiretls"] for h in hosts.values())
+    servers = {s["name"]: s for s in w.data["servers"] if s["role"] == "smtp"}
+    assert all(servers[h["name"]]["requiretls"] for h in hosts.values())
+    assert sum(bool(s["requiretls"]) for s in servers.values()) == len(hosts)    # the others do not
+    for name, h in hosts.items():
+        listed, reply, c = requiretls_session(h, tls=False)
+        assert not listed and reply[0] == 555, (name, reply)                     # never in clear
+        c.quit()
+        listed, reply, c = requiretls_session(h)
+        assert listed and reply[0] == 250, (name, reply)
+        assert c.rcpt(w.scenario(name)["recipient"])[0] == 250
+        marker = b"requiretls-%d" % time.time_ns()
+        assert c.data(b"Subject: " + marker + b"\r\n\r\nbody\r\n")[0] == 250
+        c.quit()
+        m = [m for m in w.wait_for_messages(name) if marker in m["data_bytes"]]
+        assert len(m) == 1 and m[0]["requiretls"] and m[0]["mail_options"] == ["SIZE=100", "REQUIRETLS"], m
+    # An ordinary host: not listed in TLS either, the parameter is unknown; without it all is as before.
+    listed, reply, c = requiretls_session(mx)
+    assert not listed and reply[0] == 555
+    assert c.mail("a@example.org", ["SIZE=10"])[0] == 250
+    c.quit()
+    # The behaviour key switches it: on for plain-mx (in TLS only), "always" (also in clear), off.
+    w.set_mx_behaviour("plain-mx", requiretls=True)
+    listed, reply, c = requiretls_session(mx, tls=False)
+    assert (listed, reply) == (False, (555, b"MAIL FROM parameters not recognized or not implemented"))
+    c.quit()
+    listed, reply, c = requiretls_session(mx)
+    assert listed and reply[0] == 250
+    c.quit()
+    w.set_mx_behaviour("plain-mx", requiretls="always")
+    listed, reply, c = requiretls_session(mx, tls=False)
+    assert listed and reply[0] == 250
+    c.quit()
+    dane = hosts["requiretls-dane"]
+    w.set_mx_behaviour(dane["name"], requiretls=False)
+    try:
+        listed, reply, c = requiretls_session(dane)
+        assert not listed and reply[0] == 555
+        c.quit()
+    finally:
+        w.clear_mx_behaviour(dane["name"])
+    listed, _, c = requiretls_session(dane)
+    assert listed
+    c.quit()
+    for bad in ("yes", 1, "ALWAYS"):
+        with pytest.raises(ValueError, match="requiretls must be"):
+            w.set_mx_behaviour("plain-mx", requiretls=bad)
+    # a scripted EHLO replaces the whole reply, REQUIRETLS included
+    w.set_mx_behaviour("plain-mx", requiretls="always", ehlo=["250-mx.scripted.example", "250 8BITMIME"])
+    c = connect(mx)
+    c.ehlo()
+    assert not c.has_extn("requiretls")
+    c.quit()
+
+
 # --- MX fallback and plain scenarios ---------------------------------------------------
 
 def deliver_like_a_relay(w, scn, body):
