@@ -21,8 +21,8 @@ import TLSRPTCore
 /// (`<state>/tlsrpt/sent/YYYY-MM-DD.json`, written temp + fsync + rename), so a report is sent
 /// once even across a crash, and a report sent early by `tlsrelayctl tlsrpt send` leaves the
 /// rest of the day for the daily one. A domain whose reports fail to arrive on
-/// `giveUpAfterDays` consecutive days gets none until one succeeds again (a new day's first
-/// report is tried once), with a log line.
+/// `giveUpAfterDays` consecutive days gets no more from the daily run (its sessions are
+/// dropped, with a log line each day) until `tlsrelayctl tlsrpt send DOMAIN` gets one through.
 public final class TLSReportService: Sendable {
     public struct Settings: Sendable {
         public var submitter: TLSReport.Submitter
@@ -150,7 +150,7 @@ public final class TLSReportService: Sendable {
             let domains = counts(dayStart: day).keys.sorted().filter { only == nil || $0 == only }
             for domain in domains {
                 guard !Task.isCancelled else { return outcomes }
-                let outcome = await send(domain: domain, dayStart: day, until: until)
+                let outcome = await send(domain: domain, dayStart: day, until: until, forced: only != nil)
                 outcomes.append(outcome)
             }
             if day < today, only == nil, counts(dayStart: day).isEmpty {
@@ -161,7 +161,8 @@ public final class TLSReportService: Sendable {
         return outcomes
     }
 
-    func send(domain: String, dayStart: Int, until: Double) async -> Outcome {
+    /// - Parameter forced: sent even to a domain given up on (an operator's `send DOMAIN`).
+    func send(domain: String, dayStart: Int, until: Double, forced: Bool = false) async -> Outcome {
         let settings = self.settings.withLockedValue { $0 }
         guard let report = report(domain: domain, dayStart: dayStart, until: until) else {
             return Outcome(domain: domain, reportID: nil, deliveries: [], skipped: "nothing to report")
@@ -171,9 +172,11 @@ public final class TLSReportService: Sendable {
             return Outcome(domain: domain, reportID: report.reportID, deliveries: [], skipped: "no failed session (tlsrpt.send_without_failures = false)")
         }
         let failures = failedDays(domain)
-        if failures.days >= settings.giveUpAfterDays, failures.lastDay == dayStart {
-            return Outcome(domain: domain, reportID: report.reportID, deliveries: [],
-                           skipped: "reports to \(domain) failed on \(failures.days) day(s) in a row; tried again on the next day")
+        if failures.days >= settings.giveUpAfterDays, !forced {
+            markSent(domain: domain, dayStart: dayStart, until: until)
+            let reason = "reports to \(domain) failed on \(failures.days) day(s) in a row (tlsrpt.give_up_after_days = \(settings.giveUpAfterDays)); none is sent until `tlsrelayctl tlsrpt send \(domain)` gets one through"
+            logger.warning("TLS-RPT: \(TLSReport.dayName(dayStart)): \(reason)")
+            return Outcome(domain: domain, reportID: report.reportID, deliveries: [], skipped: reason)
         }
         let record: TLSRPTRecord
         do {
@@ -411,7 +414,7 @@ public final class TLSReportService: Sendable {
             map[domain] = entry
         }
         if reached {
-            logger.warning("TLS-RPT: reports to \(domain) failed on \(limit) day(s) in a row; no more reports are sent there until a new day's report arrives")
+            logger.warning("TLS-RPT: reports to \(domain) failed on \(limit) day(s) in a row; the daily run sends it no more reports until `tlsrelayctl tlsrpt send \(domain)` gets one through")
         }
     }
 
