@@ -43,8 +43,8 @@ public struct RelayConfiguration: Sendable, Equatable {
         public var skipReusedHandshakes = true
         /// Cap on the stored results of days not yet reported, MiB. Default 512.
         public var maxDiskMB = 512
-        /// Days of failed report delivery in a row after which a domain gets no more reports
-        /// until one arrives again. Default 7.
+        /// Days of failed report delivery in a row after which the daily run sends a domain no
+        /// more reports (until `tlsrelayctl tlsrpt send DOMAIN` gets one through). Default 7.
         public var giveUpAfterDays = 7
         /// HTTPS POST attempts per report, and the first pause between them (doubling), seconds.
         public var httpsAttempts = 3
