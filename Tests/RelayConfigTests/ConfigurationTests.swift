@@ -170,7 +170,36 @@ struct ConfigurationTests {
         Bad(text: "[server]\nstarttls = \"offered\"\ntls_certificate_chain_file = \"/nonexistent/relay.pem\"\ntls_private_key_file = \"/nonexistent/relay.key\"\n",
             line: 3, fragment: "/nonexistent/relay.pem: No such file or directory"),
         Bad(text: "[policy]\nhonor_tls_required_no = \"yes\"\n", line: 2, fragment: "must be true or false"),
+        // TLS reporting (RFC 8460).
+        Bad(text: "[tlsrpt]\nenabled = true\norganization_name = \"Org\"\n", line: 2, fragment: "'tlsrpt.contact_info' must be set"),
+        Bad(text: "[tlsrpt]\nfrom = \"not an address\"\n", line: 2, fragment: "is not a mail address"),
+        Bad(text: "[tlsrpt]\nsubmitter = \"bad host\"\n", line: 2, fragment: "is not a domain name"),
+        Bad(text: "[tlsrpt]\n\nsend_delay = 90000\n", line: 3, fragment: "between 0 and 86000"),
+        Bad(text: "[tlsrpt]\nreport_to = \"x\"\n", line: 2, fragment: "unknown key 'tlsrpt.report_to'"),
     ]
+
+    @Test("[tlsrpt] is read and renders back the same")
+    func tlsrpt() throws {
+        let config = try load("""
+            [tlsrpt]
+            enabled = true
+            organization_name = "Example Org"
+            contact_info = "mailto:tlsrpt@example.org"
+            from = "tlsrpt-noreply@example.org"
+            submitter = "Relay.Example.org"
+            send_delay = 0
+            send_without_failures = false
+            skip_reused_handshakes = false
+            max_disk_mb = 64
+            give_up_after_days = 3
+            https_attempts = 1
+            https_retry_delay = 5
+            """)
+        #expect(config.tlsrpt.enabled && config.tlsrpt.submitter == "relay.example.org" && config.tlsrpt.maxDiskMB == 64)
+        #expect(!config.tlsrpt.sendWithoutFailures && !config.tlsrpt.skipReusedHandshakes && config.tlsrpt.giveUpAfterDays == 3)
+        #expect(try load(config.renderTOML()) == config)
+        #expect(try !load("").tlsrpt.enabled)
+    }
 
     @Test("[server] STARTTLS per listener and [policy] honor_tls_required_no")
     func starttls() throws {
