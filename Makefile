@@ -29,7 +29,7 @@ deps:
 
 test-deps: deps
 	$(call apt_install,$(TEST_PACKAGES))
-	@$(PYTHON) -c "import aiosmtpd, trustme, dns, pytest" 2>/dev/null || $(PYTHON) -m pip install -q --disable-pip-version-check -r testworld/requirements.txt
+	@$(PYTHON) -c "import aiosmtpd, trustme, dns, pytest, jsonschema, parsedmarc" 2>/dev/null || $(PYTHON) -m pip install -q --disable-pip-version-check -r testworld/requirements.txt
 
 build: deps
 	$(SWIFT) build

@@ -67,11 +67,12 @@ EXPECTED_RESULT_TYPES = {
     "attack-starttls-454": {"starttls-not-supported"}, "attack-inject": {"validation-failure"},
     "dane-tlsa-mismatch": {"tlsa-invalid"}, "dane-ta-badname": {"certificate-host-mismatch"},
     "attack-mitm-cert": {"tlsa-invalid"},
-    "sts-enforce-otherca": {"sts-webpki-invalid"}, "sts-enforce-wrongname": {"sts-webpki-invalid"},
-    "sts-enforce-expired": {"sts-webpki-invalid"}, "sts-enforce-mx-mismatch": {"validation-failure"},
+    # RFC 8460 §4.3.1: the MX certificate's own failure; sts-webpki-invalid is the policy host's.
+    "sts-enforce-otherca": {"certificate-not-trusted"}, "sts-enforce-wrongname": {"certificate-host-mismatch"},
+    "sts-enforce-expired": {"certificate-expired"}, "sts-enforce-mx-mismatch": {"validation-failure"},
     "attack-sts-strip-starttls": {"starttls-not-supported"}, "dane-sts-tlsa-mismatch": {"tlsa-invalid"},
     # Only unusable TLSA records do not drop MTA-STS enforce's WebPKI check.
-    "dane-unusable-sts-otherca": {"sts-webpki-invalid"},
+    "dane-unusable-sts-otherca": {"certificate-not-trusted"},
 }
 POLICY_SOURCE = {name: "mta-sts" for name in NAMES if name.startswith(("sts", "attack-sts")) or name == "dane-unusable-sts-otherca"}
 
@@ -124,7 +125,7 @@ def test_scenario(world, delivered, name):
             # RFC 8461 §5: delivered, and the failure reported at warning level.
             warnings = wait_for_alerts(relay, scenario["domain"])
             assert any(a["PRIORITY"] == "4" and a["MESSAGE_ID"] == "2b7c1d6e9a1f4c0e8f3d5a6b7c8d9e03"
-                       and a["TLSRPT_RESULT_TYPE"] == "sts-webpki-invalid" for a in warnings), warnings
+                       and a["TLSRPT_RESULT_TYPE"] == "certificate-not-trusted" for a in warnings), warnings
     else:
         assert dsn == expected["status"], f"{name}: {match.group(0)}"
     if expected["action"] != "deliver" or expected["security"] in ("dane", "encrypt", "mta-sts"):

@@ -23,6 +23,7 @@ import time
 
 import hostile
 import scenarios as S
+import tlsrpt_sink
 from pki import PKI, random_sha256
 
 BEHAVIOUR_FILE = "behaviour.json"     # DIR/mx/<host>/behaviour.json: scripted replies (mx.py)
@@ -282,6 +283,12 @@ def build(d: str, slot: int = 0) -> dict:
                          "tls": s.tls, "via": via, "text": desc},
         }
 
+    # TLS-RPT (tlsrpt_sink.py): the HTTPS collector after the MTA-STS hosts, the _smtp._tls records
+    tlsrpt = tlsrpt_sink.plan(d, pki, sts_ip(), scenarios)
+    servers.append(tlsrpt_sink.server_entry(tlsrpt))
+    hosts_index[tlsrpt["collector"]["name"]] = {"scenario": None, "address": tlsrpt["collector"]["address"],
+                                                 "kind": "tlsrpt-https"}
+
     return {
         "version": 1,
         "dir": d,
@@ -305,4 +312,5 @@ def build(d: str, slot: int = 0) -> dict:
         "hosts": hosts_index,
         "servers": servers,
         "scenarios": scenarios,
+        "tlsrpt": tlsrpt,
     }

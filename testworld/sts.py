@@ -160,6 +160,9 @@ async def serve(server: dict):
 
 async def setup(world: dict):
     servers = [await serve(s) for s in world["servers"] if s["role"] == "sts"]
+    # the TLS-RPT HTTPS collector (tlsrpt_sink.py) runs in this process too
+    import tlsrpt_sink
+    servers += [await tlsrpt_sink.serve(s) for s in world["servers"] if s["role"] == "tlsrpt"]
 
     async def cleanup():
         for s in servers:

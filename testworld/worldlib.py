@@ -29,6 +29,7 @@ import hostile as _hostile  # noqa: E402
 import mx as _mx    # noqa: E402
 import procs        # noqa: E402
 import sts as _sts  # noqa: E402
+import tlsrpt_sink as _tlsrpt  # noqa: E402
 import world as _world  # noqa: E402
 
 
@@ -155,7 +156,7 @@ class World:
     def clear_records(self) -> None:
         """Forget what all MX hosts, attackers, policy hosts and the DNS front recorded so far."""
         for pat in ("mx/*/msg-*.json", "mx/*/session-*.json", "attackers/*.jsonl", "hostile/*.jsonl",
-                    "sts/*.requests.jsonl", "dns/front-queries.jsonl"):
+                    "sts/*.requests.jsonl", "dns/front-queries.jsonl", "tlsrpt/https/post-*.json"):
             for f in glob.glob(os.path.join(self.dir, pat)):
                 os.unlink(f)
 
@@ -232,6 +233,32 @@ class World:
     def clear_hostile(self, host_or_scenario: str | None = None) -> list[str]:
         """Back to the behaviour at ``up``; no argument = every hostile host."""
         return _hostile.clear_behaviour(self.data, host_or_scenario)
+
+    # --- TLS-RPT (tlsrpt_sink.py) --------------------------------------------------------------
+    def tlsrpt_record(self, domain: str) -> dict | None:
+        """The ``_smtp._tls.<domain>`` record of a scenario (by name or domain): ``txt``, ``rua``
+        (the usable URIs), ``ignored`` (the malformed ones); None if it has none."""
+        return self.data["tlsrpt"]["records"].get(self.scenario(domain)["domain"])
+
+    def tlsrpt_posts(self, domain: str | None = None) -> list[dict]:
+        """Requests the HTTPS collector served, oldest first (see tlsrpt_sink.py), each with
+        ``body`` (bytes) and ``header`` (lower-cased name -> last value) added; optionally only
+        those to ``https://<collector>/tlsrpt/<domain>``."""
+        out = []
+        for p in _tlsrpt.read_posts(self.data):
+            if domain is not None and p["path"] != _tlsrpt.PATH_PREFIX + self.scenario(domain)["domain"]:
+                continue
+            p["body"] = base64.b64decode(p["body_b64"])
+            p["header"] = {k.lower(): v for k, v in p["headers"]}
+            out.append(p)
+        return out
+
+    def set_tlsrpt_collector(self, fail: int, status: int = 503) -> str:
+        """The collector answers the next ``fail`` POSTs with ``status`` (then 200 again)."""
+        return _tlsrpt.set_collector(self.data, fail, status)
+
+    def clear_tlsrpt_collector(self) -> None:
+        _tlsrpt.clear_collector(self.data)
 
     def sts_requests(self, domain: str) -> list[dict]:
         s = self.scenario(domain)

@@ -30,6 +30,7 @@ import os
 import subprocess
 
 import scenarios as S
+import tlsrpt_sink
 
 TTL = 60
 NS_NAME = f"ns.{S.ZONE}."
@@ -123,8 +124,11 @@ def records_for(world: dict) -> Records:
         if sts:
             r.add(f"_mta-sts.{dom}", "TXT", f'"{sts["txt"]}"')
             r.add(sts["policy_host"], "A", sts["address"])
-        if sts or any(h["tlsa"] for h in sc["mx"]):
+        if "tlsrpt" not in world and (sts or any(h["tlsa"] for h in sc["mx"])):
             r.add(f"_smtp._tls.{dom}", "TXT", f'"v=TLSRPTv1; rua=mailto:tlsrpt@{dom}"')
+    if "tlsrpt" in world:                    # tlsrpt_sink.py: the collector and the records
+        for owner, rtype, rdata in tlsrpt_sink.zone_records(world):
+            r.add(owner, rtype, rdata)
     return r
 
 

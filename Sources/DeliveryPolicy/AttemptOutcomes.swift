@@ -49,8 +49,8 @@ public enum AttemptOutcomes {
     /// when the failure is not about TLS (421, a lost connection, a timeout).
     /// - Parameters:
     ///   - verifyResult: OpenSSL's `X509_V_ERR_*` when authentication failed.
-    ///   - authentication: what the attempt demanded; certificate failures under WebPKI are
-    ///     `sts-webpki-invalid` (RFC 8460 §4.3.2.2).
+    ///   - authentication: what the attempt demanded (the result type is the same under DANE,
+    ///     WebPKI and none: the certificate's failure, RFC 8460 §4.3.1).
     public static func resultType(for failure: ClientSession.SessionFailure, verifyResult: Int?,
                                   authentication: PeerAuthentication) -> TLSRPTResultType? {
         switch failure {
@@ -66,7 +66,9 @@ public enum AttemptOutcomes {
             case 2, 18, 19, 20, 21: certificate = .certificateNotTrusted
             default: certificate = .validationFailure
             }
-            if case .webPKI = authentication, certificate != .validationFailure { return .stsWebPKIInvalid }
+            // The MX certificate's failures are negotiation failures (RFC 8460 §4.3.1) under every
+            // policy; `sts-webpki-invalid` (§4.3.2.2) is the policy host's certificate, found by
+            // the MTA-STS fetch.
             return certificate
         default: return nil
         }

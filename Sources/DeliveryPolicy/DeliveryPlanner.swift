@@ -604,9 +604,11 @@ public struct DeliveryPlanner: Sendable {
         }
         let reason = result.failure.map { AttemptOutcomes.outcome(for: $0, relay: attempt.relay).reason }
             ?? "\(attempt.relay) did not offer STARTTLS"
+        // RFC 8460 §4.4: `failure-reason-code` is the text field for the error; `additional-information`
+        // is a URI, which there is none of.
+        let code = result.verifyResult.map { "X509_V_ERR_\($0): " } ?? ""
         let failure = TLSRPTFailure(resultType: resultType, sendingMTAIP: result.localAddress, receivingMXHostname: attempt.host,
-                                    receivingMXHelo: result.greetingName, receivingIP: attempt.address, additionalInformation: reason,
-                                    failureReasonCode: result.verifyResult.map { "X509_V_ERR_\($0)" })
+                                    receivingMXHelo: result.greetingName, receivingIP: attempt.address, failureReasonCode: code + reason)
         return [.tlsSession(TLSSessionResult(policy: policy, failure: failure))]
     }
 
@@ -644,7 +646,7 @@ public struct DeliveryPlanner: Sendable {
             return []
         }
         let failure = TLSRPTFailure(resultType: alert.resultType, receivingMXHostname: alert.mxHost, receivingIP: alert.address,
-                                    additionalInformation: alert.reason)
+                                    failureReasonCode: alert.reason)
         return [.tlsSession(TLSSessionResult(policy: reported, failure: failure))]
     }
 

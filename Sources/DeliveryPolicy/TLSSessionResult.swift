@@ -44,9 +44,10 @@ public struct TLSRPTFailure: Sendable, Hashable, Codable {
     /// The MX host's greeting name, when it was read (`receiving-mx-helo`).
     public var receivingMXHelo: String?
     public var receivingIP: String?
-    /// Human words (`additional-information`).
+    /// A URI with more about the failure (`additional-information`, RFC 8460 §4.4); tlsrelay has none.
     public var additionalInformation: String?
-    /// A short machine-readable reason (`failure-reason-code`), e.g. OpenSSL's `X509_V_ERR` number.
+    /// The error, as text (`failure-reason-code`, RFC 8460 §4.4: "a TLS-related error code or
+    /// error message"): OpenSSL's `X509_V_ERR_n:` where there is one, then the reason in words.
     public var failureReasonCode: String?
 
     public init(resultType: TLSRPTResultType, sendingMTAIP: String? = nil, receivingMXHostname: String? = nil, receivingMXHelo: String? = nil,

@@ -207,7 +207,13 @@ public enum ConfigurationLoader {
                 }
             }
             if let value = try string(table, section, "organization_name") { tlsrpt.organizationName = value }
-            if let value = try string(table, section, "contact_info") { tlsrpt.contactInfo = value }
+            if let value = try string(table, section, "contact_info") {
+                // RFC 8460 §4.4: an e-mail address (addr-spec), not a URI.
+                guard value.isEmpty || (try? PathParser.parsePath(Substring("<\(value)>"), allowUTF8: false)) != nil else {
+                    throw error(section, "contact_info", "'tlsrpt.contact_info' must be an e-mail address (RFC 8460 §4.4 addr-spec, e.g. postmaster@example.org), got \"\(value)\"")
+                }
+                tlsrpt.contactInfo = value
+            }
             if let value = try string(table, section, "submitter") {
                 guard value.isEmpty || isHostname(value) else { throw error(section, "submitter", "'tlsrpt.submitter' \"\(value)\" is not a domain name") }
                 tlsrpt.submitter = value.lowercased()

@@ -26,7 +26,7 @@ public struct RelayConfiguration: Sendable, Equatable {
         public var enabled = false
         /// `organization-name` of the reports.
         public var organizationName = ""
-        /// `contact-info`: an e-mail address or URI where receivers reach the sender.
+        /// `contact-info`: the e-mail address (addr-spec, RFC 8460 §4.4) where receivers reach the sender.
         public var contactInfo = ""
         /// The submitter's domain (file name, `TLS-Report-Submitter`). Empty: `server.hostname`.
         public var submitter = ""

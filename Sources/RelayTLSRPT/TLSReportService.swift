@@ -126,8 +126,8 @@ public final class TLSReportService: Sendable {
         let settings = self.settings.withLockedValue { $0 }
         let id = reportID ?? "\(TLSReport.dayName(dayStart)).\(Self.uniqueID())@\(settings.submitter.domain)"
         var report = TLSReport.make(domain: domain, dayStart: dayStart, results: results.map(\.result), submitter: settings.submitter, reportID: id)
-        if since > Double(dayStart) { report.dateRange.start = RFC3339.dateTime(Int(since)) }
-        if until < Double(dayStart + TLSReport.day) { report.dateRange.end = RFC3339.dateTime(Int(until)) }
+        let end = until < Double(dayStart + TLSReport.day) ? Int(until) : dayStart + TLSReport.day - 1
+        report.setRange(start: max(dayStart, Int(since)), end: end)
         return report
     }
 
@@ -200,7 +200,7 @@ public final class TLSReportService: Sendable {
             return Outcome(domain: domain, reportID: report.reportID, deliveries: [], skipped: "gzip failed: \(error)")
         }
         let unique = Self.uniqueID()
-        let fileName = TLSReport.fileName(submitter: settings.submitter.domain, domain: domain, dayStart: dayStart, unique: unique)
+        let fileName = report.fileName(submitter: settings.submitter.domain, domain: domain, unique: unique)
         var deliveries: [Delivery] = []
         for uri in record.rua {
             let delivery: Delivery

@@ -71,6 +71,16 @@ public struct TLSReport: Sendable, Equatable, Codable {
     public var contactInfo: String
     public var reportID: String
     public var policies: [PolicyResult]
+    /// The range as Unix timestamps (first and last second), for the file name (not encoded).
+    public var rangeStart = 0
+    public var rangeEnd = 0
+
+    /// Sets the range, in `date-range` and for the file name (seconds since the epoch).
+    public mutating func setRange(start: Int, end: Int) {
+        rangeStart = start
+        rangeEnd = end
+        dateRange = DateRange(start: RFC3339.dateTime(start), end: RFC3339.dateTime(end))
+    }
 
     enum CodingKeys: String, CodingKey {
         case organizationName = "organization-name"
@@ -142,9 +152,10 @@ public struct TLSReport: Sendable, Equatable, Codable {
                 summary: Summary(successful: group.successes, failed: group.failures.values.reduce(0, +)),
                 failureDetails: details.isEmpty ? nil : details)
         }
-        return TLSReport(organizationName: submitter.organizationName,
-                         dateRange: DateRange(start: RFC3339.dateTime(dayStart), end: RFC3339.dateTime(dayStart + day - 1)),
-                         contactInfo: submitter.contactInfo, reportID: reportID, policies: policies)
+        var report = TLSReport(organizationName: submitter.organizationName, dateRange: DateRange(start: "", end: ""),
+                               contactInfo: submitter.contactInfo, reportID: reportID, policies: policies)
+        report.setRange(start: dayStart, end: dayStart + day - 1)
+        return report
     }
 
     /// Total failed sessions of the report.
@@ -159,9 +170,9 @@ public struct TLSReport: Sendable, Equatable, Codable {
     }
 
     /// The file name of RFC 8460 §5.1: `submitter!policy-domain!begin!end!unique-id.json.gz`,
-    /// with Unix timestamps; `unique` must be ALPHA/DIGIT only.
-    public static func fileName(submitter: String, domain: String, dayStart: Int, unique: String) -> String {
-        "\(submitter)!\(domain)!\(dayStart)!\(dayStart + day - 1)!\(unique).json.gz"
+    /// with the Unix timestamps of the report's range; `unique` must be ALPHA/DIGIT only.
+    public func fileName(submitter: String, domain: String, unique: String) -> String {
+        "\(submitter)!\(domain)!\(rangeStart)!\(rangeEnd)!\(unique).json.gz"
     }
 }
 

@@ -173,6 +173,7 @@ struct ConfigurationTests {
         // TLS reporting (RFC 8460).
         Bad(text: "[tlsrpt]\nenabled = true\norganization_name = \"Org\"\n", line: 2, fragment: "'tlsrpt.contact_info' must be set"),
         Bad(text: "[tlsrpt]\nfrom = \"not an address\"\n", line: 2, fragment: "is not a mail address"),
+        Bad(text: "[tlsrpt]\ncontact_info = \"mailto:postmaster@example.org\"\n", line: 2, fragment: "must be an e-mail address"),
         Bad(text: "[tlsrpt]\nsubmitter = \"bad host\"\n", line: 2, fragment: "is not a domain name"),
         Bad(text: "[tlsrpt]\n\nsend_delay = 90000\n", line: 3, fragment: "between 0 and 86000"),
         Bad(text: "[tlsrpt]\nreport_to = \"x\"\n", line: 2, fragment: "unknown key 'tlsrpt.report_to'"),
@@ -184,7 +185,7 @@ struct ConfigurationTests {
             [tlsrpt]
             enabled = true
             organization_name = "Example Org"
-            contact_info = "mailto:tlsrpt@example.org"
+            contact_info = "tlsrpt@example.org"
             from = "tlsrpt-noreply@example.org"
             submitter = "Relay.Example.org"
             send_delay = 0

@@ -29,8 +29,8 @@ struct TLSRPTCoreTests {
     static let sts = TLSRPTPolicy(type: .sts, strings: ["version: STSv1", "mode: enforce", "mx: *.example.net", "max_age: 86400"],
                                   domain: "example.net", mxHosts: ["*.example.net"])
     static let mismatch = TLSRPTFailure(resultType: .tlsaInvalid, sendingMTAIP: "192.0.2.1", receivingMXHostname: "mx.example.net",
-                                        receivingMXHelo: "mx.example.net", receivingIP: "192.0.2.25", additionalInformation: "no TLSA match",
-                                        failureReasonCode: "X509_V_ERR_65")
+                                        receivingMXHelo: "mx.example.net", receivingIP: "192.0.2.25",
+                                        failureReasonCode: "X509_V_ERR_65: no TLSA match")
 
     @Test("a day's report: policies side by side, counts, failure details grouped, RFC 8460 §4.4 names")
     func report() throws {
@@ -42,7 +42,7 @@ struct TLSRPTCoreTests {
         ]
         let day = 1_796_169_600  // 2026-12-02T00:00:00Z
         let report = TLSReport.make(domain: "example.net", dayStart: day, results: results,
-                                    submitter: .init(organizationName: "Example Org", contactInfo: "mailto:tls@example.org", domain: "relay.example.org"),
+                                    submitter: .init(organizationName: "Example Org", contactInfo: "tls@example.org", domain: "relay.example.org"),
                                     reportID: "2026-12-02.1@relay.example.org")
         #expect(report.policies.count == 2 && report.failureCount == 2)
         let json = try #require(try JSONSerialization.jsonObject(with: Data(report.json())) as? [String: Any])
@@ -59,10 +59,14 @@ struct TLSRPTCoreTests {
         let details = try #require(first["failure-details"] as? [[String: Any]])
         #expect(details.count == 1 && details[0]["failed-session-count"] as? Int == 2 && details[0]["result-type"] as? String == "tlsa-invalid")
         #expect(Set(details[0].keys) == ["result-type", "sending-mta-ip", "receiving-mx-hostname", "receiving-mx-helo", "receiving-ip",
-                                          "failed-session-count", "additional-information", "failure-reason-code"])
+                                          "failed-session-count", "failure-reason-code"])
         #expect(policies[1]["failure-details"] == nil)
-        #expect(TLSReport.fileName(submitter: "relay.example.org", domain: "example.net", dayStart: day, unique: "ab12")
+        #expect(report.fileName(submitter: "relay.example.org", domain: "example.net", unique: "ab12")
                 == "relay.example.org!example.net!1796169600!1796255999!ab12.json.gz")
+        var early = report
+        early.setRange(start: day + 3600, end: day + 7200)
+        #expect(early.fileName(submitter: "r.example", domain: "example.net", unique: "x1") == "r.example!example.net!1796173200!1796176800!x1.json.gz")
+        #expect(early.dateRange.start == "2026-12-02T01:00:00Z" && early.dateRange.end == "2026-12-02T02:00:00Z")
     }
 
     @Test("RFC 3339 dates and day names")
