@@ -26,6 +26,9 @@ let package = Package(
     targets: [
         // System libraries (module maps + tiny shims for function-like macros).
         .systemLibrary(name: "CUnbound", path: "Sources/CUnbound", providers: [.apt(["libunbound-dev"])]),
+        .systemLibrary(name: "CIDN2", path: "Sources/CIDN2", providers: [.apt(["libidn2-dev"])]),
+        // IDNA 2008 (RFC 5890/5891, UTS #46) through libidn2.
+        .target(name: "RelayIDNA", dependencies: ["CIDN2"], swiftSettings: strict),
         .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CSystemd", path: "Sources/CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
 
@@ -52,7 +55,7 @@ let package = Package(
         ], swiftSettings: strict),
         // The inbound ESMTP listener on SwiftNIO.
         .target(name: "RelayServer", dependencies: [
-            "SMTPCore", "RelayQueue", "RelayConfig", "RelayMetrics", "RelayTLS",
+            "SMTPCore", "RelayQueue", "RelayConfig", "RelayMetrics", "RelayTLS", "RelayIDNA",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
@@ -103,7 +106,7 @@ let package = Package(
         // Wiring of all parts into a running daemon.
         .target(name: "RelayDaemon", dependencies: [
             "RelayConfig", "RelayServer", "RelayQueue", "RelayObservability", "RelayDelivery", "RelayDNS", "RelayTLS", "RelayPolicy", "RelayControl",
-            "RelayMetrics", "DeliveryPolicy", "RelayTLSRPT", "TLSRPTCore",
+            "RelayMetrics", "DeliveryPolicy", "RelayTLSRPT", "TLSRPTCore", "RelayIDNA",
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "Metrics", package: "swift-metrics"),
@@ -122,7 +125,7 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: strict),
         .executableTarget(name: "tlsrelayctl", dependencies: [
-            "RelayQueue", "RelayConfig", "RelayControl", "RelayDaemon", "RelayDelivery", "RelayPolicy",
+            "RelayQueue", "RelayConfig", "RelayControl", "RelayDaemon", "RelayDelivery", "RelayPolicy", "RelayIDNA",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: strict),
 
@@ -133,6 +136,7 @@ let package = Package(
         .executableTarget(name: "tlsrelay-fuzz", dependencies: ["FuzzTargets", "CLibFuzzer"], swiftSettings: strict),
 
         .testTarget(name: "SMTPCoreTests", dependencies: ["SMTPCore"]),
+        .testTarget(name: "RelayIDNATests", dependencies: ["RelayIDNA", "SMTPCore"]),
         .testTarget(name: "TLSRPTTests", dependencies: [
             "TLSRPTCore", "RelayTLSRPT", "DeliveryPolicy", .product(name: "Logging", package: "swift-log"),
         ]),

@@ -57,7 +57,7 @@ public enum ConfigurationCheck {
         let clear = configuration.server.listenerPolicies.filter { !$0.address.address.isLoopback && $0.starttls != .required }
         if !clear.isEmpty {
             let how = clear.contains { $0.starttls == .off } ? "does not offer STARTTLS" : "offers STARTTLS without requiring it"
-            warnings.append("server.listen \(clear.map(\.address.description).joined(separator: ", ")) is not loopback and \(how): mail from other hosts can cross the network in clear; set server.starttls = \"required\" (or list the address in server.starttls_required) and point the clients' TLS policy at it")
+            warnings.append("server.listen \(clear.map(\.address.description).joined(separator: ", ")) is not loopback and \(how): mail from other hosts can cross the network in clear; list it in server.starttls_required (server.starttls = \"required\" would require it on the loopback listeners too) and pin the relay's key in the clients' TLS policy")
         }
         let hostname = configuration.server.hostname
         if !hostname.contains(".") || hostname.hasSuffix(".") {

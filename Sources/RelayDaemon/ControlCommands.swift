@@ -5,6 +5,7 @@ import RelayDelivery
 import RelayObservability
 import RelayPolicy
 import RelayQueue
+import RelayIDNA
 import RelayTLSRPT
 import TLSRPTCore
 
@@ -99,7 +100,10 @@ struct ControlCommands: Sendable {
             return entry
         case "queue.flush":
             if let domain = request["domain"] as? String {
-                return ["flushed": await scheduler.flush(domain: domain)]
+                // Queued mail is routed by the A-label form (RFC 5891).
+                let ascii: String
+                do throws(IDNA.ConversionError) { ascii = try IDNA.toASCII(domain) } catch { throw CommandError("\(error)") }
+                return ["flushed": await scheduler.flush(domain: ascii)]
             }
             if request["id"] != nil {
                 let id = try queueID(request)
@@ -130,7 +134,9 @@ struct ControlCommands: Sendable {
 
     /// `tlsrelayctl tlsrpt list | show DOMAIN [--date D] | send [DOMAIN] [--date D]`.
     func tlsrpt(_ command: String, _ request: [String: Any]) async throws -> Any {
-        guard let reports else { throw CommandError("TLS reporting is off (tlsrpt.enabled = false)") }
+        guard let reports else {
+            throw CommandError("TLS reporting is off in the running daemon (tlsrpt.enabled was false when it started; [tlsrpt] changes need a restart)")
+        }
         let now = Date().timeIntervalSince1970
         var day = TLSReport.dayStart(now)
         if let text = request["date"] as? String {

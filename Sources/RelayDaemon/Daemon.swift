@@ -107,6 +107,8 @@ public final class Daemon: Sendable {
             if unchanged.server != configuration.server { sections.append("[server]") }
             if unchanged.dns != configuration.dns { sections.append("[dns]") }
             if unchanged.delivery != configuration.delivery { sections.append("[delivery]") }
+            if unchanged.metrics != configuration.metrics { sections.append("[metrics]") }
+            if unchanged.tlsrpt != configuration.tlsrpt { sections.append("[tlsrpt]") }
             let changed = sections.isEmpty ? "other settings" : sections.joined(separator: ", ")
             logger.warning("reload: only log_level, [policy] and the STARTTLS certificate files are applied on reload; the changes to \(changed) need a restart")
             message += "; the changes to \(changed) need a restart"
@@ -423,7 +425,8 @@ public final class Daemon: Sendable {
             let listeners = configuration.server.listenerPolicies.map { InboundListener(address: $0.address, starttls: $0.starttls) }
             let bound = try await server.start(listeners: listeners)
             let described = zip(bound, listeners).map { address, listener in
-                "\(address.ipAddress ?? "?"):\(address.port ?? 0)\(listener.starttls == .off ? "" : " (STARTTLS \(listener.starttls.rawValue))")"
+                let ip = address.ipAddress ?? "?"
+                return "\(ip.contains(":") ? "[\(ip)]" : ip):\(address.port ?? 0)\(listener.starttls == .off ? "" : " (STARTTLS \(listener.starttls.rawValue))")"
             }
             logger.info("listening on \(described.joined(separator: ", ")) as \(configuration.server.hostname)")
         } catch {

@@ -63,6 +63,7 @@ public enum StateReports {
             "queue_id": id.rawValue, "size": envelope.size, "arrival_time": envelope.arrivalTime,
             "sender": envelope.transaction.sender?.address ?? "", "recipients": recipients,
             "attempts": record?.attempts ?? 0, "held": held, "in_delivery": inDelivery,
+            "requiretls": envelope.transaction.parameters.requireTLS, "tls_required_no": envelope.tlsRequiredNo,
         ]
         if let next = record?.nextAttempt, !held { entry["next_attempt"] = next }
         if withContent {

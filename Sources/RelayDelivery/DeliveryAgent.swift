@@ -126,6 +126,9 @@ public final class DeliveryAgent: Sendable {
         let queueID = envelope.queueID
         let now = Date().timeIntervalSince1970
         let settings = self.settings
+        if let written = envelope.transaction.recipients[recipientIndexes[0]].mailbox.asciiDomain.map({ _ in envelope.transaction.recipients[recipientIndexes[0]].mailbox.domain }) {
+            logger.info("\(queueID): delivering to \(written) (\(domain)): DNS, DANE and MTA-STS use the A-label form (RFC 5891)")
+        }
         var planner = DeliveryPlanner(domain: domain, recipients: recipientIndexes, settings: settings.planner(mtaSTS: sts != nil),
                                       local: settings.localLevel(for: domain).map(LocalPolicyFact.init),
                                       memory: settings.downgradeMemory == .off ? nil : memory?.lookup(domain).fact, now: now,
@@ -271,8 +274,10 @@ public final class DeliveryAgent: Sendable {
         }
         let transaction = envelope.transaction
         let recipients = indexes.map { transaction.recipients[$0] }
+        // RFC 6531 §3.2: only a non-ASCII local part needs SMTPUTF8; an internationalized domain
+        // goes in its A-label form.
         let needsUTF8 = transaction.parameters.smtputf8
-            && (!(transaction.sender?.isASCII ?? true) || recipients.contains { !$0.mailbox.isASCII })
+            && (!(transaction.sender?.isASCIIOnTheWire ?? true) || recipients.contains { !$0.mailbox.isASCIIOnTheWire })
         var job = ClientSession.Job(
             heloName: settings.heloName, sender: transaction.sender, recipients: recipients, size: envelope.size,
             body: transaction.parameters.body, needsSMTPUTF8: needsUTF8, ret: transaction.parameters.ret,

@@ -139,7 +139,7 @@ public actor Scheduler {
             guard let envelope = try? spool.envelope(of: id) else { return false }
             let record = try? spool.deliveryRecord(of: id)
             return envelope.transaction.recipients.indices.contains { index in
-                envelope.transaction.recipients[index].mailbox.domain.lowercased() == name
+                envelope.transaction.recipients[index].mailbox.routingDomain == name
                     && (record?.recipients[index].status ?? .pending) == .pending
             }
         }
@@ -346,7 +346,7 @@ public actor Scheduler {
         }
         var groups: [String: [Int]] = [:]
         for index in record.pendingIndexes {
-            groups[envelope.transaction.recipients[index].mailbox.domain.lowercased(), default: []].append(index)
+            groups[envelope.transaction.recipients[index].mailbox.routingDomain, default: []].append(index)
         }
         let threadPool = self.threadPool
         let content = MessageContent { try await threadPool.runIfActive { try spool.content(of: id) } }

@@ -3,6 +3,7 @@ import NIOCore
 import NIOPosix
 import Logging
 import RelayConfig
+import RelayIDNA
 import RelayQueue
 import RelayTLS
 import SMTPCore
@@ -47,7 +48,8 @@ final class SMTPServerHandler: ChannelInboundHandler {
     init(settings: InboundSettings, connections: ConnectionRegistry, starttls: ServerSession.STARTTLSPolicy = .off) {
         self.settings = settings
         self.connections = connections
-        self.session = ServerSession(hostname: settings.hostname, limits: settings.limits, starttls: starttls)
+        self.session = ServerSession(hostname: settings.hostname, limits: settings.limits, starttls: starttls,
+                                     toASCII: Self.toASCII)
         self.framer = LineFramer(maxLineLength: settings.limits.maxCommandLineLength)
         self.logger = settings.logger
         contentBuffer.reserveCapacity(65536)
@@ -270,6 +272,15 @@ final class SMTPServerHandler: ChannelInboundHandler {
         }
     }
 
+    /// IDNA 2008 through libidn2 (RFC 5891, UTS #46).
+    static let toASCII: ServerSession.DomainToASCII = { domain in
+        do throws(IDNA.ConversionError) {
+            return .success(try IDNA.toASCII(domain))
+        } catch {
+            return .failure(DomainConversionFailure(reason: error.reason))
+        }
+    }
+
     /// The metric reason of a refused command.
     static func refusalReason(command: String, code: Int) -> RelayMetrics.Refusal {
         if command.uppercased().hasPrefix("RCPT") { return .recipient }
@@ -321,7 +332,7 @@ final class SMTPServerHandler: ChannelInboundHandler {
                 handler.session.tlsStarted(inbound)
                 handler.logger.info("STARTTLS from \(handler.client): \(inbound.commentText)")
             case .failure(let error):
-                handler.logger.info("STARTTLS from \(handler.client): TLS handshake failed: \(error)")
+                handler.logger.info("STARTTLS from \(handler.client): \(error)")
                 handler.closing = true
                 context.close(promise: nil)
             }
@@ -396,6 +407,10 @@ final class SMTPServerHandler: ChannelInboundHandler {
             var wishes = ""
             if transaction.parameters.requireTLS { wishes += ", REQUIRETLS" }
             if envelope.tlsRequiredNo { wishes += ", TLS-Required: No" }
+            let idn = ([transaction.sender].compactMap { $0 } + transaction.recipients.map(\.mailbox)).filter { $0.asciiDomain != nil }
+            if !idn.isEmpty {
+                wishes += ", IDN " + Set(idn.map { IDNA.display($0.domain, ascii: $0.routingDomain) }).sorted().joined(separator: ", ")
+            }
             logger.info("\(envelope.queueID): client=\(client), helo=<\(envelope.heloName)>, from=<\(transaction.sender?.address ?? "")>, size=\(envelope.size), nrcpt=\(transaction.recipients.count)\(wishes) (queued)")
             perform(session.messageStored(queueID: envelope.queueID.rawValue), context: context)
             settings.onMessageQueued(envelope)

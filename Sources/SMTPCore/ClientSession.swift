@@ -548,7 +548,8 @@ public struct ClientSession: Sendable {
     // MARK: - Command text
 
     func mailCommand() -> String {
-        var text = "MAIL FROM:<\(job.sender?.address ?? "")>"
+        // The A-label form of an internationalized domain always works (RFC 6531 §3.2).
+        var text = "MAIL FROM:<\(job.sender?.asciiAddress ?? "")>"
         if capabilities.size != nil { text += " SIZE=\(job.size)" }
         if job.body == .eightBitMIME && capabilities.eightBitMIME { text += " BODY=8BITMIME" }
         if job.needsSMTPUTF8 && capabilities.smtputf8 { text += " SMTPUTF8" }
@@ -561,7 +562,7 @@ public struct ClientSession: Sendable {
     }
 
     func rcptCommand(_ recipient: Recipient) -> String {
-        var text = "RCPT TO:<\(recipient.mailbox.address)>"
+        var text = "RCPT TO:<\(recipient.mailbox.asciiAddress)>"
         if capabilities.dsn {
             if let notify = recipient.notify { text += " NOTIFY=\(notify.parameterValue)" }
             if let original = recipient.originalRecipient {

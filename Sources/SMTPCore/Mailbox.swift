@@ -4,16 +4,34 @@
 /// receiving domain interprets it (RFC 5321 §2.4).
 public struct Mailbox: Sendable, Hashable, Codable, CustomStringConvertible {
     public let localPart: String
+    /// The domain as the client wrote it (a U-label form with SMTPUTF8).
     public let domain: String
+    /// The A-label form of an internationalized `domain` (RFC 5890), set at acceptance; nil
+    /// when `domain` is ASCII. Routing, DNS and every policy use it.
+    public var asciiDomain: String?
 
-    public init(localPart: String, domain: String) {
+    public init(localPart: String, domain: String, asciiDomain: String? = nil) {
         self.localPart = localPart
         self.domain = domain
+        self.asciiDomain = asciiDomain
     }
 
-    /// `local-part@domain`.
+    /// `local-part@domain`, as written.
     public var address: String { "\(localPart)@\(domain)" }
     public var description: String { address }
+
+    /// The domain for routing: the A-label form, lowercased.
+    public var routingDomain: String { (asciiDomain ?? domain).lowercased() }
+
+    /// `local-part@` the A-label domain: what goes on the wire to the next hop.
+    public var asciiAddress: String { "\(localPart)@\(asciiDomain ?? domain)" }
+
+    /// True when the mailbox can be written without SMTPUTF8: an ASCII local part and a domain
+    /// that is ASCII or has an A-label form (RFC 6531 §3.2; an internationalized domain alone
+    /// does not need SMTPUTF8).
+    public var isASCIIOnTheWire: Bool {
+        localPart.utf8.allSatisfy { $0 < 0x80 } && (asciiDomain != nil || domain.utf8.allSatisfy { $0 < 0x80 })
+    }
 
     /// True when neither part contains non-ASCII characters; a non-ASCII mailbox needs SMTPUTF8
     /// (RFC 6531 §3.2).
@@ -140,4 +158,10 @@ public enum PathParser {
         if (byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x5A) || (byte >= 0x61 && byte <= 0x7A) { return true }
         return Array("!#$%&'*+-/=?^_`{|}~".utf8).contains(byte)
     }
+}
+
+/// Why a domain has no A-label form (from the IDNA converter the server is given).
+public struct DomainConversionFailure: Error, Sendable, Equatable {
+    public let reason: String
+    public init(reason: String) { self.reason = reason }
 }

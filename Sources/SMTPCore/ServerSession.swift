@@ -86,6 +86,10 @@ public struct ServerSession: Sendable {
     public let hostname: String
     public let limits: ServerLimits
     public let starttls: STARTTLSPolicy
+    /// Converts an internationalized domain to its A-label form (RFC 5891): the A-label, or the
+    /// reason it has none. nil: internationalized domains are refused (553 5.6.7).
+    public typealias DomainToASCII = @Sendable (String) -> Result<String, DomainConversionFailure>
+    let toASCII: DomainToASCII?
     /// The session's TLS once STARTTLS succeeded (RFC 3207 §4.2), nil in clear.
     public private(set) var tls: InboundTLS?
     public private(set) var heloName: String?
@@ -97,10 +101,26 @@ public struct ServerSession: Sendable {
     ///   - hostname: this server's name for the greeting and the Received header.
     ///   - limits: the session limits.
     ///   - starttls: whether this listener offers or requires STARTTLS.
-    public init(hostname: String, limits: ServerLimits, starttls: STARTTLSPolicy = .off) {
+    ///   - toASCII: IDNA conversion of internationalized domains (nil: refused).
+    public init(hostname: String, limits: ServerLimits, starttls: STARTTLSPolicy = .off, toASCII: DomainToASCII? = nil) {
         self.hostname = hostname
         self.limits = limits
         self.starttls = starttls
+        self.toASCII = toASCII
+    }
+
+    /// Sets the A-label form of an internationalized domain.
+    /// - Returns: nil when done (or nothing to do), else the reason for the refusal.
+    func withASCIIDomain(_ mailbox: inout Mailbox) -> String? {
+        guard !mailbox.domain.utf8.allSatisfy({ $0 < 0x80 }) else { return nil }
+        guard let toASCII else { return "Internationalized domains are not supported by this relay" }
+        switch toASCII(mailbox.domain) {
+        case .success(let ascii):
+            mailbox.asciiDomain = ascii
+            return nil
+        case .failure(let failure):
+            return "\(mailbox.domain) is not a valid internationalized domain name (RFC 5891): \(failure.reason)"
+        }
     }
 
     /// True while the handler must not feed command lines (content is being read or stored).
@@ -255,13 +275,19 @@ public struct ServerSession: Sendable {
             for parameter in parameters {
                 if let reply = apply(parameter, to: &mailParameters) { return fail(reply) }
             }
-            let sender: Mailbox?
+            var sender: Mailbox?
             do {
                 sender = try PathParser.parseReversePath(pathText, allowUTF8: mailParameters.smtputf8)
             } catch PathSyntaxError.nonASCIIWithoutSMTPUTF8 {
                 return fail(Reply(553, .nonASCIINotPermitted, "Non-ASCII sender address needs SMTPUTF8 (RFC 6531)"))
             } catch {
                 return fail(Reply(501, .badSenderSyntax, "Bad sender address syntax"))
+            }
+            if var mailbox = sender {
+                if let reason = withASCIIDomain(&mailbox) {
+                    return fail(Reply(553, .badSenderSyntax, reason))
+                }
+                sender = mailbox
             }
             if let size = mailParameters.declaredSize, size > limits.maxMessageSize {
                 return fail(Reply(552, .messageTooBig, "Message size exceeds fixed limit of \(limits.maxMessageSize) bytes"))
@@ -275,7 +301,7 @@ public struct ServerSession: Sendable {
             if !parameters.isEmpty && !extended {
                 return fail(Reply(555, .invalidArguments, "RCPT parameters need EHLO"))
             }
-            let mailbox: Mailbox
+            var mailbox: Mailbox
             do {
                 mailbox = try PathParser.parsePath(pathText, allowUTF8: transaction.parameters.smtputf8)
             } catch PathSyntaxError.nonASCIIWithoutSMTPUTF8 {
@@ -283,10 +309,10 @@ public struct ServerSession: Sendable {
             } catch {
                 return fail(Reply(501, .badDestinationSyntax, "Bad recipient address syntax"))
             }
-            if !mailbox.domain.utf8.allSatisfy({ $0 < 0x80 }) {
-                // Delivery needs the A-label form (RFC 5890), which this relay cannot compute yet:
-                // refuse now rather than queue mail that can only bounce days later.
-                return fail(Reply(553, .nonASCIINotPermitted, "Internationalized recipient domains are not supported by this relay yet"))
+            if let reason = withASCIIDomain(&mailbox) {
+                // Delivery needs the A-label form (RFC 5890): refuse now rather than queue mail
+                // that can only bounce days later.
+                return fail(Reply(553, toASCII == nil ? .nonASCIINotPermitted : .badDestinationSyntax, reason))
             }
             if mailbox.hasAddressLiteral {
                 // An address literal bypasses MX, DANE and MTA-STS: this relay refuses it.
@@ -392,7 +418,9 @@ public struct ServerSession: Sendable {
             }
             // RFC 8689 §4.1: REQUIRETLS is only offered, and only taken, over TLS.
             guard tls != nil else {
-                return Reply(530, .encryptionNeeded, "REQUIRETLS needs a TLS-protected session: issue STARTTLS first (RFC 8689 section 4.1)")
+                return Reply(530, .encryptionNeeded, starttls == .off
+                             ? "REQUIRETLS needs a TLS-protected session, and this listener does not offer STARTTLS (RFC 8689 section 4.1)"
+                             : "REQUIRETLS needs a TLS-protected session: issue STARTTLS first (RFC 8689 section 4.1)")
             }
             parameters.requireTLS = true
         case "ENVID":

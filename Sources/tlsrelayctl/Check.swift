@@ -1,4 +1,5 @@
 import ArgumentParser
+import RelayIDNA
 import Foundation
 import Logging
 import NIOPosix
@@ -22,12 +23,20 @@ struct Check: AsyncParsableCommand {
     @Argument(help: "Destination domain.") var domain: String
 
     func run() async throws {
-        let name = domain.hasSuffix(".") ? String(domain.dropLast()) : domain
+        let written = domain.hasSuffix(".") ? String(domain.dropLast()) : domain
+        // DNS, DANE and MTA-STS use the A-label form (RFC 5891).
+        let name: String
+        do throws(IDNA.ConversionError) {
+            name = try IDNA.toASCII(written)
+        } catch {
+            FileHandle.standardError.write(Data("tlsrelayctl: \(error)\n".utf8))
+            throw ExitCode(2)
+        }
+        if name != written.lowercased() && !options.json { print("\(IDNA.display(written, ascii: name))") }
         guard !name.isEmpty, name.utf8.count <= 253, name.split(separator: ".", omittingEmptySubsequences: false).allSatisfy({ label in
             !label.isEmpty && label.utf8.count <= 63 && label.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }
         }) else {
-            let hint = name.contains("@") ? " (give the domain, not an address)"
-                : name.unicodeScalars.contains { !$0.isASCII } ? " (internationalized domains are not supported yet: the listener refuses them with 553 5.6.7)" : ""
+            let hint = name.contains("@") ? " (give the domain, not an address)" : ""
             FileHandle.standardError.write(Data("tlsrelayctl: '\(domain)' is not a domain name\(hint)\n".utf8))
             throw ExitCode(2)
         }

@@ -265,6 +265,11 @@ struct Queue: ParsableCommand {
                 print("sender:     <\(entry["sender"] ?? "")>")
                 print("size:       \(entry["size"] ?? 0) bytes, \(entry["attempts"] ?? 0) attempt(s)\(entry["held"] as? Bool == true ? ", held" : "")")
                 if let next = entry["next_attempt"] { print("next try:   \(date(next))") }
+                if entry["requiretls"] as? Bool == true || entry["tls_required_no"] as? Bool == true {
+                    let wishes = [entry["requiretls"] as? Bool == true ? "REQUIRETLS (RFC 8689: authenticated TLS only, else a bounce)" : nil,
+                                  entry["tls_required_no"] as? Bool == true ? "TLS-Required: No" : nil].compactMap { $0 }
+                    print("TLS asked:  \(wishes.joined(separator: "; "))")
+                }
                 if entry["ret"] != nil || entry["envid"] != nil {
                     print("DSN:        RET=\(entry["ret"] ?? "-") ENVID=\(entry["envid"] ?? "-")")
                 }
