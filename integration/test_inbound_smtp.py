@@ -62,7 +62,8 @@ def test_smtputf8_and_8bitmime(relay):
     c, _ = ehlo(relay.port)
     assert c.command("MAIL FROM:<jöran@exämple.org> SMTPUTF8 BODY=8BITMIME").startswith("250 2.1.0")
     assert c.command("RCPT TO:<用户@example.net>").startswith("250 2.1.5")
-    assert c.command("RCPT TO:<用户@例子.广告>").startswith("553 5.6.7")   # no IDNA conversion yet
+    # IDNA 2008: the domain is kept as written and its A-label stored beside it for routing.
+    assert c.command("RCPT TO:<用户@例子.广告>").startswith("250 2.1.5")
     assert c.command("DATA").startswith("354")
     c.send(body + b".\r\n")
     assert c.code().startswith("250 2.0.0 Ok: queued as ")
@@ -72,6 +73,10 @@ def test_smtputf8_and_8bitmime(relay):
     assert envelope["transaction"]["parameters"]["smtputf8"] is True
     assert envelope["transaction"]["parameters"]["body"] == "8BITMIME"
     assert envelope["transaction"]["recipients"][0]["mailbox"] == {"localPart": "用户", "domain": "example.net"}
+    idn = envelope["transaction"]["recipients"][1]["mailbox"]
+    assert (idn["localPart"], idn["domain"]) == ("用户", "例子.广告")
+    assert all(label.startswith("xn--") for label in idn["asciiDomain"].split(".")), idn
+    assert envelope["transaction"]["sender"]["asciiDomain"] == "xn--exmple-cua.org"
     # Without SMTPUTF8 a non-ASCII address is refused (RFC 6531 §3.5).
     assert c.command("MAIL FROM:<jöran@exämple.org>").startswith("553 5.6.7")
 

@@ -13,6 +13,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 from cryptography import x509
@@ -288,6 +289,31 @@ def test_commands_behind_starttls_are_refused(tls_relay, pki, behind):
 
 # --- REQUIRETLS and TLS-Required on the way in -------------------------------------------------
 
+@pytest.mark.parametrize("stall", ["nothing", "part-of-client-hello"])
+def test_a_stalled_handshake_does_not_hold_the_connection(tls_relay, stall):
+    """A client that stops after the 220 to STARTTLS (or in its ClientHello) is closed within
+    the idle timeout, and the connection slot is free again: 3 such clients with
+    max_connections = 3 do not lock out a fourth once they are closed."""
+    relay = tls_relay(idle_timeout=2, max_connections=3)
+    stalled = []
+    for _ in range(3):
+        c = smtp(relay.port)
+        assert c.code().startswith("220 ")
+        ehlo(c)
+        assert c.command("STARTTLS").startswith("220 2.0.0")
+        if stall == "part-of-client-hello":
+            c.sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+        stalled.append(c)
+    started = time.monotonic()
+    for c in stalled:
+        c.sock.settimeout(15)
+        assert c.sock.recv(4096) == b"", "the stalled handshake was not closed"
+    assert time.monotonic() - started < 10
+    assert wait_for(lambda: "TLS handshake not finished after 2 s" in relay.log_text() or "timeout after 2 s" in relay.log_text(), timeout=5)
+    fresh = smtp(relay.port)
+    assert fresh.code().startswith("220 "), "a slot stayed taken"
+
+
 def test_requiretls_refused_in_clear_accepted_and_stored_under_tls(tls_relay, pki):
     relay = tls_relay()
     c = smtp(relay.port)
@@ -510,10 +536,11 @@ def test_sighup_rereads_the_certificate(tls_relay, pki, cert, tmp_path):
     # A session that was in TLS before the reload keeps its own and goes on.
     assert transaction(before, b"Subject: old session\r\n\r\nstill fine\r\n") in relay.queued()
 
-    # A broken key on reload: the certificate in use stays, the daemon says why and runs on.
+    # A broken key on reload: the reload is refused as a whole (as a bad file is), the
+    # certificate in use stays, the daemon says why and runs on.
     key.write_text("not a key\n")
     relay.process.send_signal(1)
-    assert wait_for(lambda: f"STARTTLS certificate not changed: cannot load the private key {key}" in relay.log_text(),
+    assert wait_for(lambda: f"reload: configuration not changed: STARTTLS certificate: cannot load the private key {key}" in relay.log_text(),
                     timeout=10), relay.log_text()[-2000:]
     assert relay.process.poll() is None
     still = tls_session(relay, pki)

@@ -412,7 +412,7 @@ def test_tls_required_no_is_ignored_on_a_requiretls_message(world, make_relay, p
                       message(sender, "both", token, extra=b"TLS-Required: No\r\n"))
     result = wait_outcomes(relay, queue_id, recipients.values())
     log = relay.log_text()
-    assert "nrcpt=2, REQUIRETLS, TLS-Required: No (queued)" in log
+    assert "nrcpt=2, REQUIRETLS, TLS-Required: No (ignored: REQUIRETLS) (queued)" in log
     assert f"{queue_id}: TLS-Required: No ignored: the message has REQUIRETLS (RFC 8689 section 5)" in log
     assert f"{queue_id}: TLS-Required: No: the sender asks" not in log
     outcome = result[recipients["attack-mitm-cert"]]

@@ -55,6 +55,11 @@ by the attacker would visibly deliver.  Otherwise (default) REQUIRETLS is never 
 and the parameter gets aiosmtpd's ``555`` (unknown parameter).  A scripted ``ehlo``
 reply replaces the whole reply, REQUIRETLS included.
 
+SMTPUTF8 (RFC 6531): every server announces it (aiosmtpd ``enable_SMTPUTF8``) unless its
+world.json entry says ``smtputf8: false`` (scenarios.py ``Host(smtputf8=False)``): then it is
+not listed, ``MAIL ... SMTPUTF8`` gets ``501`` and a command line with non-ASCII bytes
+``500 Error: strict ASCII mode`` (aiosmtpd's own replies).
+
 Each use is appended to the session record's ``scripted`` list
 (``{"at", "reply", "arg", "tls", "time"}``, ``at`` = key or ``drop_after``);
 ``dropped`` names the point of a ``drop_after``.
@@ -568,7 +573,7 @@ async def serve_smtp(server: dict, handler):
                              requiretls=bool(server.get("requiretls")),
                              hostname=server["banner"], tls_context=ctx,
                              require_starttls=False, data_size_limit=60 * 1024 * 1024,
-                             enable_SMTPUTF8=True, decode_data=False, loop=loop,
+                             enable_SMTPUTF8=server.get("smtputf8", True), decode_data=False, loop=loop,
                              ident="tlsrelay-testworld")
     return await loop.create_server(factory, server["address"], server["port"])
 

@@ -124,12 +124,12 @@ def build(d: str, slot: int = 0) -> dict:
     servers, hosts_index, scenarios = [], {}, {}
     front_zones, front_failures = [], []
 
-    def smtp_server(name, address, starttls, cert, banner, requiretls=False):
+    def smtp_server(name, address, starttls, cert, banner, requiretls=False, smtputf8=True):
         rec = os.path.join(d, "mx", name)
         servers.append({"role": "smtp", "name": name, "address": address, "port": 25,
                         "starttls": starttls, "cert": cert, "records_dir": rec,
                         "behaviour_file": os.path.join(rec, BEHAVIOUR_FILE), "banner": banner,
-                        "requiretls": requiretls})
+                        "requiretls": requiretls, "smtputf8": smtputf8})
         return rec
 
     for s in S.ALL_SCENARIOS:
@@ -157,7 +157,7 @@ def build(d: str, slot: int = 0) -> dict:
                              "front_zone": S.front_zone(s, h)},
                      "backend": None, "attacker": None, "postfix": None, "hostile": None,
                      "behaviour_file": None, "behaviour": h.behaviour,
-                     "requiretls": h.requiretls}
+                     "requiretls": h.requiretls, "smtputf8": h.smtputf8}
             fz = entry["dns"]["front_zone"]
             if fz:
                 if S.zone_of(fz) != S.ZONE or h.tlsa_bogus or h.a_bogus or h.tlsa_servfail:
@@ -174,10 +174,12 @@ def build(d: str, slot: int = 0) -> dict:
                 raise ValueError(f"{s.name}: scripted behaviour needs an aiosmtpd host, not {h.kind}")
             if h.requiretls and h.kind != S.STARTTLS:
                 raise ValueError(f"{s.name}: requiretls needs an aiosmtpd-starttls host, not {h.kind}")
+            if not h.smtputf8 and h.kind not in (S.STARTTLS, S.NOTLS):
+                raise ValueError(f"{s.name}: smtputf8=False needs an aiosmtpd host, not {h.kind}")
             if h.kind in (S.STARTTLS, S.NOTLS):
                 entry["address"] = mx_ip()
                 entry["records_dir"] = smtp_server(name, entry["address"], h.kind == S.STARTTLS,
-                                                   cert, base, h.requiretls)
+                                                   cert, base, h.requiretls, h.smtputf8)
             elif h.kind == S.DOWN:
                 # published in DNS, nothing listens (world.up checks the address is free)
                 entry["address"] = mx_ip()
@@ -274,7 +276,7 @@ def build(d: str, slot: int = 0) -> dict:
             desc += f" {s.status}"
         scenarios[s.name] = {
             "name": s.name, "summary": s.summary, "rfc": s.rfc,
-            "domain": domain, "recipient": f"user@{domain}",
+            "domain": domain, "recipient": f"user@{domain}", "u_label": s.u_label,
             "zone": S.zone_of(domain) + ".",
             "mx_mode": s.mx, "mx": hosts,
             "lookups": {"mx": S.expected_mx_lookup(s)},

@@ -80,6 +80,7 @@ class Host:
     cname: Optional[str] = None     # label of the CNAME target (RFC 7672 §2.2.3)
     behaviour: Optional[dict] = None   # scripted replies written at `up` (aiosmtpd only; mx.py)
     requiretls: bool = False        # announces REQUIRETLS inside TLS (RFC 8689 §4; aiosmtpd-starttls only)
+    smtputf8: bool = True           # announces SMTPUTF8 (RFC 6531); False: aiosmtpd enable_SMTPUTF8=False
 
 
 @dataclass
@@ -97,6 +98,7 @@ class Scenario:
     security: Optional[str] = None  # dane | mta-sts | mta-sts-testing | encrypt | opportunistic
     tls: Optional[bool] = None      # does the delivered message arrive over TLS
     via: Optional[str] = None       # label of the host that must receive the message
+    u_label: Optional[str] = None   # the U-label form of an internationalized domain (A-label `domain`)
 
 
 def _deliver(security, tls=True, via=None):
@@ -306,7 +308,27 @@ REQUIRETLS_SCENARIOS: list[Scenario] = [
       _deliver("opportunistic")),
 ]
 
-ALL_SCENARIOS: list[Scenario] = SCENARIOS + HOSTILE_SCENARIOS + REQUIRETLS_SCENARIOS
+# --- internationalized domains (IDNA 2008, RFC 5890/5891) -------------------------------------
+# A-label domains in the signed zone for integration/test_idn.py: a client writes the U-label
+# (with SMTPUTF8), the relay must route, look up TLSA/MTA-STS and check names by the A-label and
+# put the A-label on the wire.  ``faß`` is the UTS #46 non-transitional case (xn--fa-hia; the
+# transitional "fass.test" does not exist: NXDOMAIN).  The MX of idn-no-smtputf8 does not announce
+# SMTPUTF8 (RFC 6531 §3.4: an ASCII local part at an IDN domain is still deliverable there, a UTF-8
+# local part bounces 5.6.7).  Kept out of SCENARIOS like the hostile and REQUIRETLS ones.
+IDN_SCENARIOS: list[Scenario] = [
+    S("idn-dane", "bücher.test (A-label xn--bcher-kva.test), DANE-EE 3 1 1 of the MX leaf, whose "
+      "SAN is the A-label MX name", "RFC 5891 §4, RFC 7672 §3.1.1", [H("mx", tlsa=[LEAF])],
+      _deliver("dane"), domain="xn--bcher-kva." + ZONE, u_label="bücher." + ZONE),
+    S("idn-sts", "faß.test (UTS #46 non-transitional A-label xn--fa-hia.test), MTA-STS enforce "
+      "with the A-label MX name in the policy", "RFC 5891 §4, UTS #46, RFC 8461 §4.1",
+      [H("mx")], _deliver("mta-sts"), sts="enforce", domain="xn--fa-hia." + ZONE,
+      u_label="faß." + ZONE),
+    S("idn-no-smtputf8", "müller.test (A-label xn--mller-kva.test), DANE-EE, the MX does not "
+      "announce SMTPUTF8", "RFC 6531 §3.4, RFC 7672 §3.1.1", [H("mx", tlsa=[LEAF], smtputf8=False)],
+      _deliver("dane"), domain="xn--mller-kva." + ZONE, u_label="müller." + ZONE),
+]
+
+ALL_SCENARIOS: list[Scenario] = SCENARIOS + HOSTILE_SCENARIOS + REQUIRETLS_SCENARIOS + IDN_SCENARIOS
 
 
 def domain_of(s: Scenario) -> str:

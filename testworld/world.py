@@ -258,6 +258,7 @@ def scenario_table(table=None) -> str:
                           + (" (nothing listens)" if h.kind == scenarios.DOWN else "")
                           + (f" behaviour={json.dumps(h.behaviour)}" if h.behaviour else "")
                           + (" REQUIRETLS" if h.requiretls else "")
+                          + (" no-SMTPUTF8" if not h.smtputf8 else "")
                           for h in s.hosts) or f"({s.mx})"
         out = s.action + (f" {s.status}" if s.action != "deliver" else "")
         if s.security:
@@ -317,6 +318,8 @@ def main(argv=None):
         print(scenario_table(scenarios.HOSTILE_SCENARIOS))
         print("\nREQUIRETLS scenarios (MX hosts announcing REQUIRETLS; integration/test_requiretls.py):\n")
         print(scenario_table(scenarios.REQUIRETLS_SCENARIOS))
+        print("\nIDN scenarios (A-label domains; integration/test_idn.py):\n")
+        print(scenario_table(scenarios.IDN_SCENARIOS))
         return 0
     d = os.path.abspath(a.dir)
     try:

@@ -143,7 +143,11 @@ struct ControlCommands: Sendable {
             guard let start = SessionResultStore.dayStart(named: text) else { throw CommandError("'\(text)' is not a date (YYYY-MM-DD)") }
             day = start
         }
-        let domain = (request["domain"] as? String)?.lowercased()
+        var domain = (request["domain"] as? String)?.lowercased()
+        if let name = domain {
+            let trimmed = name.hasSuffix(".") ? String(name.dropLast()) : name
+            do throws(IDNA.ConversionError) { domain = try IDNA.toASCII(trimmed) } catch { throw CommandError("\(error)") }
+        }
         switch command {
         case "tlsrpt.list":
             let counts = reports.counts(dayStart: day)
@@ -161,6 +165,7 @@ struct ControlCommands: Sendable {
             let outcomes = await reports.send(now: now, only: domain, dayStart: request["date"] != nil || domain != nil ? day : nil)
             return outcomes.map { outcome in
                 ["domain": outcome.domain, "report_id": outcome.reportID ?? NSNull(), "skipped": outcome.skipped ?? NSNull(),
+                 "retry_later": outcome.retryLater,
                  "deliveries": outcome.deliveries.map { ["uri": $0.uri, "sent": $0.succeeded, "detail": $0.detail] as [String: Any] }] as [String: Any]
             }
         }

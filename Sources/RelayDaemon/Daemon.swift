@@ -71,16 +71,9 @@ public final class Daemon: Sendable {
             logger.error("reload: configuration not changed: \(error)")
             return finish(ReloadOutcome(time: now, applied: false, message: "configuration not changed: \(error)"))
         }
-        if let level = Logger.Level(rawValue: fresh.logLevel) { LogLevelControl.shared.level = level }
-        agent.update { settings in
-            settings.localLevels = fresh.policy.domains
-            settings.downgradeMemory = fresh.policy.downgradeMemory
-            settings.downgradeGrace = Double(fresh.policy.downgradeGrace)
-            settings.daneForInsecureMX = fresh.policy.daneForInsecureMX
-            settings.honorTLSRequiredNo = fresh.policy.honorTLSRequiredNo
-        }
-        // The STARTTLS certificate is read again (a renewed certificate needs no restart); a
-        // file that does not load leaves the one in use.
+        // The STARTTLS certificate is read again first (a renewed certificate needs no restart):
+        // one that does not load refuses the whole reload, as a bad file does, and the
+        // certificate in use stays.
         var certificateNote = ""
         if let certificate = inboundCertificate, fresh.server.offersSTARTTLS {
             do {
@@ -90,9 +83,17 @@ public final class Daemon: Sendable {
                     if context.certificateExpired { logger.warning("reload: the STARTTLS certificate \(fresh.server.tlsCertificateChainFile) has expired") }
                 }
             } catch {
-                logger.error("reload: STARTTLS certificate not changed: \(error)")
-                certificateNote = "; STARTTLS certificate not changed: \(error)"
+                logger.error("reload: configuration not changed: STARTTLS certificate: \(error)")
+                return finish(ReloadOutcome(time: now, applied: false, message: "configuration not changed: STARTTLS certificate: \(error)"))
             }
+        }
+        if let level = Logger.Level(rawValue: fresh.logLevel) { LogLevelControl.shared.level = level }
+        agent.update { settings in
+            settings.localLevels = fresh.policy.domains
+            settings.downgradeMemory = fresh.policy.downgradeMemory
+            settings.downgradeGrace = Double(fresh.policy.downgradeGrace)
+            settings.daneForInsecureMX = fresh.policy.daneForInsecureMX
+            settings.honorTLSRequiredNo = fresh.policy.honorTLSRequiredNo
         }
         commands.configuration.withLockedValue { $0.policy = fresh.policy; $0.logLevel = fresh.logLevel }
         var unchanged = fresh

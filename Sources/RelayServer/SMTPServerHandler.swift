@@ -126,9 +126,11 @@ final class SMTPServerHandler: ChannelInboundHandler {
     /// The command being answered, for refusal log lines (nil outside command handling).
     private var lastCommand: String?
 
-    /// The verb and its argument, cut to 200 characters, without control characters.
+    /// The verb and its argument, cut to 200 characters, without control characters; the
+    /// argument of AUTH (credentials) is never logged.
     static func loggable(_ line: String) -> String {
-        String(line.prefix(200).map { $0.isASCII && ($0.asciiValue! < 32 || $0.asciiValue! == 127) ? "?" : $0 })
+        if line.prefix(5).uppercased() == "AUTH " || line.uppercased() == "AUTH" { return "AUTH (arguments not logged)" }
+        return String(line.prefix(200).map { $0.isASCII && ($0.asciiValue! < 32 || $0.asciiValue! == 127) ? "?" : $0 })
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
@@ -265,6 +267,11 @@ final class SMTPServerHandler: ChannelInboundHandler {
                 startTLS(reply: reply, context: context)
             case .close:
                 closing = true
+                if tlsHandshaking {
+                    // The TLS handler holds writes until its handshake ends: close at once.
+                    context.close(promise: nil)
+                    break
+                }
                 context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0))).whenComplete { [channel = context.channel] _ in
                     channel.close(promise: nil)
                 }
@@ -290,6 +297,8 @@ final class SMTPServerHandler: ChannelInboundHandler {
     }
 
     private var storeStarted: NIODeadline?
+    /// The server TLS handshake after STARTTLS is running.
+    private var tlsHandshaking = false
     /// Reads the header of the message being received (for `TLS-Required: No`).
     private var headerScanner = MessageHeaderScanner()
 
@@ -322,9 +331,19 @@ final class SMTPServerHandler: ChannelInboundHandler {
             context.close(promise: nil)
             return
         }
+        tlsHandshaking = true
+        // A client that stalls in the handshake does not hold its connection: it has as long as
+        // it may stay idle between commands, at most 60 s (Postfix's smtpd_starttls_timeout).
+        let seconds = Int64(min(60, settings.limits.idleTimeoutSeconds))
+        let deadline = context.eventLoop.scheduleTask(in: .seconds(seconds)) { [channel = context.channel, logger, client] in
+            logger.info("STARTTLS from \(client): TLS handshake not finished after \(seconds) s; connection closed")
+            channel.close(promise: nil)
+        }
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         promise.futureResult.whenComplete { result in
             let (handler, context) = loopBound.value
+            deadline.cancel()
+            handler.tlsHandshaking = false
             switch result {
             case .success(let info):
                 let inbound = InboundTLS(protocolVersion: info.protocolVersion, cipher: info.cipher,
@@ -379,6 +398,7 @@ final class SMTPServerHandler: ChannelInboundHandler {
         var envelope = QueuedEnvelope(
             queueID: writer.queueID, arrivalTime: currentTime(), clientAddress: clientAddress,
             heloName: dataContext?.heloName ?? "", transaction: transaction, size: writer.contentLength)
+        headerScanner.finish()
         envelope.tlsRequiredNo = headerScanner.tlsRequiredNo
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         settings.threadPool.runIfActive(eventLoop: context.eventLoop) {
@@ -406,7 +426,7 @@ final class SMTPServerHandler: ChannelInboundHandler {
             let transaction = envelope.transaction
             var wishes = ""
             if transaction.parameters.requireTLS { wishes += ", REQUIRETLS" }
-            if envelope.tlsRequiredNo { wishes += ", TLS-Required: No" }
+            if envelope.tlsRequiredNo { wishes += transaction.parameters.requireTLS ? ", TLS-Required: No (ignored: REQUIRETLS)" : ", TLS-Required: No" }
             let idn = ([transaction.sender].compactMap { $0 } + transaction.recipients.map(\.mailbox)).filter { $0.asciiDomain != nil }
             if !idn.isEmpty {
                 wishes += ", IDN " + Set(idn.map { IDNA.display($0.domain, ascii: $0.routingDomain) }).sorted().joined(separator: ", ")

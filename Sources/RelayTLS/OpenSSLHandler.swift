@@ -164,11 +164,11 @@ public final class OpenSSLHandler: ChannelDuplexHandler {
         }
     }
 
+    /// Always passed on, plaintext or not: handlers behind this one (an `IdleStateHandler`)
+    /// count a read as ended only here; a handshake that stalls must still time out.
     public func channelReadComplete(context: ChannelHandlerContext) {
-        if deliveredReads {
-            deliveredReads = false
-            context.fireChannelReadComplete()
-        }
+        deliveredReads = false
+        context.fireChannelReadComplete()
     }
 
     public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {

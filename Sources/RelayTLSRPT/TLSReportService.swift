@@ -72,6 +72,9 @@ public final class TLSReportService: Sendable {
         public var deliveries: [Delivery]
         /// Why nothing was sent (no record, nothing to report, given up), if so.
         public var skipped: String?
+        /// Nothing was sent for a reason that may pass (a DNS lookup failed, another run was
+        /// sending): the sessions stay, to be reported by a later run.
+        public var retryLater = false
         public var description: String {
             if let skipped { return "\(domain): not sent: \(skipped)" }
             return "\(domain): report \(reportID ?? "?"): " + deliveries.map(\.description).joined(separator: "; ")
@@ -139,7 +142,7 @@ public final class TLSReportService: Sendable {
     ///   - dayStart: one day (today's sessions so far when it is today); nil: every day before today.
     public func send(now: Double, only: String? = nil, dayStart: Int? = nil) async -> [Outcome] {
         guard sending.withLockedValue({ busy in defer { busy = true }; return !busy }) else {
-            return [Outcome(domain: only ?? "*", reportID: nil, deliveries: [], skipped: "reports are being sent already")]
+            return [Outcome(domain: only ?? "*", reportID: nil, deliveries: [], skipped: "reports are being sent already", retryLater: true)]
         }
         defer { sending.withLockedValue { $0 = false } }
         let today = TLSReport.dayStart(now)
@@ -181,10 +184,15 @@ public final class TLSReportService: Sendable {
         let record: TLSRPTRecord
         do {
             record = try await discover(domain)
-        } catch {
+        } catch let problem as TLSRPTRecord.Problem {
+            // The domain asks for no reports (RFC 8460 §3): its sessions are done with.
             markSent(domain: domain, dayStart: dayStart, until: until)
-            logger.info("TLS-RPT: no report for \(domain) (\(TLSReport.dayName(dayStart))): \(error)")
-            return Outcome(domain: domain, reportID: report.reportID, deliveries: [], skipped: "\(error)")
+            logger.info("TLS-RPT: no report for \(domain) (\(TLSReport.dayName(dayStart))): _smtp._tls.\(domain): \(problem)")
+            return Outcome(domain: domain, reportID: report.reportID, deliveries: [], skipped: "_smtp._tls.\(domain): \(problem)")
+        } catch {
+            // A lookup that failed says nothing: the sessions stay for a later run.
+            logger.warning("TLS-RPT: report for \(domain) (\(TLSReport.dayName(dayStart))) postponed: \(error)")
+            return Outcome(domain: domain, reportID: report.reportID, deliveries: [], skipped: "\(error); kept for a later run", retryLater: true)
         }
         for ignored in record.ignored {
             logger.warning("TLS-RPT: _smtp._tls.\(domain): ignored \(ignored)")
@@ -351,8 +359,16 @@ public final class TLSReportService: Sendable {
             startUp = false
             try? await Task.sleep(for: .seconds(wait))
             guard !Task.isCancelled else { return }
+            var retry = false
             for outcome in await send(now: now()) where outcome.skipped != nil {
                 logger.info("TLS-RPT: \(outcome)")
+                retry = retry || outcome.retryLater
+            }
+            // What failed for a passing reason is tried again within the hour, not tomorrow.
+            while retry && !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(Double.random(in: 600...3600)))
+                guard !Task.isCancelled else { return }
+                retry = await send(now: now()).contains { $0.retryLater }
             }
         }
     }

@@ -435,8 +435,18 @@ public struct ClientSession: Sendable {
         if job.contentHasNUL {
             return bounceAll(EnhancedStatusCode(5, 6, 0), "message content contains a NUL character, which SMTP may not carry (RFC 5321 section 4.1.1.4); not sent")
         }
+        var skipped = Set<Int>()
         if job.needsSMTPUTF8 && !capabilities.smtputf8 {
-            return bounceAll(EnhancedStatusCode(5, 6, 7), "SMTPUTF8 is required but not supported by the receiving server (RFC 6531 section 3.4)")
+            // RFC 6531 §3.4: what needs SMTPUTF8 cannot go there. A UTF-8 sender takes the whole
+            // transaction with it; otherwise only the recipients with a UTF-8 local part bounce
+            // (an internationalized domain goes as its A-label), and the others are sent.
+            let reason = "SMTPUTF8 is required but not supported by the receiving server (RFC 6531 section 3.4)"
+            guard job.sender?.isASCIIOnTheWire ?? true else { return bounceAll(EnhancedStatusCode(5, 6, 7), reason) }
+            for index in job.recipients.indices where !job.recipients[index].mailbox.isASCIIOnTheWire {
+                result.recipients[index] = .bouncedLocally(EnhancedStatusCode(5, 6, 7), reason)
+                skipped.insert(index)
+            }
+            if skipped.count == job.recipients.count { return quit() }
         }
         if let limit = capabilities.sizeLimit, job.size > limit {
             return bounceAll(EnhancedStatusCode(5, 3, 4), "message size \(job.size) exceeds the receiving server's limit of \(limit) bytes (RFC 1870)")
@@ -444,7 +454,9 @@ public struct ClientSession: Sendable {
         state = .transaction
         stage = .mail
         var commands: [(Pending, String)] = [(.mail, mailCommand())]
-        for index in job.recipients.indices { commands.append((.rcpt(index), rcptCommand(job.recipients[index]))) }
+        for index in job.recipients.indices where !skipped.contains(index) {
+            commands.append((.rcpt(index), rcptCommand(job.recipients[index])))
+        }
         commands.append((.data, "DATA"))
         if capabilities.pipelining {
             // RFC 2920 §3.1: MAIL, RCPT... and DATA may go in one group.

@@ -19,6 +19,10 @@ public struct MessageHeaderScanner: Sendable {
 
     private var line: [UInt8] = []
     private var field: [UInt8] = []
+    /// The current field is longer than `fieldLimit`: it counts for nothing (a value cut short
+    /// could read as something it is not).
+    private var fieldTruncated = false
+    private var lineTruncated = false
     private var scanned = 0
 
     public init() {}
@@ -35,8 +39,8 @@ public struct MessageHeaderScanner: Sendable {
             if octet == 10 {
                 endLine()
                 if finished { return }
-            } else if octet != 13, line.count < Self.fieldLimit {
-                line.append(octet)
+            } else if octet != 13 {
+                if line.count < Self.fieldLimit { line.append(octet) } else { lineTruncated = true }
             }
         }
     }
@@ -49,17 +53,33 @@ public struct MessageHeaderScanner: Sendable {
         }
         if line[0] == 32 || line[0] == 9 {
             // A continuation line (RFC 5322 §2.2.3).
+            if field.count + line.count > Self.fieldLimit { fieldTruncated = true }
             field += line.prefix(Self.fieldLimit - min(field.count, Self.fieldLimit))
+            fieldTruncated = fieldTruncated || lineTruncated
         } else {
             endField()
             field = line
+            fieldTruncated = lineTruncated
         }
         line.removeAll(keepingCapacity: true)
+        lineTruncated = false
+    }
+
+    /// The content ended: a header without the empty line after it (a message without a body)
+    /// still has its last field read.
+    public mutating func finish() {
+        guard !finished else { return }
+        if !line.isEmpty { endLine() }
+        endField()
+        finished = true
     }
 
     private mutating func endField() {
-        defer { field.removeAll(keepingCapacity: true) }
-        guard let colon = field.firstIndex(of: 58) else { return }
+        defer {
+            field.removeAll(keepingCapacity: true)
+            fieldTruncated = false
+        }
+        guard !fieldTruncated, let colon = field.firstIndex(of: 58) else { return }
         let name = Self.trimmed(field[..<colon])
         let value = Self.trimmed(field[(colon + 1)...])
         if Self.equalsIgnoringCase(name, "tls-required"), Self.equalsIgnoringCase(value, "no") {

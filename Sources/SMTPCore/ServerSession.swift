@@ -413,7 +413,8 @@ public struct ServerSession: Sendable {
             }
             parameters.ret = ret
         case "REQUIRETLS":
-            guard parameter.value == nil, !parameters.requireTLS else {
+            guard !parameters.requireTLS else { return Reply(501, .invalidArguments, "REQUIRETLS given twice") }
+            guard parameter.value == nil else {
                 return Reply(501, .invalidArguments, "Bad REQUIRETLS parameter: it takes no value (RFC 8689 section 4)")
             }
             // RFC 8689 §4.1: REQUIRETLS is only offered, and only taken, over TLS.

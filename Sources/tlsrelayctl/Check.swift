@@ -70,7 +70,7 @@ struct Check: AsyncParsableCommand {
                                 downgradeMemory: settings.policy.downgradeMemory, downgradeGrace: Double(settings.policy.downgradeGrace),
                                 connectionCacheTime: 0),
                 logger: logger, sts: sts, memory: memory)
-            report = await agent.check(domain: domain)
+            report = await agent.check(domain: name)
             resolver.shutdown()
         } catch {
             FileHandle.standardError.write(Data("tlsrelayctl: cannot check \(domain): \(error)\n".utf8))

@@ -22,7 +22,8 @@ struct TLSRPT: ParsableCommand {
                 if domains.isEmpty { print("no unreported TLS sessions on \(entry["date"] ?? "")"); return }
                 print("\("DOMAIN".padding(toLength: 40, withPad: " ", startingAt: 0)) \("SUCCESSFUL".padding(toLength: 11, withPad: " ", startingAt: 0)) FAILED   (\(entry["date"] ?? ""))")
                 for domain in domains {
-                    let name = "\(domain["domain"] ?? "")".padding(toLength: 40, withPad: " ", startingAt: 0)
+                    let text = "\(domain["domain"] ?? "")"
+                let name = text.count >= 40 ? text + " " : text.padding(toLength: 40, withPad: " ", startingAt: 0)
                     let ok = "\(domain["successful"] ?? 0)".padding(toLength: 11, withPad: " ", startingAt: 0)
                     print("\(name) \(ok) \(domain["failed"] ?? 0)")
                 }
@@ -65,6 +66,7 @@ struct TLSRPT: ParsableCommand {
                 for outcome in outcomes {
                     if let skipped = outcome["skipped"] as? String {
                         print("\(outcome["domain"] ?? ""): not sent: \(skipped)")
+                        failed = failed || outcome["retry_later"] as? Bool == true
                         continue
                     }
                     for delivery in outcome["deliveries"] as? [[String: Any]] ?? [] {

@@ -94,7 +94,7 @@ struct ResolverLocalTests {
         }
         let elapsed = Date().timeIntervalSince(t0)
         print("[RelayDNSTests] unreachable stub failed after \(String(format: "%.3f", elapsed)) s")
-        #expect(elapsed < 10)   // our deadline, not libunbound's ~29 s; generous for a loaded machine
+        #expect(elapsed < 20)   // our deadline, not libunbound's ~29 s; generous: other suites load both cores
     }
 
     @Test("a silent server gives .timeout after timeoutSeconds, not libunbound's ~29 s")
@@ -109,11 +109,11 @@ struct ResolverLocalTests {
         }
         let elapsed = Date().timeIntervalSince(t0)
         print("[RelayDNSTests] timeout after \(String(format: "%.3f", elapsed)) s")
-        #expect(elapsed >= 0.95 && elapsed < 10)
+        #expect(elapsed >= 0.95 && elapsed < 20)   // not ~29 s; other suites load both cores
         // Both halves of addresses() time out together, not one after the other.
         let t1 = Date()
         await #expect(throws: DNSLookupError.self) { _ = try await resolver.addresses("silent2.test") }
-        #expect(Date().timeIntervalSince(t1) < 10)
+        #expect(Date().timeIntervalSince(t1) < 20)
     }
 
     @Test("shutdown with queries in flight resumes them all with an error")
@@ -190,7 +190,7 @@ struct ResolverLocalTests {
         try await Task.sleep(nanoseconds: 200_000_000)
         task.cancel()
         await #expect(throws: CancellationError.self) { _ = try await task.value }
-        #expect(Date().timeIntervalSince(t0) < 10)
+        #expect(Date().timeIntervalSince(t0) < 20)   // not the 30 s timeout
         // Cancelled before it starts.
         let early = Task {
             withUnsafeCurrentTask { $0?.cancel() }

@@ -154,11 +154,35 @@ struct ClientSessionTests {
 
     @Test("local bounces: SMTPUTF8 unsupported (5.6.7), SIZE over the peer's limit (5.3.4)")
     func localBounces() {
-        var utf8 = ClientSession(job: job(tls: .none, recipients: 1, utf8: true))
+        var utf8Job = job(tls: .none, recipients: 1, utf8: true)
+        utf8Job.recipients[0] = Recipient(mailbox: Mailbox(localPart: "jürgen", domain: "example.net"))
+        var utf8 = ClientSession(job: utf8Job)
         _ = utf8.receive(reply("220 mx"))
         #expect(sent(utf8.receive(reply("250-mx\n250 PIPELINING"))) == ["QUIT\r\n"])
         guard case .finish(let r1) = utf8.receive(reply("221 bye")).first else { Issue.record(); return }
         #expect(r1.recipients[0] == .bouncedLocally(EnhancedStatusCode(5, 6, 7), "SMTPUTF8 is required but not supported by the receiving server (RFC 6531 section 3.4)"))
+        // Mixed: the UTF-8 local part bounces, the A-label recipient goes without SMTPUTF8.
+        var mixedJob = job(tls: .none, recipients: 2, utf8: true)
+        mixedJob.recipients[0] = Recipient(mailbox: Mailbox(localPart: "jürgen", domain: "müller.example", asciiDomain: "xn--mller-kva.example"))
+        mixedJob.recipients[1] = Recipient(mailbox: Mailbox(localPart: "user", domain: "müller.example", asciiDomain: "xn--mller-kva.example"))
+        var mixed = ClientSession(job: mixedJob)
+        _ = mixed.receive(reply("220 mx"))
+        #expect(sent(mixed.receive(reply("250-mx\n250 PIPELINING"))) == ["MAIL FROM:<a@example.org>\r\nRCPT TO:<user@xn--mller-kva.example>\r\nDATA\r\n"])
+        _ = mixed.receive(reply("250 2.1.0 ok"))
+        _ = mixed.receive(reply("250 2.1.5 ok"))
+        #expect(mixed.receive(reply("354 go")) == [.sendContent])
+        _ = mixed.contentWritten()
+        _ = mixed.receive(reply("250 2.0.0 queued"))
+        guard case .finish(let r3) = mixed.receive(reply("221 bye")).first else { Issue.record(); return }
+        guard case .bouncedLocally(let code, _)? = r3.recipients[0] else { Issue.record("\(r3.recipients)"); return }
+        #expect(code == EnhancedStatusCode(5, 6, 7))
+        #expect(r3.recipients[1] == .delivered(reply("250 2.0.0 queued")))
+        // A UTF-8 sender takes the whole transaction with it.
+        var senderJob = job(tls: .none, recipients: 1, utf8: true)
+        senderJob.sender = Mailbox(localPart: "jöran", domain: "example.org")
+        var utf8Sender = ClientSession(job: senderJob)
+        _ = utf8Sender.receive(reply("220 mx"))
+        #expect(sent(utf8Sender.receive(reply("250-mx\n250 PIPELINING"))) == ["QUIT\r\n"])
         var big = ClientSession(job: job(tls: .none, recipients: 1, size: 20000))
         _ = big.receive(reply("220 mx"))
         _ = big.receive(reply("250-mx\n250 SIZE 10000"))

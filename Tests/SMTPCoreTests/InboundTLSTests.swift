@@ -171,6 +171,21 @@ struct MessageDataTests {
         #expect(!scan(text).tlsRequiredNo)
     }
 
+    @Test("a field cut at the field limit counts for nothing; the last field of a header without a body is read at the end")
+    func truncationAndEnd() {
+        let padded = "TLS-Required: No" + String(repeating: " ", count: 1100) + "junk\r\n\r\n"
+        #expect(!scan(padded).tlsRequiredNo)
+        let folded = "TLS-Required: No\r\n" + String(repeating: " ", count: 1100) + "junk\r\n\r\n"
+        #expect(!scan(folded).tlsRequiredNo)
+        var noBody = scan("Subject: x\r\nTLS-Required: No\r\n")
+        #expect(!noBody.tlsRequiredNo && !noBody.finished)
+        noBody.finish()
+        #expect(noBody.tlsRequiredNo && noBody.finished)
+        var noNewline = scan("TLS-Required: No")
+        noNewline.finish()
+        #expect(noNewline.tlsRequiredNo)
+    }
+
     @Test("a header beyond 256 KiB is not read")
     func limit() {
         let long = "X-Long: " + String(repeating: "a", count: 300_000) + "\r\nTLS-Required: No\r\n\r\n"

@@ -1094,6 +1094,28 @@ def test_sts_certificate_names_policy_host(w):
                         server_hostname="mta-sts.sts-enforce.test")
 
 
+# --- IDN scenarios: A-label names throughout; one MX without SMTPUTF8 (RFC 6531) --------------
+
+def test_idn_scenarios(w):
+    hosts = {n: w.scenario(n)["mx"][0] for n in ("idn-dane", "idn-sts", "idn-no-smtputf8")}
+    assert {n: (w.scenario(n)["domain"], w.scenario(n)["u_label"]) for n in hosts} == {
+        "idn-dane": ("xn--bcher-kva.test", "bücher.test"), "idn-sts": ("xn--fa-hia.test", "faß.test"),
+        "idn-no-smtputf8": ("xn--mller-kva.test", "müller.test")}
+    for name, h in hosts.items():
+        assert h["certificate"]["names"] == [h["name"]] and h["name"].startswith("mx.xn--"), (name, h["name"])
+    assert w.scenario("idn-sts")["mta_sts"]["policy_host"] == "mta-sts.xn--fa-hia.test"
+    servers = {s["name"]: s for s in w.data["servers"] if s["role"] == "smtp"}
+    assert [n for n, s in servers.items() if not s["smtputf8"]] == ["mx.xn--mller-kva.test"]
+    for name, h in hosts.items():
+        c = connect(h, starttls=True)
+        c.ehlo()
+        offered = c.has_extn("smtputf8")
+        reply = c.docmd("MAIL FROM:<a@example.org> SMTPUTF8")
+        c.quit()
+        assert offered == (name != "idn-no-smtputf8"), name
+        assert reply[0] == (501 if name == "idn-no-smtputf8" else 250), (name, reply)
+
+
 # --- lifecycle ------------------------------------------------------------------------------
 
 def test_second_up_on_running_dir_fails(w):
