@@ -209,7 +209,7 @@ public enum ConfigurationLoader {
             if let value = try string(table, section, "organization_name") { tlsrpt.organizationName = value }
             if let value = try string(table, section, "contact_info") {
                 // RFC 8460 §4.4: an e-mail address (addr-spec), not a URI.
-                guard value.isEmpty || (try? PathParser.parsePath(Substring("<\(value)>"), allowUTF8: false)) != nil else {
+                guard value.isEmpty || isMailAddress(value) else {
                     throw error(section, "contact_info", "'tlsrpt.contact_info' must be an e-mail address (RFC 8460 §4.4 addr-spec, e.g. postmaster@example.org), got \"\(value)\"")
                 }
                 tlsrpt.contactInfo = value
@@ -219,7 +219,7 @@ public enum ConfigurationLoader {
                 tlsrpt.submitter = value.lowercased()
             }
             if let value = try string(table, section, "from") {
-                guard value.isEmpty || (try? PathParser.parsePath(Substring("<\(value)>"), allowUTF8: false)) != nil else {
+                guard value.isEmpty || isMailAddress(value) else {
                     throw error(section, "from", "'tlsrpt.from' \"\(value)\" is not a mail address (local@domain)")
                 }
                 tlsrpt.from = value
@@ -496,6 +496,11 @@ public enum ConfigurationLoader {
         }
 
         /// Letters, digits, hyphens and dots; labels of 1 to 63 characters (RFC 1123 §2.1).
+        /// `local@domain` as an SMTP path would take it (ASCII).
+        func isMailAddress(_ value: String) -> Bool {
+            (try? PathParser.parsePath(Substring("<\(value)>"), allowUTF8: false)) != nil
+        }
+
         func isHostname(_ name: String) -> Bool {
             guard !name.isEmpty, name.utf8.count <= 253 else { return false }
             return name.split(separator: ".", omittingEmptySubsequences: false).allSatisfy { label in
