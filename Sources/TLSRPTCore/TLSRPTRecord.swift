@@ -93,9 +93,11 @@ public struct TLSRPTRecord: Sendable, Equatable {
         if lower.hasPrefix("mailto:") {
             var address = String(text.dropFirst(7))
             if let query = address.firstIndex(of: "?") { address = String(address[..<query]) }
+            // Escapes decoded, the address must still be one an SMTP path takes unquoted: no
+            // white space, control characters, brackets or commas (found by libFuzzer: `%20`).
             guard let decoded = address.removingPercentEncodingStrict(), let at = decoded.lastIndex(of: "@"),
                   at != decoded.startIndex, decoded.index(after: at) != decoded.endIndex,
-                  !decoded.contains(","), !decoded.contains("<"), !decoded.contains(">")
+                  decoded.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value != 0x7F && !"<>,\"\\()[];:".unicodeScalars.contains($0) })
             else { return nil }
             let domain = decoded[decoded.index(after: at)...]
             guard domain.contains("."), domain.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "." }) else { return nil }

@@ -16,6 +16,10 @@ struct TLSRPTCoreTests {
         let mixed = try TLSRPTRecord.parse("v=TLSRPTv1;rua=tlsrpt@example.net, mailto:a%40b@example.net?subject=x ,http://plain.example.net/ ,mailto:ok@example.net;x=1")
         #expect(mixed.rua == [.mailto("a@b@example.net"), .mailto("ok@example.net")])
         #expect(mixed.ignored == ["rua URI \"tlsrpt@example.net\"", "rua URI \"http://plain.example.net/\"", "unknown field x"])
+        // Found by libFuzzer: an escape that decodes to white space or a control character.
+        for uri in ["mailto:x%20y@example.net", "mailto:a%0d%0aRCPT@example.net", "mailto:a%3cb@example.net"] {
+            #expect(throws: TLSRPTRecord.Problem.self) { try TLSRPTRecord.parse("v=TLSRPTv1; rua=\(uri)") }
+        }
         #expect(throws: TLSRPTRecord.Problem.noRecord) { try TLSRPTRecord.select(["v=TLSRPTv10; rua=mailto:a@example.net", "hello"]) }
         #expect(throws: TLSRPTRecord.Problem.severalRecords(2)) {
             try TLSRPTRecord.select(["v=TLSRPTv1; rua=mailto:a@example.net", "v=TLSRPTv1;rua=mailto:b@example.net"])
