@@ -1,6 +1,17 @@
 import ArgumentParser
 import Foundation
 
+/// A `--date` that is no `YYYY-MM-DD` of the calendar is a usage error (exit 64).
+func validateReportDate(_ date: String?) throws {
+    guard let date else { return }
+    let parts = date.split(separator: "-", omittingEmptySubsequences: false)
+    guard parts.count == 3, parts[0].count == 4, parts[1].count == 2, parts[2].count == 2,
+          let year = Int(parts[0]), let month = Int(parts[1]), let day = Int(parts[2]),
+          (1970...9999).contains(year), (1...12).contains(month),
+          (1...[31, year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][month - 1]).contains(day)
+    else { throw ValidationError("--date must be a day as YYYY-MM-DD (UTC), got '\(date)'") }
+}
+
 /// `tlsrelayctl tlsrpt`: the TLS reports (RFC 8460) the daemon collects and sends.
 struct TLSRPT: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -11,6 +22,8 @@ struct TLSRPT: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Policy domains with unreported TLS sessions on a day (default: today, UTC).")
         @OptionGroup var options: Options
         @Option(name: .long, help: "The day, YYYY-MM-DD (UTC).") var date: String?
+
+        func validate() throws { try validateReportDate(date) }
 
         func run() throws {
             try guarded {
@@ -37,6 +50,8 @@ struct TLSRPT: ParsableCommand {
         @Argument(help: "Policy (recipient) domain.") var domain: String
         @Option(name: .long, help: "The day, YYYY-MM-DD (UTC).") var date: String?
 
+        func validate() throws { try validateReportDate(date) }
+
         func run() throws {
             try guarded {
                 var request = ["command": "tlsrpt.show", "domain": domain]
@@ -52,6 +67,8 @@ struct TLSRPT: ParsableCommand {
         @OptionGroup var options: Options
         @Argument(help: "Only this policy domain.") var domain: String?
         @Option(name: .long, help: "The day, YYYY-MM-DD (UTC).") var date: String?
+
+        func validate() throws { try validateReportDate(date) }
 
         func run() throws {
             try guarded {
