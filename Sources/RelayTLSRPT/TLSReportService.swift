@@ -123,8 +123,19 @@ public final class TLSReportService: Sendable {
     /// sessions since the last report of that day up to `until` (seconds since the epoch).
     /// - Returns: the report, and the time its range ends; nil when there is nothing to report.
     public func report(domain: String, dayStart: Int, until: Double, reportID: String? = nil) -> TLSReport? {
+        report(domain: domain, dayStart: dayStart, until: until, stored: grouped(dayStart: dayStart)[domain] ?? [], reportID: reportID)
+    }
+
+    /// One day's stored results by policy domain, read once for a whole run over the day.
+    func grouped(dayStart: Int) -> [String: [(time: Double, result: TLSSessionResult)]] {
+        Dictionary(grouping: store.results(dayStart: dayStart).results, by: { $0.result.policy.domain })
+    }
+
+    /// The report of `domain` from its stored results of the day (`stored`).
+    func report(domain: String, dayStart: Int, until: Double, stored: [(time: Double, result: TLSSessionResult)],
+                reportID: String? = nil) -> TLSReport? {
         let since = sentUntil(dayStart: dayStart)[domain] ?? Double(dayStart)
-        let results = store.results(dayStart: dayStart).results.filter { $0.result.policy.domain == domain && $0.time >= since && $0.time < until }
+        let results = stored.filter { $0.time >= since && $0.time < until }
         guard !results.isEmpty else { return nil }
         let settings = self.settings.withLockedValue { $0 }
         let id = reportID ?? "\(TLSReport.dayName(dayStart)).\(Self.uniqueID())@\(settings.submitter.domain)"
@@ -150,10 +161,15 @@ public final class TLSReportService: Sendable {
         var outcomes: [Outcome] = []
         for day in days {
             let until = min(now, Double(day + TLSReport.day))
-            let domains = counts(dayStart: day).keys.sorted().filter { only == nil || $0 == only }
+            // The day's file is read once here, not once per domain.
+            let stored = grouped(dayStart: day)
+            let sent = sentUntil(dayStart: day)
+            let domains = stored.keys.sorted().filter { domain in
+                (only == nil || domain == only) && stored[domain]!.contains { $0.time >= sent[domain] ?? 0 }
+            }
             for domain in domains {
                 guard !Task.isCancelled else { return outcomes }
-                let outcome = await send(domain: domain, dayStart: day, until: until, forced: only != nil)
+                let outcome = await send(domain: domain, dayStart: day, until: until, stored: stored[domain]!, forced: only != nil)
                 outcomes.append(outcome)
             }
             if day < today, only == nil, counts(dayStart: day).isEmpty {
@@ -165,9 +181,10 @@ public final class TLSReportService: Sendable {
     }
 
     /// - Parameter forced: sent even to a domain given up on (an operator's `send DOMAIN`).
-    func send(domain: String, dayStart: Int, until: Double, forced: Bool = false) async -> Outcome {
+    func send(domain: String, dayStart: Int, until: Double, stored: [(time: Double, result: TLSSessionResult)],
+              forced: Bool = false) async -> Outcome {
         let settings = self.settings.withLockedValue { $0 }
-        guard let report = report(domain: domain, dayStart: dayStart, until: until) else {
+        guard let report = report(domain: domain, dayStart: dayStart, until: until, stored: stored) else {
             return Outcome(domain: domain, reportID: nil, deliveries: [], skipped: "nothing to report")
         }
         if report.failureCount == 0 && !settings.sendWithoutFailures {
