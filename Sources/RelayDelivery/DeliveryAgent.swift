@@ -126,8 +126,9 @@ public final class DeliveryAgent: Sendable {
         let queueID = envelope.queueID
         let now = Date().timeIntervalSince1970
         let settings = self.settings
-        if let written = envelope.transaction.recipients[recipientIndexes[0]].mailbox.asciiDomain.map({ _ in envelope.transaction.recipients[recipientIndexes[0]].mailbox.domain }) {
-            logger.info("\(queueID): delivering to \(written) (\(domain)): DNS, DANE and MTA-STS use the A-label form (RFC 5891)")
+        let first = envelope.transaction.recipients[recipientIndexes[0]].mailbox
+        if first.asciiDomain != nil {
+            logger.info("\(queueID): delivering to \(first.domain) (\(domain)): DNS, DANE and MTA-STS use the A-label form (RFC 5891)")
         }
         var planner = DeliveryPlanner(domain: domain, recipients: recipientIndexes, settings: settings.planner(mtaSTS: sts != nil),
                                       local: settings.localLevel(for: domain).map(LocalPolicyFact.init),
