@@ -16,8 +16,6 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/LebJe/TOMLKit.git", from: "0.6.0"),
-        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
-        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
@@ -65,12 +63,10 @@ let package = Package(
         .target(name: "TLSRPTCore", dependencies: ["DeliveryPolicy"], swiftSettings: strict),
         // TLS reporting with I/O: the durable session results, discovery, sending by mail and HTTPS.
         .target(name: "RelayTLSRPT", dependencies: [
-            "TLSRPTCore", "DeliveryPolicy", "RelayDNS", "RelayQueue", "SMTPCore", "RelayMetrics", "RelayPolicy",
-            .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            "TLSRPTCore", "DeliveryPolicy", "RelayDNS", "RelayHTTPS", "RelayQueue", "SMTPCore", "RelayMetrics", "RelayPolicy",
             .product(name: "CompressNIO", package: "compress-nio"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
-            .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
@@ -79,10 +75,7 @@ let package = Package(
         // MTA-STS (RFC 8461): TXT discovery, HTTPS fetch, persistent cache.
         .target(name: "RelayPolicy", dependencies: [
             "MTASTSCore", "DeliveryPolicy", "RelayMetrics",
-            "RelayDNS",
-            .product(name: "AsyncHTTPClient", package: "async-http-client"),
-            .product(name: "NIOSSL", package: "swift-nio-ssl"),
-            .product(name: "NIOCore", package: "swift-nio"),
+            "RelayDNS", "RelayHTTPS",
             .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
@@ -106,7 +99,7 @@ let package = Package(
         // Wiring of all parts into a running daemon.
         .target(name: "RelayDaemon", dependencies: [
             "RelayConfig", "RelayServer", "RelayQueue", "RelayObservability", "RelayDelivery", "RelayDNS", "RelayTLS", "RelayPolicy", "RelayControl",
-            "RelayMetrics", "DeliveryPolicy", "RelayTLSRPT", "TLSRPTCore", "RelayIDNA",
+            "RelayMetrics", "DeliveryPolicy", "RelayTLSRPT", "TLSRPTCore", "RelayIDNA", "RelayHTTPS",
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "Metrics", package: "swift-metrics"),
@@ -115,6 +108,14 @@ let package = Package(
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
+        // HTTPS over the system OpenSSL (our TLS handler + SwiftNIO's HTTP/1.1 codec): the MTA-STS
+        // policy fetch and the TLS-RPT report POST.
+        .target(name: "RelayHTTPS", dependencies: [
+            "RelayTLS",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
         ], swiftSettings: strict),
         // STARTTLS client side: a SwiftNIO handler driving system OpenSSL (DANE, RFC 7672) through memory BIOs.
         .target(name: "RelayTLS", dependencies: ["COpenSSL", .product(name: "NIOCore", package: "swift-nio")], swiftSettings: strict),
@@ -125,7 +126,7 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: strict),
         .executableTarget(name: "tlsrelayctl", dependencies: [
-            "RelayQueue", "RelayConfig", "RelayControl", "RelayDaemon", "RelayDelivery", "RelayPolicy", "RelayIDNA",
+            "RelayQueue", "RelayConfig", "RelayControl", "RelayDaemon", "RelayDelivery", "RelayPolicy", "RelayIDNA", "RelayHTTPS",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: strict),
 
@@ -149,7 +150,7 @@ let package = Package(
             "RelayDelivery", "RelayPolicy", "DeliveryPolicy", "RelayDNS", "RelayQueue", "SMTPCore", "RelayTLS",
             .product(name: "Logging", package: "swift-log"), .product(name: "NIOPosix", package: "swift-nio"),
         ]),
-        .testTarget(name: "RelayTLSTests", dependencies: ["RelayTLS", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]),
+        .testTarget(name: "RelayTLSTests", dependencies: ["RelayTLS", "RelayHTTPS", .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]),
         .testTarget(name: "RelayDNSTests", dependencies: ["RelayDNS"]),
     ],
     swiftLanguageModes: [.v6]

@@ -10,6 +10,7 @@ import RelayConfig
 import RelayControl
 import RelayDelivery
 import RelayDNS
+import RelayHTTPS
 import RelayPolicy
 import RelayTLS
 import RelayObservability
@@ -127,8 +128,7 @@ public final class Daemon: Sendable {
         return TLSReportService.Settings(
             submitter: TLSReport.Submitter(organizationName: tlsrpt.organizationName, contactInfo: tlsrpt.contactInfo, domain: submitter),
             from: from, sendDelay: tlsrpt.sendDelay, sendWithoutFailures: tlsrpt.sendWithoutFailures, giveUpAfterDays: tlsrpt.giveUpAfterDays,
-            httpsAttempts: tlsrpt.httpsAttempts, httpsRetryDelay: Double(tlsrpt.httpsRetryDelay),
-            extraCAFile: configuration.delivery.tlsCAFile.isEmpty ? nil : configuration.delivery.tlsCAFile, hostname: configuration.server.hostname)
+            httpsAttempts: tlsrpt.httpsAttempts, httpsRetryDelay: Double(tlsrpt.httpsRetryDelay), hostname: configuration.server.hostname)
     }
 
     /// The certificate chain and key STARTTLS presents (`server.tls_certificate_chain_file`,
@@ -256,10 +256,10 @@ public final class Daemon: Sendable {
         let alerts = AlertJournal(logger: logger)
         let memoryStore = try DowngradeMemoryStore(stateDirectory: configuration.stateDirectory)
         let stsCache = try STSPolicyCache(stateDirectory: configuration.stateDirectory)
-        let sts = STSPolicyService(
-            resolver: resolver, cache: stsCache,
-            fetcher: STSPolicyFetcher(extraCAFile: configuration.delivery.tlsCAFile.isEmpty ? nil : configuration.delivery.tlsCAFile),
-            logger: logger)
+        // One HTTPS client, over the system OpenSSL and the delivery's TLS context: the MTA-STS
+        // policy fetch and the TLS-RPT report POST.
+        let https = HTTPSClient(group: group, tlsContext: tlsContext, userAgent: "tlsrelay/\(TLSRelayVersion.string)")
+        let sts = STSPolicyService(resolver: resolver, cache: stsCache, fetcher: STSPolicyFetcher(client: https), logger: logger)
         // Messages reach delivery through one stream, not a task each.
         let queuedIDs = AsyncStream<QueueID>.makeStream()
         // TLS reporting (RFC 8460): durable session results and the daily reports.
@@ -268,7 +268,7 @@ public final class Daemon: Sendable {
             : nil
         var reports: TLSReportService?
         if let resultStore {
-            reports = try TLSReportService(store: resultStore, settings: Daemon.reportSettings(self.configuration), resolver: resolver, spool: spool,
+            reports = try TLSReportService(store: resultStore, settings: Daemon.reportSettings(self.configuration), resolver: resolver, https: https, spool: spool,
                                            stateDirectory: self.configuration.stateDirectory, logger: self.logger,
                                            onQueued: { queuedIDs.continuation.yield($0) })
         }

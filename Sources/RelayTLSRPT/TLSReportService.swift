@@ -1,12 +1,11 @@
-import AsyncHTTPClient
 import CompressNIO
 import DeliveryPolicy
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
-import NIOSSL
 import RelayDNS
+import RelayHTTPS
 import RelayMetrics
 import RelayPolicy
 import RelayQueue
@@ -38,13 +37,11 @@ public final class TLSReportService: Sendable {
         /// HTTPS POST attempts per report and the first pause between them (doubling), seconds.
         public var httpsAttempts: Int
         public var httpsRetryDelay: Double
-        /// Extra trusted CAs for the POST's WebPKI check (`delivery.tls_ca_file`).
-        public var extraCAFile: String?
         /// This relay's host name (Message-ID, the report mail's envelope).
         public var hostname: String
 
         public init(submitter: TLSReport.Submitter, from: Mailbox, sendDelay: Int, sendWithoutFailures: Bool, giveUpAfterDays: Int,
-                    httpsAttempts: Int = 3, httpsRetryDelay: Double = 60, extraCAFile: String?, hostname: String) {
+                    httpsAttempts: Int = 3, httpsRetryDelay: Double = 60, hostname: String) {
             self.submitter = submitter
             self.from = from
             self.sendDelay = sendDelay
@@ -52,7 +49,6 @@ public final class TLSReportService: Sendable {
             self.giveUpAfterDays = giveUpAfterDays
             self.httpsAttempts = httpsAttempts
             self.httpsRetryDelay = httpsRetryDelay
-            self.extraCAFile = extraCAFile
             self.hostname = hostname
         }
     }
@@ -84,6 +80,9 @@ public final class TLSReportService: Sendable {
     public let store: SessionResultStore
     private let settings: NIOLockedValueBox<Settings>
     private let resolver: RelayDNS.Resolver
+    /// The HTTPS client of the MTA-STS fetch (system OpenSSL; its TLS context holds the trusted
+    /// CAs: the system store plus `delivery.tls_ca_file`).
+    private let https: HTTPSClient
     private let spool: Spool
     private let stateDirectory: String
     private let logger: Logger
@@ -91,11 +90,12 @@ public final class TLSReportService: Sendable {
     private let onQueued: @Sendable (QueueID) -> Void
     private let sending = NIOLockedValueBox(false)
 
-    public init(store: SessionResultStore, settings: Settings, resolver: RelayDNS.Resolver, spool: Spool, stateDirectory: String,
-                logger: Logger, onQueued: @escaping @Sendable (QueueID) -> Void) throws {
+    public init(store: SessionResultStore, settings: Settings, resolver: RelayDNS.Resolver, https: HTTPSClient, spool: Spool,
+                stateDirectory: String, logger: Logger, onQueued: @escaping @Sendable (QueueID) -> Void) throws {
         self.store = store
         self.settings = NIOLockedValueBox(settings)
         self.resolver = resolver
+        self.https = https
         self.spool = spool
         self.stateDirectory = stateDirectory + "/tlsrpt"
         self.logger = logger
@@ -299,15 +299,10 @@ public final class TLSReportService: Sendable {
     /// checked, no redirects, a 2xx answer counts; retried `httpsAttempts` times with doubling
     /// pauses.
     func post(_ gzip: [UInt8], to url: String, settings: Settings) async -> Delivery {
-        var tls = TLSConfiguration.makeClientConfiguration()
-        tls.minimumTLSVersion = .tlsv12
-        if let file = settings.extraCAFile, !file.isEmpty, let extra = try? NIOSSLCertificate.fromPEMFile(file) {
-            tls.additionalTrustRoots = [.certificates(extra)]
+        guard let target = HTTPSURL(url) else {
+            return Delivery(uri: url, succeeded: false, detail: "\(url) is not an https URL")
         }
-        var configuration = HTTPClient.Configuration(tlsConfiguration: tls, redirectConfiguration: .disallow,
-                                                     timeout: .init(connect: .seconds(20), read: .seconds(30)))
-        configuration.decompression = .disabled
-        let host = Self.host(of: url)
+        let request = HTTPSRequest(method: .post, url: target, headers: [("Content-Type", "application/tlsrpt+gzip")], body: gzip)
         var failure = "no attempt"
         var pause = settings.httpsRetryDelay
         for attempt in 1...max(1, settings.httpsAttempts) {
@@ -317,38 +312,26 @@ public final class TLSReportService: Sendable {
                 if Task.isCancelled { break }
             }
             // The name is resolved by the validating resolver, never by the system's.
-            let lookups = await resolver.addressLookups(host)
+            let lookups = await resolver.addressLookups(target.host)
             let address = (try? lookups.ipv4.get())?.records.first ?? (try? lookups.ipv6.get())?.records.first
             guard let address else {
-                failure = "no address for \(host)"
+                failure = "no address for \(target.host)"
                 continue
             }
-            var perAttempt = configuration
-            perAttempt.dnsOverride = [host: address]
-            let client = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: perAttempt)
-            var request = HTTPClientRequest(url: url)
-            request.method = .POST
-            request.headers.add(name: "Content-Type", value: "application/tlsrpt+gzip")
-            request.headers.add(name: "User-Agent", value: "tlsrelay (TLS-RPT, RFC 8460)")
-            request.body = .bytes(ByteBuffer(bytes: gzip))
             do {
-                let response = try await client.execute(request, timeout: .seconds(30))
-                _ = try? await response.body.collect(upTo: 65536)
-                try? await client.shutdown()
+                let response = try await https.send(request, to: address, timeoutSeconds: 30, maxBodyBytes: 65536)
                 if (200..<300).contains(Int(response.status.code)) {
                     return Delivery(uri: url, succeeded: true, detail: "POSTed to \(url): \(response.status.code) \(response.status.reasonPhrase)")
                 }
                 failure = "\(url) answered \(response.status.code) \(response.status.reasonPhrase)"
+            } catch .bodyTooLarge {
+                // Not read to its end: the status cannot be trusted, so the report counts as not sent.
+                failure = "\(url) answered with a body larger than 64 KiB"
             } catch {
-                try? await client.shutdown()
                 failure = "POST to \(url) failed: \(error)"
             }
         }
         return Delivery(uri: url, succeeded: false, detail: "\(failure) (after \(max(1, settings.httpsAttempts)) attempt(s))")
-    }
-
-    static func host(of url: String) -> String {
-        String(url.dropFirst("https://".count).prefix { $0 != "/" && $0 != ":" && $0 != "?" }).lowercased()
     }
 
     static func uniqueID() -> String {

@@ -7,6 +7,7 @@ import RelayConfig
 import RelayDaemon
 import RelayDelivery
 import RelayDNS
+import RelayHTTPS
 import RelayPolicy
 import RelayTLS
 
@@ -57,7 +58,8 @@ struct Check: AsyncParsableCommand {
             let caFile = settings.delivery.tlsCAFile.isEmpty ? nil : settings.delivery.tlsCAFile
             let tls = try TLSClientContext(extraCAFile: caFile)
             let sts = STSPolicyService(resolver: resolver, cache: try STSPolicyCache(stateDirectory: settings.stateDirectory, readOnly: true),
-                                       fetcher: STSPolicyFetcher(extraCAFile: caFile), logger: logger)
+                                       fetcher: STSPolicyFetcher(client: HTTPSClient(group: group, tlsContext: tls, userAgent: "tlsrelayctl/\(TLSRelayVersion.string)")),
+                                       logger: logger)
             let memory = try DowngradeMemoryStore(stateDirectory: settings.stateDirectory, readOnly: true)
             var timeouts = ClientTimeouts()
             timeouts.connect = Double(min(settings.delivery.connectTimeout, 15))
