@@ -2,6 +2,7 @@
 (kill -9 under load and a full disk are in test_crash_safety.py; an MX dropping the
 connection after the message in test_delivery_behaviour.py.)"""
 import json
+import signal
 import re
 import time
 
@@ -174,6 +175,61 @@ def test_clock_set_back_does_not_stall_retries(world, tmp_path, world_relay_toml
         records[0].write_text(json.dumps(record))
         relay.start()
         assert wait_for(lambda: [a for a in attempts(relay, "clock@plain-mx.test") if a[2] == "sent"], timeout=20), relay.log_text()[-1500:]
+    finally:
+        relay.stop()
+        world.clear_mx_behaviour()
+
+
+def dsn_reports(world, token):
+    return [m for m in world.messages("plain-mx2") if token.encode() in m["data_bytes"]
+            and b"report-type=delivery-status" in m["data_bytes"]]
+
+
+@pytest.mark.parametrize("point,recipients", [
+    ("dsn-written", ["nouser", "busy"]),         # the DSN is on disk, the original's record does not name it yet
+    ("record-saved", ["nouser", "busy"]),        # the record names the DSN, the DSN is not released yet
+    ("record-saved", ["nouser"]),                # the message is removed, its DSN not released yet
+    ("queue-file-removed", ["nouser"]),          # the queue file is gone, its record not yet
+])
+def test_kill_9_between_a_5xx_and_its_dsn_bounces_once(world, tmp_path, world_relay_toml, point, recipients):
+    """SIGKILL at each step between a recipient's 5xx and its DSN leaving (TLSRELAY_CRASH_AT
+    stops the daemon exactly there): after the restart the sender gets exactly one DSN for the
+    refused recipient, the recipient still deferred stays queued and is not reported, and no
+    queue file or record is left behind for a finished message."""
+    world.set_mx_behaviour("plain-mx", rcpt={"nouser": "550 5.1.1 No such user here", "busy": "450 4.2.0 Mailbox busy"})
+    token = f"crash-{point}-{len(recipients)}"
+    relay = Relay(tmp_path / "crash", extra_toml=world_relay_toml)   # retries an hour apart
+    try:
+        relay.start(env={"TLSRELAY_CRASH_AT": point})
+        content = f"From: sender@plain-mx2.test\r\nSubject: crash\r\n\r\n{token}\r\n".encode()
+        send(relay, "sender@plain-mx2.test", [f"{r}@plain-mx.test" for r in recipients], content)
+        assert wait_for(lambda: relay.process.poll() is not None, timeout=30), relay.log_text()[-3000:]
+        assert relay.process.returncode == -signal.SIGKILL, relay.log_text()[-3000:]
+        assert not dsn_reports(world, token), "a DSN left before the crash point"
+        relay.start()
+        assert wait_for(lambda: dsn_reports(world, token), timeout=30), relay.log_text()[-3000:]
+        if "busy" in recipients:
+            assert wait_for(lambda: len(relay.queued()) == 1, timeout=15), relay.queued().keys()
+        else:
+            assert wait_for(lambda: relay.queued() == {}, timeout=15) is not None, relay.queued().keys()
+        time.sleep(3)                       # a second DSN would be on its way by now
+        reports = dsn_reports(world, token)
+        assert len(reports) == 1, [r["data_bytes"][:300] for r in reports]
+        status = reports[0]["data_bytes"].split(b"message/delivery-status")[1].split(b"\r\n--")[0]
+        assert b"Final-Recipient: rfc822; nouser@plain-mx.test" in status
+        assert b"busy@plain-mx.test" not in status
+        state = relay.state / "spool" / "state"
+        records = {p.name for p in state.glob("*/*")}
+        assert records == set(relay.queued()), (records, relay.queued().keys())
+        if "busy" in recipients:
+            record = json.loads(next(state.glob(f"*/{next(iter(relay.queued()))}")).read_text())
+            assert record["recipients"][0]["status"] == "bounced" and record["recipients"][0]["dsnQueueID"]
+            assert record["recipients"][1]["status"] == "pending"
+        # The restart after this one reports nothing again.
+        relay.stop()
+        relay.start()
+        time.sleep(2)
+        assert len(dsn_reports(world, token)) == 1
     finally:
         relay.stop()
         world.clear_mx_behaviour()

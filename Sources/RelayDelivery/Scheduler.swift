@@ -494,6 +494,7 @@ public actor Scheduler {
                 delayID = written
                 for index in delayed { round.record.recipients[index].delayDSNQueueID = written }
             }
+            if dsnID != nil || delayID != nil { CrashPoint.dsnWritten.reached() }
             let finalRecord = round.record
             if finalRecord.isComplete {
                 try await durable { try spool.finish(id) }
@@ -513,6 +514,7 @@ public actor Scheduler {
             delayID = nil
             core.roundFinished(id, nextAttempt: now + settings.retry.minimumBackoff)
         }
+        if dsnID != nil || delayID != nil { CrashPoint.recordSaved.reached() }
         if let dsnID { await releaseDSN(dsnID, original: id) }
         if let delayID { await releaseDSN(delayID, original: id, delay: true) }
     }

@@ -84,6 +84,7 @@ extension Spool {
     /// - Throws: `.notFound` when the queue file is gone; `.io` when a file cannot be removed.
     public func finish(_ id: QueueID) throws {
         try remove(id)
+        CrashPoint.queueFileRemoved.reached()
         let record = stateBucket(id) + "/" + id.rawValue
         if unlink(record) != 0 && errno != ENOENT { throw SpoolError.fromErrno("unlink", record) }
     }
