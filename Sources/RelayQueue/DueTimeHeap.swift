@@ -1,45 +1,46 @@
 /// The messages waiting for a time, in a binary min-heap by due time (seconds since the epoch),
-/// ties in insertion order. Finding and taking the next due message costs O(log n), so a wake-up
+/// ties in id order (for queue ids: arrival order). Finding and taking the next due message costs O(log n), so a wake-up
 /// does not walk a million deferred messages.
 ///
 /// Changing or removing an entry leaves its old heap slot behind as stale (checked against
-/// `live`); the heap is compacted when stale slots outnumber live ones.
-struct DueTimeHeap<ID: Hashable & Sendable>: Sendable {
+/// `live`: a slot whose due time is no longer its id's); the heap is compacted when stale slots
+/// outnumber live ones. Two slots of one id with the same due time are both taken for live, which
+/// is harmless: the first one taken clears the id, making the other stale.
+///
+/// Per waiting message: one slot (due time and id) and one dictionary entry (id and due time),
+/// nothing else — about 60 bytes with a 16-byte id, which is what a million deferred messages cost.
+struct DueTimeHeap<ID: Hashable & Comparable & Sendable>: Sendable {
     private struct Slot: Sendable {
         var due: Double
-        var sequence: UInt64
         var id: ID
     }
 
     private var slots: [Slot] = []
-    private var live: [ID: (due: Double, sequence: UInt64)] = [:]
-    private var nextSequence: UInt64 = 0
+    private var live: [ID: Double] = [:]
 
     /// Messages waiting.
     var count: Int { live.count }
 
     /// The due time of `id`, nil when it is not waiting.
-    func due(of id: ID) -> Double? { live[id]?.due }
+    func due(of id: ID) -> Double? { live[id] }
 
     /// Every waiting id (unordered).
-    var ids: Dictionary<ID, (due: Double, sequence: UInt64)>.Keys { live.keys }
+    var ids: Dictionary<ID, Double>.Keys { live.keys }
 
     /// How many are due at `now` or earlier (O(n): for status lines, not for scheduling).
-    func countDue(at now: Double) -> Int { live.values.reduce(0) { $0 + ($1.due <= now ? 1 : 0) } }
+    func countDue(at now: Double) -> Int { live.values.reduce(0) { $0 + ($1 <= now ? 1 : 0) } }
 
     /// Sets (or moves) the due time of `id`.
     mutating func set(_ id: ID, due: Double) {
-        let sequence = nextSequence
-        nextSequence += 1
-        live[id] = (due, sequence)
-        push(Slot(due: due, sequence: sequence, id: id))
+        if live.updateValue(due, forKey: id) == due { return }  // already there, same time
+        push(Slot(due: due, id: id))
         compactIfSparse()
     }
 
     /// Removes `id`; returns its due time, nil when it was not waiting.
     @discardableResult
     mutating func remove(_ id: ID) -> Double? {
-        let due = live.removeValue(forKey: id)?.due
+        let due = live.removeValue(forKey: id)
         compactIfSparse()
         return due
     }
@@ -63,33 +64,26 @@ struct DueTimeHeap<ID: Hashable & Sendable>: Sendable {
     /// the order among the others. O(n).
     mutating func cap(at latest: Double) {
         var changed = false
-        for (id, entry) in live where entry.due > latest {
-            live[id] = (latest, entry.sequence)
+        for (id, due) in live where due > latest {
+            live[id] = latest
             changed = true
         }
         if changed { rebuild() }
     }
 
-    /// Makes every waiting message due at `time` (flush of the whole queue), in their current order.
+    /// Makes every waiting message due at `time` (flush of the whole queue), oldest id first.
     mutating func makeAllDue(at time: Double) {
-        let ordered = live.sorted { ($0.value.due, $0.value.sequence) < ($1.value.due, $1.value.sequence) }
-        live = [:]
-        slots = []
-        for (id, _) in ordered {
-            let sequence = nextSequence
-            nextSequence += 1
-            live[id] = (time, sequence)
-            slots.append(Slot(due: time, sequence: sequence, id: id))
-        }
+        live = live.mapValues { _ in time }
+        rebuild()
     }
 
     // MARK: - Heap
 
     private static func precedes(_ a: Slot, _ b: Slot) -> Bool {
-        a.due < b.due || (a.due == b.due && a.sequence < b.sequence)
+        a.due < b.due || (a.due == b.due && a.id < b.id)
     }
 
-    private func isStale(_ slot: Slot) -> Bool { live[slot.id]?.sequence != slot.sequence }
+    private func isStale(_ slot: Slot) -> Bool { live[slot.id] != slot.due }
 
     private mutating func dropStaleTop() {
         while let top = slots.first, isStale(top) { popTop() }
@@ -100,7 +94,7 @@ struct DueTimeHeap<ID: Hashable & Sendable>: Sendable {
     }
 
     private mutating func rebuild() {
-        slots = live.map { Slot(due: $0.value.due, sequence: $0.value.sequence, id: $0.key) }
+        slots = live.map { Slot(due: $0.value, id: $0.key) }
         guard slots.count > 1 else { return }
         for index in stride(from: slots.count / 2 - 1, through: 0, by: -1) { siftDown(index) }
     }

@@ -11,37 +11,80 @@ import Darwin
 /// generator never hands out the same id twice within a process, even if the clock stands
 /// still or steps back; across processes the random part separates ids, and the spool's
 /// no-replace rename refuses a collision.
+///
+/// Held as its 80 bits (the time and the random part as integers, 16 bytes, no allocation), not
+/// as a string: a queue of a million messages keeps each id in several indexes.
 public struct QueueID: Sendable, Hashable, Comparable, Codable, CustomStringConvertible {
     public static let alphabet: [UInt8] = Array("0123456789ABCDEFGHJKMNPQRSTVWXYZ".utf8)
     public static let length = 16
 
-    public let rawValue: String
+    /// The first 12 characters: the arrival time in microseconds since the epoch (60 bits).
+    public let microsecondsSinceEpoch: UInt64
+    /// The last 4 characters: 20 random bits.
+    let random: UInt32
+
+    /// The value of each byte in `alphabet`, 0xff for a byte outside it.
+    private static let values: [UInt8] = {
+        var table = [UInt8](repeating: 0xff, count: 256)
+        for (index, byte) in alphabet.enumerated() { table[Int(byte)] = UInt8(index) }
+        return table
+    }()
 
     /// Validates `text`: exactly 16 characters of the alphabet. Returns nil otherwise, so a
     /// file name or control request that is not an id is never used as a path.
     public init?(_ text: String) {
-        guard text.utf8.count == Self.length, text.utf8.allSatisfy({ Self.alphabet.contains($0) }) else { return nil }
-        rawValue = text
+        var time: UInt64 = 0
+        var random: UInt32 = 0
+        var count = 0
+        for byte in text.utf8 {
+            guard count < Self.length else { return nil }
+            let value = Self.values[Int(byte)]
+            guard value != 0xff else { return nil }
+            if count < 12 {
+                time = time << 5 | UInt64(value)
+            } else {
+                random = random << 5 | UInt32(value)
+            }
+            count += 1
+        }
+        guard count == Self.length else { return nil }
+        self.init(microseconds: time, random: random)
     }
 
-    init(unchecked text: String) { rawValue = text }
+    /// - Parameters: microseconds: the low 60 bits are used; random: the low 20 bits.
+    init(microseconds: UInt64, random: UInt32) {
+        microsecondsSinceEpoch = microseconds & ((1 << 60) - 1)
+        self.random = random & ((1 << 20) - 1)
+    }
+
+    /// The 16 characters.
+    public var rawValue: String {
+        String(unsafeUninitializedCapacity: Self.length) { buffer in
+            var time = microsecondsSinceEpoch
+            for index in stride(from: 11, through: 0, by: -1) {
+                buffer[index] = Self.alphabet[Int(time & 31)]
+                time >>= 5
+            }
+            var tail = random
+            for index in stride(from: 15, through: 12, by: -1) {
+                buffer[index] = Self.alphabet[Int(tail & 31)]
+                tail >>= 5
+            }
+            return Self.length
+        }
+    }
 
     public var description: String { rawValue }
 
-    public static func < (lhs: QueueID, rhs: QueueID) -> Bool { lhs.rawValue < rhs.rawValue }
-
-    /// Arrival time in microseconds since the epoch, decoded from the first 12 characters.
-    public var microsecondsSinceEpoch: UInt64 {
-        var value: UInt64 = 0
-        for byte in rawValue.utf8.prefix(12) {
-            value = value << 5 | UInt64(Self.alphabet.firstIndex(of: byte)!)
-        }
-        return value
+    /// The order of the 16-character strings (the alphabet is in ASCII order): arrival time,
+    /// then the random part.
+    public static func < (lhs: QueueID, rhs: QueueID) -> Bool {
+        (lhs.microsecondsSinceEpoch, lhs.random) < (rhs.microsecondsSinceEpoch, rhs.random)
     }
 
     /// The spool subdirectory for this id: its last character (32 buckets, evenly filled
     /// because that character is random).
-    public var bucket: String { String(rawValue.suffix(1)) }
+    public var bucket: String { String(UnicodeScalar(Self.alphabet[Int(random & 31)])) }
 
     public init(from decoder: Decoder) throws {
         let container = try decoder.singleValueContainer()
@@ -78,18 +121,6 @@ public final class QueueIDGenerator: @unchecked Sendable {
         if micros <= lastMicroseconds { micros = lastMicroseconds + 1 }
         lastMicroseconds = micros
         pthread_mutex_unlock(&lock)
-        let random = UInt64.random(in: 0..<(1 << 20))
-        var characters = [UInt8](repeating: 0, count: QueueID.length)
-        var value = micros & ((1 << 60) - 1)
-        for index in stride(from: 11, through: 0, by: -1) {
-            characters[index] = QueueID.alphabet[Int(value & 31)]
-            value >>= 5
-        }
-        var tail = random
-        for index in stride(from: 15, through: 12, by: -1) {
-            characters[index] = QueueID.alphabet[Int(tail & 31)]
-            tail >>= 5
-        }
-        return QueueID(unchecked: String(decoding: characters, as: UTF8.self))
+        return QueueID(microseconds: micros, random: UInt32.random(in: 0..<(1 << 20)))
     }
 }
