@@ -73,12 +73,17 @@ struct ControlCommands: Sendable {
         case "status":
             let configuration = self.configuration.withLockedValue { $0 }
             let counts = await scheduler.counts()
+            let suspended = await scheduler.suspendedDestinations()
             let now = Date().timeIntervalSince1970
             return [
                 "version": Self.version,
                 "uptime_seconds": Int(now - startTime),
                 "hostname": configuration.server.hostname,
                 "queue": ["active": counts.active, "deferred": counts.deferred, "held": counts.held, "total": counts.total],
+                "suspended_destinations": suspended.map { destination in
+                    ["domain": destination.domain, "display": IDNA.display(IDNA.toUnicode(destination.domain) ?? destination.domain, ascii: destination.domain), "until": destination.until,
+                     "status": destination.status ?? NSNull(), "reason": destination.reason ?? NSNull()] as [String: Any]
+                },
                 "last_reload": lastReload.withLockedValue { $0 }.map { $0.json } ?? NSNull(),
                 "recent_alerts": alerts.recent().map { entry in
                     ["time": entry.time, "kind": entry.alert.kind.rawValue, "domain": entry.alert.domain,

@@ -93,6 +93,24 @@ public actor Scheduler {
         return max(0, clock() - Double(oldest.microsecondsSinceEpoch) / 1e6)
     }
 
+    /// A destination whose deliveries are suspended after repeated failures.
+    public struct SuspendedDestination: Sendable {
+        /// The destination domain (A-label).
+        public var domain: String
+        /// Until when, seconds since the epoch.
+        public var until: Double
+        /// The failure that suspended it: enhanced status code and reason.
+        public var status: String?
+        public var reason: String?
+    }
+
+    /// Destinations suspended now, soonest end first (for `tlsrelayctl status`).
+    public func suspendedDestinations() -> [SuspendedDestination] {
+        core.suspendedDestinations(now: clock()).map {
+            SuspendedDestination(domain: $0.name, until: $0.until, status: $0.failure?.status.description, reason: $0.failure?.reason)
+        }
+    }
+
     public func counts() -> Counts {
         let counts = core.counts(now: clock())
         return Counts(active: counts.active, deferred: counts.deferred, held: counts.held)

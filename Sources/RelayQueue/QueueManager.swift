@@ -353,6 +353,16 @@ public struct QueueManager<ID: Hashable & Comparable & Sendable, Failure: Sendab
         destinations[name].map { ($0.window, $0.running, $0.waiting.count - $0.waitingHead, $0.suspendedUntil) }
     }
 
+    /// Destinations suspended at `now` (Postfix's "delivery temporarily suspended"), soonest
+    /// end first: the name, until when (seconds since the epoch) and the failure that suspended
+    /// it, for `tlsrelayctl status`.
+    public func suspendedDestinations(now: Double) -> [(name: String, until: Double, failure: Failure?)] {
+        destinations.compactMap { name, destination in
+            guard let until = destination.suspendedUntil, until > now else { return nil }
+            return (name, until, destination.lastFailure)
+        }.sorted { ($0.until, $0.name) < ($1.until, $1.name) }
+    }
+
     // MARK: - Helpers
 
     private mutating func takeFresh() -> ID {

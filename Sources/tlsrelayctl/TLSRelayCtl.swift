@@ -178,6 +178,12 @@ struct Status: ParsableCommand {
             let queue = status["queue"] as? [String: Any] ?? [:]
             print("tlsrelayd \(status["version"] ?? "?") on \(status["hostname"] ?? "?"), up \(status["uptime_seconds"] ?? 0) s")
             print("queue: \(queue["active"] ?? 0) active, \(queue["deferred"] ?? 0) deferred, \(queue["held"] ?? 0) held")
+            let suspended = status["suspended_destinations"] as? [[String: Any]] ?? []
+            print(suspended.isEmpty ? "suspended destinations: none" : "suspended destinations (delivery temporarily suspended after repeated failures):")
+            for destination in suspended {
+                let status = (destination["status"] as? String).map { "\($0) " } ?? ""
+                print("  \(destination["display"] ?? destination["domain"] ?? "?") until \(date(destination["until"])): \(status)\(destination["reason"] as? String ?? "")")
+            }
             if let reload = status["last_reload"] as? [String: Any] {
                 print("last reload: \(date(reload["time"])) \(reload["applied"] as? Bool == true ? "applied" : "REFUSED"): \(reload["message"] ?? "")")
             } else {
