@@ -105,6 +105,9 @@ struct QueueManagerTests {
         #expect(suspended.allSatisfy { $0.2 == "4.4.1 connection refused" })
         for id in 3...5 { manager.jobFinished(id, destination: "dead.example", .suspended, now: 20) }
         #expect(manager.destination("dead.example")?.suspendedUntil == 80)
+        let listed = manager.suspendedDestinations(now: 20)
+        #expect(listed.map(\.name) == ["dead.example"] && listed.map(\.until) == [80] && listed.map(\.failure) == ["4.4.1 connection refused"])
+        #expect(manager.suspendedDestinations(now: 80).isEmpty, "the suspension has ended at 80")
         // Mail to it during the suspension is deferred at once too.
         manager.addFresh(6)
         _ = manager.nextActions(now: 30)
