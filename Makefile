@@ -9,7 +9,7 @@ RUN_PACKAGES := libssl-dev libsystemd-dev libunbound-dev libidn2-dev zlib1g-dev 
 # Real third-party servers and tools the tests drive.
 TEST_PACKAGES := postfix swaks util-linux procps faketime $(shell cat testworld/apt-packages.txt 2>/dev/null)
 
-.PHONY: all build release run demo bench faults fuzz install deps test-deps test unit-test integration-test world-test world-up world-down check-config clean
+.PHONY: all build release run demo bench faults fuzz install deps test-deps test unit-test integration-test world-test world-up world-down check-config man deb deb-test clean
 
 all: build
 
@@ -50,6 +50,7 @@ demo: release test-deps
 bench: release test-deps
 	$(PYTHON) bench/bench.py
 	$(PYTHON) bench/large_queue.py
+	$(PYTHON) bench/deferred_queue.py
 
 # The fault suite: kill -9 under load, full disk, DNS gone, corrupt spool file, clock set back and jumping forward, MX dropping the
 # connection, kill -9 during delivery, a tarpit MX shared by 25 domains, SIGTERM with sessions stuck at it, a slow final
@@ -112,5 +113,36 @@ install: release
 	-journalctl --update-catalog
 	-systemctl daemon-reload 2>/dev/null
 
+# Man pages tlsrelayd(8), tlsrelayctl(8), tlsrelay.toml(5) in $(MAN_DIR), rendered from the
+# binaries' --experimental-dump-help, etc/tlsrelay.toml and man/*.in (scripts/manpages.py).
+# MAN_BIN_DIR: the binaries to describe (default the release build; BIN_DIR=... for another).
+BIN_DIR ?= .build/release
+MAN_DIR ?= .build-man
+MAN_BIN_DIR ?= $(BIN_DIR)
+MAN_CHECK_PACKAGES := man-db groff-base mandoc
+man: $(if $(filter .build/release,$(MAN_BIN_DIR)),release)
+	$(call apt_install,$(MAN_CHECK_PACKAGES))
+	$(PYTHON) scripts/manpages.py --bin-dir $(MAN_BIN_DIR) --config etc/tlsrelay.toml --out $(MAN_DIR)
+	@for page in $(MAN_DIR)/tlsrelayd.8 $(MAN_DIR)/tlsrelayctl.8 $(MAN_DIR)/tlsrelay.toml.5; do \
+		out=$$( { LC_ALL=C.UTF-8 MANWIDTH=80 man -l -Tutf8 $$page >/dev/null; groff -man -ww -z $$page; \
+			mandoc -Tlint -W warning $$page; } 2>&1 ); \
+		if [ -n "$$out" ]; then echo "$$page:"; echo "$$out"; exit 1; fi; \
+	done; echo "man pages in $(MAN_DIR)/ render without warnings"
+
+# The Debian package tlsrelay_<version>-1_amd64.deb (scripts/build-deb.sh, packaging/), from
+# the release binaries (BIN_DIR=... to package others), checked with lintian (no errors).
+DEB_OUT ?= .
+DEB_PACKAGES := dpkg-dev binutils patchelf lintian
+deb: $(if $(filter .build/release,$(BIN_DIR)),release) man
+	$(call apt_install,$(DEB_PACKAGES))
+	BIN_DIR=$(BIN_DIR) MAN_DIR=$(MAN_DIR) OUT_DIR=$(DEB_OUT) scripts/build-deb.sh > $(MAN_DIR)/deb-path
+	@deb=$$(cat $(MAN_DIR)/deb-path); echo "built $$deb"; \
+	lintian --fail-on error --info $$deb
+
+# Installs the built package, checks it, removes and purges it (scripts/test-deb.sh); leaves the
+# system as it was. Needs root; CI runs it after make test.
+deb-test: deb
+	scripts/test-deb.sh $$(cat $(MAN_DIR)/deb-path)
+
 clean:
-	rm -rf .build
+	rm -rf .build .build-man
