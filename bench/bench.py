@@ -155,7 +155,8 @@ class TLSRelay(Server):
         if relay_world:
             delivery = relay_world.relay_sections(delivery_extra="concurrency = 20\naddress_concurrency = 20\ndestination_concurrency = 20\n")
         else:
-            delivery = '[dns]\nstub_zones = []\n[delivery]\nhold = true\n'
+            # Delivery held: no lookups at all, the DNSSEC self-test included.
+            delivery = '[dns]\nstub_zones = []\ncheck_secure_name = ""\ncheck_bogus_name = ""\n[delivery]\nhold = true\n'
         self.config.write_text(
             f'state_directory = "{self.base}/state"\nlog_level = "warning"\n[server]\nlisten = ["127.0.0.1:{self.port}"]\n'
             f'hostname = "tlsrelay-bench.example.org"\nmax_connections = 1000\n' + delivery)

@@ -106,7 +106,9 @@ def test_kill_9_during_delivery_delivers_at_least_once(world, tmp_path, world_re
     ("dane-ee.test", "dane-ee.test", True),            # a broken name that validates
 ])
 def test_dnssec_self_test_at_start_up(world, tmp_path, world_relay_toml, secure, bogus, alerted):
-    toml = world_relay_toml.replace("timeout = 3\n", f'timeout = 3\ncheck_secure_name = "{secure}"\ncheck_bogus_name = "{bogus}"\n')
+    toml = re.sub(r'check_secure_name = "[^"]*"\ncheck_bogus_name = "[^"]*"\n',
+                  f'check_secure_name = "{secure}"\ncheck_bogus_name = "{bogus}"\n', world_relay_toml)
+    assert f'check_secure_name = "{secure}"' in toml
     relay = Relay(tmp_path / "selftest", extra_toml=toml).start()
     try:
         if alerted:

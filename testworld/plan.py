@@ -103,6 +103,9 @@ max_message_size = 52428800
 trust_anchor_file = "{d}/dns/trust-anchor.ds"
 forwarders = []
 stub_zones = [{{ name = "{S.ZONE}.", addresses = ["{dns}"] }}]
+# The start-up self-test of DNSSEC validation, on the world's names (the defaults are public).
+check_secure_name = "dane-ee.{S.ZONE}"
+check_bogus_name = "dane-bogus-mx.{S.ZONE}"
 [delivery]
 port = 25
 tls_ca_file = "{d}/pki/ca.pem"

@@ -75,6 +75,10 @@ class World:
         return ("[dns]\n"
                 f'trust_anchor_file = "{dns["trust_anchor_file"]}"\n'
                 f'stub_zones = [{{ name = "test.", addresses = ["{dns["address"]}@{dns["port"]}"] }}]\n'
+                # The start-up self-test of DNSSEC validation on the world's own names (the
+                # defaults are names on the public internet, which the world cannot reach).
+                + ('check_secure_name = "dane-ee.test"\ncheck_bogus_name = "dane-bogus-mx.test"\n'
+                   if "check_secure_name" not in dns_extra else "")
                 + dns_extra
                 + "[delivery]\n"
                 f'tls_ca_file = "{self.data["pki"]["ca_file"]}"\n'

@@ -128,9 +128,11 @@ public struct RelayConfiguration: Sendable, Equatable {
         /// Seconds to wait for one lookup before treating it as a temporary failure. Default 10.
         public var timeout = 10
         /// A name whose MX lookup must validate as secure (start-up self-test); empty = no check.
-        public var checkSecureName = ""
+        /// Default `isc.org`: signed since 2009 and in the root's chain of trust.
+        public var checkSecureName = "isc.org"
         /// A name whose MX lookup must be bogus (start-up self-test); empty = no check.
-        public var checkBogusName = ""
+        /// Default `dnssec-failed.org`: signed wrongly on purpose (Comcast's test domain).
+        public var checkBogusName = "dnssec-failed.org"
     }
 
     /// One `dns.stub_zones` entry.

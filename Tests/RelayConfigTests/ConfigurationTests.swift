@@ -108,6 +108,10 @@ struct ConfigurationTests {
         #expect(config.server.allowedClients.map(\.description) == ["127.0.0.0/8", "::1/128"])
         #expect(config.server.maxMessageSize == 52_428_800)
         #expect(config.delivery.port == 25)
+        // The DNSSEC self-test is on, with names on the public internet; "" turns a check off.
+        #expect(config.dns.checkSecureName == "isc.org" && config.dns.checkBogusName == "dnssec-failed.org")
+        let off = try load("[dns]\ncheck_secure_name = \"\"\ncheck_bogus_name = \"\"\n")
+        #expect(off.dns.checkSecureName.isEmpty && off.dns.checkBogusName.isEmpty)
     }
 
     struct Bad: Sendable, CustomStringConvertible {
