@@ -18,6 +18,11 @@ public enum ConfigurationCheck {
         }
         readable(configuration.dns.trustAnchorFile, "dns.trust_anchor_file")
         readable(configuration.delivery.tlsCAFile, "delivery.tls_ca_file")
+        if configuration.state.backend == .postgresql {
+            // Checked without the database: it need not be up for --check-config.
+            readable(configuration.state.passwordFile, "state.password_file")
+            readable(configuration.state.sslRootCert, "state.sslrootcert")
+        }
         // The state directory must be usable by this user (the unit runs --check-config as the
         // service user): an existing one writable, a missing one creatable.
         let state = configuration.stateDirectory
