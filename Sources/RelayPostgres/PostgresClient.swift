@@ -11,7 +11,9 @@ public struct PostgresError: Error, CustomStringConvertible, Sendable {
     public var connectionLost: Bool
 
     public init(_ message: String, sqlState: String? = nil, connectionLost: Bool = false) {
-        self.message = message
+        // libpq's messages span lines ("...\n\tThis probably means..."): one line for logs.
+        self.message = message.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }
+            .filter { !$0.isEmpty }.joined(separator: " ")
         self.sqlState = sqlState
         self.connectionLost = connectionLost
     }
@@ -134,8 +136,9 @@ public final class PostgresConnection: @unchecked Sendable {
 /// The shared connections of one daemon: a few libpq connections, each behind a lock, used on a
 /// dedicated thread pool (libpq blocks). Tracks whether the database is reachable and reports
 /// each change once (`onAvailability`): the first failure after success, the first success
-/// after failure. While it is down, calls fail at once for `retryInterval` seconds before the
-/// next attempt to connect, so deliveries do not each wait for `connect_timeout`.
+/// after failure. While it is down, calls fail at once (deliveries do not each wait for
+/// `connect_timeout`) and one probe tries to connect every `retryInterval` seconds until the
+/// database answers again.
 public final class PostgresClient: Sendable {
     public let settings: PostgresSettings
     let pool: NIOThreadPool
@@ -143,7 +146,8 @@ public final class PostgresClient: Sendable {
     private let next = NIOLockedValueBox(0)
     private struct Health {
         var down: String?
-        var lastFailure: Double = 0
+        var probing = false
+        var stopped = false
     }
     private let health = NIOLockedValueBox(Health())
     private let onAvailability: @Sendable (_ reason: String?) -> Void
@@ -164,6 +168,7 @@ public final class PostgresClient: Sendable {
     }
 
     public func shutdown() async {
+        health.withLockedValue { $0.stopped = true }
         for slot in slots { slot.withLockedValue { $0?.close(); $0 = nil } }
         try? await pool.shutdownGracefully()
     }
@@ -174,8 +179,7 @@ public final class PostgresClient: Sendable {
     /// Runs `body` on one of the connections (connecting first when needed), on the pool.
     /// - Throws: `PostgresError`; the connection is dropped after a connection error.
     public func run<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
-        let now = Date().timeIntervalSince1970
-        if let down = health.withLockedValue({ $0.down != nil && now - $0.lastFailure < retryInterval ? $0.down : nil }) {
+        if let down = health.withLockedValue({ $0.down }) {
             throw PostgresError(down, connectionLost: true)
         }
         let index = next.withLockedValue { value -> Int in defer { value = (value + 1) % slots.count }; return value }
@@ -184,12 +188,21 @@ public final class PostgresClient: Sendable {
         do {
             let value = try await pool.runIfActive {
                 try slot.withLockedValue { connection -> T in
+                    var fresh = false
                     if connection == nil || connection?.isUsable != true {
                         connection?.close()
                         connection = nil
                         connection = try PostgresConnection(settings)
+                        fresh = true
                     }
                     do {
+                        return try body(connection!)
+                    } catch let error as PostgresError where !fresh && (error.connectionLost || connection?.isUsable != true) {
+                        // A kept connection the server closed meanwhile (a restart): once more on
+                        // a new one before calling the database unavailable.
+                        connection?.close()
+                        connection = nil
+                        connection = try PostgresConnection(settings)
                         return try body(connection!)
                     } catch let error as PostgresError {
                         if error.connectionLost || connection?.isUsable != true { connection?.close(); connection = nil }
@@ -229,12 +242,45 @@ public final class PostgresClient: Sendable {
     }
 
     func noteFailure(_ reason: String) {
-        let now = Date().timeIntervalSince1970
-        let first = health.withLockedValue { state -> Bool in
-            defer { state.down = reason; state.lastFailure = now }
-            return state.down == nil
+        let (first, probe) = health.withLockedValue { state -> (Bool, Bool) in
+            defer { state.down = reason; state.probing = true }
+            return (state.down == nil, !state.probing && !state.stopped)
         }
         if first { onAvailability(reason) }
+        if probe { Task { await self.probe() } }
+    }
+
+    /// While the database is down: one connection attempt every `retryInterval` seconds, on the
+    /// first slot, until one succeeds (the slot then keeps that connection).
+    private func probe() async {
+        let settings = self.settings
+        let slot = slots[0]
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .seconds(retryInterval))
+            if health.withLockedValue({ $0.stopped }) { return }
+            let reached: Result<Void, Error>
+            do {
+                try await pool.runIfActive {
+                    try slot.withLockedValue { connection in
+                        connection?.close()
+                        connection = try PostgresConnection(settings)
+                        try connection!.query("SELECT 1")
+                    }
+                }
+                reached = .success(())
+            } catch {
+                reached = .failure(error)
+            }
+            if case .failure(let error) = reached {
+                health.withLockedValue { $0.down = (error as? PostgresError)?.description ?? "\(error)" }
+                continue
+            }
+            // The other slots' connections did not survive the outage.
+            for other in slots.dropFirst() { other.withLockedValue { $0?.close(); $0 = nil } }
+            health.withLockedValue { $0.probing = false }
+            noteSuccess()
+            return
+        }
     }
 }
 

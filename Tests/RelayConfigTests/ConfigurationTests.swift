@@ -351,7 +351,8 @@ struct StateConfigurationTests {
     ])
     func errors(_ line: String, _ reason: String) throws {
         do {
-            _ = try load("log_level = \"info\"\n[state]\nbackend = \"postgresql\"\n\(line)\n")
+            let backend = line.hasPrefix("backend") ? "# backend\n" : "backend = \"postgresql\"\n"
+            _ = try load("log_level = \"info\"\n[state]\n" + backend + "\(line)\n")
             Issue.record("accepted: \(line)")
         } catch let error as ConfigurationError {
             #expect(error.line == 4 && error.file == "test.toml", "\(error)")
