@@ -51,6 +51,11 @@ public enum ConfigurationCheck {
         if let metrics = configuration.metrics.listen, !metrics.address.isLoopback {
             warnings.append("metrics.listen \(metrics) is not a loopback address: anyone who can reach it reads the relay's counters (protect it with a firewall, or use 127.0.0.1)")
         }
+        let state = configuration.state
+        if state.backend == .postgresql, !state.host.hasPrefix("/"), !["localhost", "127.0.0.1", "::1"].contains(state.host),
+           !state.sslMode.hasPrefix("verify") {
+            warnings.append("state.host \(state.host) is not on this host and state.sslmode = \"\(state.sslMode)\" does not authenticate the database: whoever sits in between can read and change the policy state (downgrade memory, MTA-STS policies); use sslmode = \"verify-full\" with state.sslrootcert")
+        }
         let wide = configuration.server.listen.filter { !$0.address.isLoopback }
         let everyone = configuration.server.allowedClients.contains { $0.prefixLength <= 8 && !$0.network.isLoopback }
         if !wide.isEmpty && everyone {
