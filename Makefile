@@ -5,9 +5,9 @@ PYTHON ?= python3
 CONFIG ?= etc/tlsrelay.toml
 
 # Native libraries the daemon links, and data it reads at run time.
-RUN_PACKAGES := libssl-dev libsystemd-dev libunbound-dev libidn2-dev zlib1g-dev pkg-config dns-root-data ca-certificates
+RUN_PACKAGES := libssl-dev libpq-dev libsystemd-dev libunbound-dev libidn2-dev zlib1g-dev pkg-config dns-root-data ca-certificates
 # Real third-party servers and tools the tests drive.
-TEST_PACKAGES := postfix swaks util-linux procps faketime $(shell cat testworld/apt-packages.txt 2>/dev/null)
+TEST_PACKAGES := postfix postgresql swaks util-linux procps faketime $(shell cat testworld/apt-packages.txt 2>/dev/null)
 
 .PHONY: all build release run demo bench faults fuzz install deps test-deps test unit-test integration-test world-test world-up world-down check-config man deb deb-test clean
 

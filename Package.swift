@@ -28,6 +28,8 @@ let package = Package(
         // IDNA 2008 (RFC 5890/5891, UTS #46) through libidn2.
         .target(name: "RelayIDNA", dependencies: ["CIDN2"], swiftSettings: strict),
         .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
+        // PostgreSQL's own client (libpq, over the system OpenSSL) for the shared policy state.
+        .systemLibrary(name: "CPostgreSQL", path: "Sources/CPostgreSQL", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
         .systemLibrary(name: "CSystemd", path: "Sources/CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
 
         // Protocol core: grammar, replies, enhanced status codes, session state machine. No I/O.
@@ -91,6 +93,14 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
+        // Policy state shared by several relays in PostgreSQL (libpq on a thread pool): MTA-STS
+        // policies, downgrade memory, TLS-RPT counts; the schema and its migrations.
+        .target(name: "RelayPostgres", dependencies: [
+            "CPostgreSQL", "RelayPolicy", "RelayDelivery", "RelayTLSRPT", "DeliveryPolicy", "TLSRPTCore", "RelayMetrics",
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
         // The control socket: server side (NIO) and the blocking client of tlsrelayctl.
         .target(name: "RelayControl", dependencies: [
             .product(name: "NIOCore", package: "swift-nio"),
@@ -99,7 +109,7 @@ let package = Package(
         // Wiring of all parts into a running daemon.
         .target(name: "RelayDaemon", dependencies: [
             "RelayConfig", "RelayServer", "RelayQueue", "RelayObservability", "RelayDelivery", "RelayDNS", "RelayTLS", "RelayPolicy", "RelayControl",
-            "RelayMetrics", "DeliveryPolicy", "RelayTLSRPT", "TLSRPTCore", "RelayIDNA", "RelayHTTPS",
+            "RelayMetrics", "DeliveryPolicy", "RelayTLSRPT", "TLSRPTCore", "RelayIDNA", "RelayHTTPS", "RelayPostgres",
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "Metrics", package: "swift-metrics"),
@@ -126,7 +136,7 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: strict),
         .executableTarget(name: "tlsrelayctl", dependencies: [
-            "RelayQueue", "RelayConfig", "RelayControl", "RelayDaemon", "RelayDelivery", "RelayPolicy", "RelayIDNA", "RelayHTTPS",
+            "RelayQueue", "RelayConfig", "RelayControl", "RelayDaemon", "RelayDelivery", "RelayPolicy", "RelayIDNA", "RelayHTTPS", "RelayPostgres",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: strict),
 

@@ -139,6 +139,8 @@ public struct DeliveryPlanner: Sendable {
     let local: LocalLevel?
     let localFact: LocalPolicyFact?
     let memory: MemoryFact?
+    /// The policy state store could not be read (`PolicyStateFact.unavailable`): its reason.
+    let stateUnavailable: String?
     let memoryFloor: AchievedSecurity?
     let graceOver: Bool
     /// The DSN relay this message goes to instead of MX hosts (a DSN, with `dsnRelay` set).
@@ -181,13 +183,16 @@ public struct DeliveryPlanner: Sendable {
     ///   - recipients: the recipient indexes to deliver (empty in probe mode).
     ///   - local: the local level entry for the domain, expired or not.
     ///   - memory: the domain's downgrade memory, if any.
+    ///   - state: whether the policy state store (memory, MTA-STS cache) could be read.
     ///   - now: seconds since the epoch.
     ///   - message: relayed mail, or a DSN tlsrelay wrote.
     ///   - sender: REQUIRETLS and `TLS-Required: No` of the message (RFC 8689); a DSN tlsrelay
     ///     wrote has none.
     public init(domain: String, recipients: [Int], settings: PlannerSettings, local: LocalPolicyFact?, memory: MemoryFact?,
-                now: Double, probe: Bool = false, message: MessageKind = .relayed, sender: SenderRequest = .none) {
+                now: Double, probe: Bool = false, message: MessageKind = .relayed, sender: SenderRequest = .none,
+                state: PolicyStateFact = .available) {
         self.domain = domain
+        if case .unavailable(let reason) = state { stateUnavailable = reason } else { stateUnavailable = nil }
         self.message = message
         let request = message == .deliveryStatusNotification ? SenderRequest.none : sender
         self.request = request
@@ -238,6 +243,13 @@ public struct DeliveryPlanner: Sendable {
             return connect(effects, plan: plan, addressIndex: 0, demand: plan.demand, kind: .first)
         }
         effects += senderEffects()
+        // Policy state unreadable (the shared store is down): the remembered level and the cached
+        // MTA-STS policy are unknown, so nothing may be sent as if there were none — deferred like a
+        // failed DNS lookup. Not when no state applies: a local level replaces it, `TLS-Required:
+        // No` sets it aside, and with memory off and MTA-STS off none is read.
+        if let reason = stateUnavailable, local == nil, sender != .policiesWaived, settings.memoryMode != .off || settings.mtaSTS {
+            return finish(effects, all: .deferred(.directoryServerFailure, "the policy state of \(domain) (downgrade memory, MTA-STS policy) cannot be read: \(reason)"))
+        }
         if let reason = memory?.unreadable {
             effects.append(.log(.warning, "the downgrade memory of \(domain) is unreadable (\(reason)); it is treated as dane until the file is mended or removed"))
         }

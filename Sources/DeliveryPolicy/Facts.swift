@@ -216,6 +216,15 @@ public struct MemoryFact: Sendable, Equatable {
     }
 }
 
+/// Whether the policy state the delivery depends on — downgrade memory and the MTA-STS policy
+/// cache — could be read. Only a shared store (`[state] backend = "postgresql"`) can be
+/// `unavailable`: the database unreachable or a statement failing is a fault like a failed DNS
+/// lookup, so the delivery is deferred (4.4.3), never made as if nothing were remembered.
+public enum PolicyStateFact: Sendable, Equatable {
+    case available
+    case unavailable(reason: String)
+}
+
 /// What downgrade memory does with a delivery weaker than remembered.
 public enum MemoryMode: String, Sendable, CaseIterable {
     /// Alert, deliver anyway.

@@ -18,6 +18,11 @@ public enum ConfigurationCheck {
         }
         readable(configuration.dns.trustAnchorFile, "dns.trust_anchor_file")
         readable(configuration.delivery.tlsCAFile, "delivery.tls_ca_file")
+        if configuration.state.backend == .postgresql {
+            // Checked without the database: it need not be up for --check-config.
+            readable(configuration.state.passwordFile, "state.password_file")
+            readable(configuration.state.sslRootCert, "state.sslrootcert")
+        }
         // The state directory must be usable by this user (the unit runs --check-config as the
         // service user): an existing one writable, a missing one creatable.
         let state = configuration.stateDirectory
@@ -45,6 +50,11 @@ public enum ConfigurationCheck {
         var warnings: [String] = []
         if let metrics = configuration.metrics.listen, !metrics.address.isLoopback {
             warnings.append("metrics.listen \(metrics) is not a loopback address: anyone who can reach it reads the relay's counters (protect it with a firewall, or use 127.0.0.1)")
+        }
+        let state = configuration.state
+        if state.backend == .postgresql, !state.host.hasPrefix("/"), !["localhost", "127.0.0.1", "::1"].contains(state.host),
+           !state.sslMode.hasPrefix("verify") {
+            warnings.append("state.host \(state.host) is not on this host and state.sslmode = \"\(state.sslMode)\" does not authenticate the database: whoever sits in between can read and change the policy state (downgrade memory, MTA-STS policies); use sslmode = \"verify-full\" with state.sslrootcert")
         }
         let wide = configuration.server.listen.filter { !$0.address.isLoopback }
         let everyone = configuration.server.allowedClients.contains { $0.prefixLength <= 8 && !$0.network.isLoopback }

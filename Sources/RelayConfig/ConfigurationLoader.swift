@@ -170,7 +170,7 @@ public enum ConfigurationLoader {
 
         mutating func read(_ root: TOMLTable) throws -> RelayConfiguration {
             var config = RelayConfiguration()
-            try checkKeys(root, section: nil, allowed: ["state_directory", "log_level", "server", "dns", "delivery", "policy", "metrics", "tlsrpt"])
+            try checkKeys(root, section: nil, allowed: ["state_directory", "log_level", "server", "dns", "delivery", "policy", "metrics", "tlsrpt", "state"])
             if let value = try string(root, nil, "state_directory") {
                 guard value.hasPrefix("/") else { throw error(nil, "state_directory", "'state_directory' must be an absolute path, got \"\(value)\"") }
                 // One spelling per directory: no repeated or trailing slashes ("/var//lib/x/" is "/var/lib/x").
@@ -188,7 +188,57 @@ public enum ConfigurationLoader {
             if let policy = try subtable(root, "policy") { try readPolicy(policy, into: &config.policy) }
             if let metrics = try subtable(root, "metrics") { try readMetrics(metrics, into: &config.metrics) }
             if let tlsrpt = try subtable(root, "tlsrpt") { try readTLSRPT(tlsrpt, into: &config.tlsrpt) }
+            if let state = try subtable(root, "state") { try readState(state, into: &config.state) }
             return config
+        }
+
+        func readState(_ table: TOMLTable, into state: inout RelayConfiguration.State) throws {
+            let section = "state"
+            try checkKeys(table, section: section, allowed: [
+                "backend", "host", "port", "dbname", "user", "password_file", "sslmode", "sslrootcert",
+                "connect_timeout", "statement_timeout", "cache_seconds",
+            ])
+            if let value = try string(table, section, "backend") {
+                guard let backend = RelayConfiguration.State.Backend(rawValue: value) else {
+                    throw error(section, "backend", "'state.backend' must be \"files\" or \"postgresql\", got \"\(value)\"")
+                }
+                state.backend = backend
+            }
+            func plain(_ key: String, _ value: String) throws {
+                // libpq's conninfo is built from these: no quotes, backslashes or control characters.
+                guard !value.isEmpty, value.utf8.allSatisfy({ $0 > 0x20 && $0 != 0x7F && $0 != UInt8(ascii: "'") && $0 != UInt8(ascii: "\\") }) else {
+                    throw error(section, key, "'state.\(key)' must be a non-empty word without spaces, quotes or backslashes, got \"\(value)\"")
+                }
+            }
+            if let value = try string(table, section, "host") { try plain("host", value); state.host = value }
+            if let value = try integer(table, section, "port", range: 1...65535) { state.port = value }
+            if let value = try string(table, section, "dbname") { try plain("dbname", value); state.dbname = value }
+            if let value = try string(table, section, "user") { try plain("user", value); state.user = value }
+            if let value = try string(table, section, "password_file") {
+                guard value.isEmpty || value.hasPrefix("/") else {
+                    throw error(section, "password_file", "'state.password_file' must be an absolute path or \"\", got \"\(value)\"")
+                }
+                state.passwordFile = value
+            }
+            if let value = try string(table, section, "sslmode") {
+                guard RelayConfiguration.State.sslModes.contains(value) else {
+                    throw error(section, "sslmode", "'state.sslmode' must be one of \(RelayConfiguration.State.sslModes.joined(separator: ", ")), got \"\(value)\"")
+                }
+                state.sslMode = value
+            }
+            if let value = try string(table, section, "sslrootcert") {
+                guard value.isEmpty || value.hasPrefix("/") else {
+                    throw error(section, "sslrootcert", "'state.sslrootcert' must be an absolute path or \"\", got \"\(value)\"")
+                }
+                if !value.isEmpty { try plain("sslrootcert", value) }
+                state.sslRootCert = value
+            }
+            if let value = try integer(table, section, "connect_timeout", range: 1...300) { state.connectTimeout = value }
+            if let value = try integer(table, section, "statement_timeout", range: 1...300) { state.statementTimeout = value }
+            if let value = try integer(table, section, "cache_seconds", range: 0...3600) { state.cacheSeconds = value }
+            if state.sslMode.hasPrefix("verify"), state.sslRootCert.isEmpty {
+                throw error(section, "sslmode", "'state.sslmode' = \"\(state.sslMode)\" needs 'state.sslrootcert' (the CA file that signed the database's certificate)")
+            }
         }
 
         func readTLSRPT(_ table: TOMLTable, into tlsrpt: inout RelayConfiguration.TLSRPT) throws {

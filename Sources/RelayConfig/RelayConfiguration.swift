@@ -18,6 +18,34 @@ public struct RelayConfiguration: Sendable, Equatable {
     public var policy = PolicySettings()
     public var metrics = Metrics()
     public var tlsrpt = TLSRPT()
+    public var state = State()
+
+    /// `[state]`: where policy state lives — the MTA-STS policy cache, downgrade memory and the
+    /// TLS-RPT session counts and sent state. `files` (default): in `state_directory`, one relay's
+    /// own. `postgresql`: in a PostgreSQL database shared by several relays (README "Several relays").
+    public struct State: Sendable, Equatable {
+        public enum Backend: String, Sendable, CaseIterable { case files, postgresql }
+        public static let sslModes = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+        public var backend = Backend.files
+        /// Host name, IP address, or (starting with "/") the directory of the server's unix socket.
+        public var host = "127.0.0.1"
+        public var port = 5432
+        public var dbname = "tlsrelay"
+        public var user = "tlsrelay"
+        /// A file whose first line is the password ("" = none: peer or certificate authentication).
+        public var passwordFile = ""
+        /// libpq's `sslmode`; TLS to the database goes through the system OpenSSL. Default `prefer`.
+        public var sslMode = "prefer"
+        /// CA file for `verify-ca` / `verify-full`.
+        public var sslRootCert = ""
+        /// Seconds to connect (libpq `connect_timeout`). Default 5.
+        public var connectTimeout = 5
+        /// Seconds a statement may run (`statement_timeout`). Default 5.
+        public var statementTimeout = 5
+        /// Seconds a read stays cached in memory (a downgrade learnt by another relay is seen
+        /// within this time). Default 5; 0 = every delivery reads the database.
+        public var cacheSeconds = 5
+    }
 
     /// `[tlsrpt]`: TLS reporting (RFC 8460): daily reports to the domains that ask for them.
     public struct TLSRPT: Sendable, Equatable {
@@ -280,6 +308,21 @@ public struct RelayConfiguration: Sendable, Equatable {
         lines.append("give_up_after_days = \(tlsrpt.giveUpAfterDays)")
         lines.append("https_attempts = \(tlsrpt.httpsAttempts)")
         lines.append("https_retry_delay = \(tlsrpt.httpsRetryDelay)")
+        lines.append("")
+        lines.append("[state]")
+        lines.append("backend = \(quote(state.backend.rawValue))")
+        do {
+            lines.append("host = \(quote(state.host))")
+            lines.append("port = \(state.port)")
+            lines.append("dbname = \(quote(state.dbname))")
+            lines.append("user = \(quote(state.user))")
+            lines.append("password_file = \(quote(state.passwordFile))")
+            lines.append("sslmode = \(quote(state.sslMode))")
+            lines.append("sslrootcert = \(quote(state.sslRootCert))")
+            lines.append("connect_timeout = \(state.connectTimeout)")
+            lines.append("statement_timeout = \(state.statementTimeout)")
+            lines.append("cache_seconds = \(state.cacheSeconds)")
+        }
         lines.append("")
         lines.append("[policy]")
         lines.append("downgrade_memory = \(quote(policy.downgradeMemory.rawValue))")

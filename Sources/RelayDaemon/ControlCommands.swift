@@ -15,8 +15,8 @@ struct ControlCommands: Sendable {
     let configuration: NIOLockedValueBox<RelayConfiguration>
     let spool: Spool
     let scheduler: Scheduler
-    let stsCache: STSPolicyCache
-    let memory: DowngradeMemoryStore
+    let stsCache: any STSPolicyStore
+    let memory: any DowngradeMemoryBackend
     let alerts: AlertJournal
     let startTime: Double
     /// TLS reporting; nil when `tlsrpt.enabled` is false.
@@ -24,8 +24,8 @@ struct ControlCommands: Sendable {
     /// The result of the last reload (SIGHUP or `tlsrelayctl reload`), nil before the first.
     let lastReload = NIOLockedValueBox<ReloadOutcome?>(nil)
 
-    init(configuration: NIOLockedValueBox<RelayConfiguration>, spool: Spool, scheduler: Scheduler, stsCache: STSPolicyCache,
-         memory: DowngradeMemoryStore, alerts: AlertJournal, startTime: Double, reports: TLSReportService? = nil) {
+    init(configuration: NIOLockedValueBox<RelayConfiguration>, spool: Spool, scheduler: Scheduler, stsCache: any STSPolicyStore,
+         memory: any DowngradeMemoryBackend, alerts: AlertJournal, startTime: Double, reports: TLSReportService? = nil) {
         self.configuration = configuration
         self.spool = spool
         self.scheduler = scheduler
@@ -128,7 +128,7 @@ struct ControlCommands: Sendable {
         case "policy.show":
             let configuration = self.configuration.withLockedValue { $0 }
             guard let domain = (request["domain"] as? String)?.lowercased() else { throw CommandError("policy.show needs a domain") }
-            return StateReports.policy(domain: domain, configuration: configuration, stsCache: stsCache, memory: memory,
+            return await StateReports.policy(domain: domain, configuration: configuration, stsCache: stsCache, memory: memory,
                                        now: Date().timeIntervalSince1970)
         case "tlsrpt.list", "tlsrpt.show", "tlsrpt.send":
             return try await tlsrpt(command, request)
@@ -155,14 +155,14 @@ struct ControlCommands: Sendable {
         }
         switch command {
         case "tlsrpt.list":
-            let counts = reports.counts(dayStart: day)
+            let counts = try await reports.counts(dayStart: day)
             return [
                 "date": TLSReport.dayName(day),
                 "domains": counts.keys.sorted().map { ["domain": $0, "successful": counts[$0]!.successes, "failed": counts[$0]!.failures] as [String: Any] },
             ] as [String: Any]
         case "tlsrpt.show":
             guard let domain else { throw CommandError("tlsrpt show needs a domain") }
-            guard let report = reports.report(domain: domain, dayStart: day, until: min(now, Double(day + TLSReport.day))) else {
+            guard let report = try await reports.report(domain: domain, dayStart: day, until: min(now, Double(day + TLSReport.day))) else {
                 throw CommandError("no unreported TLS sessions to \(domain) on \(TLSReport.dayName(day))")
             }
             return try JSONSerialization.jsonObject(with: Data(report.json()))

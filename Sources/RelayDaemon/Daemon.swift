@@ -12,6 +12,7 @@ import RelayDelivery
 import RelayDNS
 import RelayHTTPS
 import RelayPolicy
+import RelayPostgres
 import RelayTLS
 import RelayObservability
 import RelayQueue
@@ -254,8 +255,20 @@ public final class Daemon: Sendable {
         timeouts.command = Double(configuration.delivery.commandTimeout)
         timeouts.tlsHandshake = Double(configuration.delivery.tlsHandshakeTimeout)
         let alerts = AlertJournal(logger: logger)
-        let memoryStore = try DowngradeMemoryStore(stateDirectory: configuration.stateDirectory)
-        let stsCache = try STSPolicyCache(stateDirectory: configuration.stateDirectory)
+        let policyState: PolicyStateStores
+        do {
+            let display = configuration.state.backend == .postgresql
+                ? "postgresql://\(configuration.state.user)@\(configuration.state.host):\(configuration.state.port)/\(configuration.state.dbname)" : ""
+            policyState = try await PolicyStateStores.open(configuration, logger: logger,
+                                                           onAvailability: PolicyStateStores.availabilityReporter(alerts: alerts, logger: logger, display: display))
+        } catch {
+            resolver.shutdown()
+            try? await threadPool.shutdownGracefully()
+            try? await group.shutdownGracefully()
+            throw error
+        }
+        let memoryStore = policyState.memory
+        let stsCache = policyState.sts
         // One HTTPS client, over the system OpenSSL and the delivery's TLS context: the MTA-STS
         // policy fetch and the TLS-RPT report POST.
         let https = HTTPSClient(group: group, tlsContext: tlsContext, userAgent: "tlsrelay/\(TLSRelayVersion.string)")
@@ -263,14 +276,22 @@ public final class Daemon: Sendable {
         // Messages reach delivery through one stream, not a task each.
         let queuedIDs = AsyncStream<QueueID>.makeStream()
         // TLS reporting (RFC 8460): durable session results and the daily reports.
-        let resultStore: SessionResultStore? = configuration.tlsrpt.enabled
-            ? try SessionResultStore(stateDirectory: configuration.stateDirectory, maxBytes: configuration.tlsrpt.maxDiskMB * 1_048_576, logger: logger)
-            : nil
+        var openedResults: (any TLSRPTStateStore)?
+        if configuration.tlsrpt.enabled {
+            if let client = policyState.client {
+                // Shared counts: one report per domain and day for the whole fleet.
+                openedResults = PostgresTLSRPTState(client: client, logger: logger)
+            } else {
+                openedResults = try FileTLSRPTState(
+                    results: try SessionResultStore(stateDirectory: configuration.stateDirectory, maxBytes: configuration.tlsrpt.maxDiskMB * 1_048_576, logger: logger),
+                    stateDirectory: configuration.stateDirectory, logger: logger)
+            }
+        }
+        let resultStore = openedResults
         var reports: TLSReportService?
         if let resultStore {
-            reports = try TLSReportService(store: resultStore, settings: Daemon.reportSettings(self.configuration), resolver: resolver, https: https, spool: spool,
-                                           stateDirectory: self.configuration.stateDirectory, logger: self.logger,
-                                           onQueued: { queuedIDs.continuation.yield($0) })
+            reports = TLSReportService(state: resultStore, settings: Daemon.reportSettings(self.configuration), resolver: resolver, https: https, spool: spool,
+                                       logger: self.logger, onQueued: { queuedIDs.continuation.yield($0) })
         }
         let reportService = reports
         let agent = DeliveryAgent(
@@ -305,7 +326,9 @@ public final class Daemon: Sendable {
         schedulerSettings.queue.initialDestinationConcurrency = configuration.delivery.initialDestinationConcurrency
         schedulerSettings.holdAll = configuration.delivery.hold
         schedulerSettings.delayWarning = Double(configuration.delivery.delayWarningTime)
-        schedulerSettings.onReportBounced = { domain in reportService?.noteFailed(domain, dayStart: TLSReport.dayStart(Date().timeIntervalSince1970)) }
+        schedulerSettings.onReportBounced = { domain in
+            Task { await reportService?.noteFailed(domain, dayStart: TLSReport.dayStart(Date().timeIntervalSince1970)) }
+        }
         if configuration.delivery.hold { logger.warning("delivery.hold is set: mail is accepted and queued, nothing is delivered") }
         schedulerSettings.retry = RetrySchedule(
             minimumBackoff: Double(configuration.delivery.minBackoff), maximumBackoff: Double(configuration.delivery.maxBackoff),
@@ -330,10 +353,18 @@ public final class Daemon: Sendable {
                 let counts = await scheduler.counts()
                 RelayMetrics.queue(active: counts.active, deferred: counts.deferred, held: counts.held,
                                    oldestAgeSeconds: await scheduler.oldestMessageAge())
-                let state = try? await threadPool.runIfActive { () -> (Int, [AchievedSecurity: Int]) in
+                // The files are read on the thread pool; a database through its client's own pool.
+                var state: (Int, [AchievedSecurity: Int])?
+                if let files = memoryStore as? DowngradeMemoryStore, let cache = stsCache as? STSPolicyCache {
+                    state = try? await threadPool.runIfActive { () -> (Int, [AchievedSecurity: Int]) in
+                        var levels: [AchievedSecurity: Int] = [:]
+                        for entry in files.all() { levels[entry.strongest, default: 0] += 1 }
+                        return (cache.all().count, levels)
+                    }
+                } else if let remembered = try? await memoryStore.all(), let policies = try? await stsCache.all() {
                     var levels: [AchievedSecurity: Int] = [:]
-                    for entry in memoryStore.all() { levels[entry.strongest, default: 0] += 1 }
-                    return (stsCache.all().count, levels)
+                    for entry in remembered { levels[entry.strongest, default: 0] += 1 }
+                    state = (policies.count, levels)
                 }
                 if let state { RelayMetrics.policyState(stsCacheEntries: state.0, memoryByLevel: state.1) }
             })
@@ -449,11 +480,11 @@ public final class Daemon: Sendable {
                     group.addTask {
                         while !Task.isCancelled {
                             try? await Task.sleep(for: .seconds(1))
-                            reports.store.sync()
+                            await reports.state.sync()
                         }
                     }
                 }
-            }, stop: { reports.store.sync() }), successTerminationBehavior: .ignore), at: 2)
+            }, stop: { await reports.state.sync() }), successTerminationBehavior: .ignore), at: 2)
             logger.info("TLS reporting (RFC 8460) on: reports for \(TLSReport.dayName(TLSReport.dayStart(Date().timeIntervalSince1970))) go out after 00:00 UTC plus up to \(configuration.tlsrpt.sendDelay) s")
         }
         var groupConfiguration = ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
@@ -466,6 +497,7 @@ public final class Daemon: Sendable {
             failure = error
         }
         // The one place that tears down what every part shared.
+        await policyState.client?.shutdown()
         resolver.shutdown()
         try? await threadPool.shutdownGracefully()
         try? await group.shutdownGracefully()

@@ -15,17 +15,21 @@ public enum TLSRelayVersion {
 public enum StateReports {
     /// The cached MTA-STS policy, the downgrade memory and the local level of `domain`.
     /// - Parameter now: seconds since the epoch (for expiry).
-    public static func policy(domain: String, configuration: RelayConfiguration, stsCache: STSPolicyCache, memory: DowngradeMemoryStore,
-                              now: Double) -> [String: Any] {
-        var result: [String: Any] = ["domain": domain]
-        if case .unreadable(let reason) = stsCache.lookup(domain) { result["mta_sts_unreadable"] = reason }
-        if case .unreadable(let reason) = memory.lookup(domain) { result["downgrade_memory_unreadable"] = reason }
-        if let cached = stsCache.policy(for: domain) {
+    public static func policy(domain: String, configuration: RelayConfiguration, stsCache: any STSPolicyStore, memory: any DowngradeMemoryBackend,
+                              now: Double) async -> [String: Any] {
+        var result: [String: Any] = ["domain": domain, "state_backend": configuration.state.backend.rawValue]
+        let stsLookup = await stsCache.lookup(domain)
+        let memoryLookup = await memory.lookup(domain)
+        if case .unreadable(let reason) = stsLookup { result["mta_sts_unreadable"] = reason }
+        if case .unavailable(let reason) = stsLookup { result["mta_sts_unreadable"] = "the policy state store cannot be read: \(reason)" }
+        if case .unreadable(let reason) = memoryLookup { result["downgrade_memory_unreadable"] = reason }
+        if case .unavailable(let reason) = memoryLookup { result["downgrade_memory_unreadable"] = "the policy state store cannot be read: \(reason)" }
+        if let cached = stsLookup.policy {
             result["mta_sts"] = ["id": cached.id, "mode": cached.policy.mode.rawValue, "max_age": cached.policy.maxAge,
                                  "mx": cached.policy.mx, "fetched_at": cached.fetchedAt, "expires_at": cached.expiresAt,
                                  "expired": cached.isExpired(now: now)] as [String: Any]
         }
-        if let remembered = memory.memory(of: domain) {
+        if let remembered = memoryLookup.memory {
             var entry: [String: Any] = ["strongest": remembered.strongest.rawValue, "achieved_at": remembered.achievedAt]
             if let first = remembered.downgradeFirstSeen { entry["downgrade_first_seen"] = first }
             result["downgrade_memory"] = entry

@@ -88,7 +88,7 @@ public final class DeliveryAgent: Sendable {
     /// Each TLS session result the planner counts (RFC 8460), with the time it happened.
     public let onSessionResult: @Sendable (TLSSessionResult, Double) -> Void
     let sts: STSPolicyService?
-    let memory: DowngradeMemoryStore?
+    let memory: (any DowngradeMemoryBackend)?
     let connections = ConnectionCache()
     /// Session limits overall and per MX address; nil: none (`tlsrelayctl check`).
     let slots: ConnectionSlots?
@@ -98,7 +98,7 @@ public final class DeliveryAgent: Sendable {
     /// - Parameter sts: the MTA-STS service; nil disables MTA-STS.
     /// - Parameter slots: caps sessions overall and per MX address; nil: no cap.
     public init(resolver: RelayDNS.Resolver, group: EventLoopGroup, tlsContext: TLSClientContext, settings: Settings, logger: Logger,
-                sts: STSPolicyService? = nil, memory: DowngradeMemoryStore? = nil, slots: ConnectionSlots? = nil,
+                sts: STSPolicyService? = nil, memory: (any DowngradeMemoryBackend)? = nil, slots: ConnectionSlots? = nil,
                 onAlert: @escaping @Sendable (PolicyAlert, QueueID) -> Void = { _, _ in },
                 onSessionResult: @escaping @Sendable (TLSSessionResult, Double) -> Void = { _, _ in }) {
         self.onSessionResult = onSessionResult
@@ -130,11 +130,13 @@ public final class DeliveryAgent: Sendable {
         if first.asciiDomain != nil {
             logger.info("\(queueID): delivering to \(first.domain) (\(domain)): DNS, DANE and MTA-STS use the A-label form (RFC 5891)")
         }
+        let lookup = settings.downgradeMemory == .off ? MemoryLookup.nothing : await memory?.lookup(domain) ?? .nothing
         var planner = DeliveryPlanner(domain: domain, recipients: recipientIndexes, settings: settings.planner(mtaSTS: sts != nil),
                                       local: settings.localLevel(for: domain).map(LocalPolicyFact.init),
-                                      memory: settings.downgradeMemory == .off ? nil : memory?.lookup(domain).fact, now: now,
+                                      memory: lookup.fact, now: now,
                                       message: Self.messageKind(envelope.generated),
-                                      sender: SenderRequest(requireTLS: envelope.transaction.parameters.requireTLS, tlsRequiredNo: envelope.tlsRequiredNo))
+                                      sender: SenderRequest(requireTLS: envelope.transaction.parameters.requireTLS, tlsRequiredNo: envelope.tlsRequiredNo),
+                                      state: lookup.unavailable.map { .unavailable(reason: $0) } ?? .available)
         let finished = await drive(&planner, effect: { effect in
             switch effect {
             case .log(let level, let text):
@@ -155,11 +157,11 @@ public final class DeliveryAgent: Sendable {
             case .hostDecided, .mtaSTS:
                 break
             case .remember(let security, let acceptDowngrade):
-                do { try memory?.record(domain: domain, security: security, now: now, acceptDowngrade: acceptDowngrade) } catch {
+                do { try await memory?.record(domain: domain, security: security, now: now, acceptDowngrade: acceptDowngrade) } catch {
                     logger.error("\(queueID): cannot update the downgrade memory of \(domain): \(error)")
                 }
             case .noteRefusedDowngrade:
-                do { try memory?.noteRefusedDowngrade(domain: domain, now: now) } catch {
+                do { try await memory?.noteRefusedDowngrade(domain: domain, now: now) } catch {
                     logger.error("\(queueID): cannot update the downgrade memory of \(domain): \(error)")
                 }
             case .tlsSession(let result):
@@ -174,11 +176,11 @@ public final class DeliveryAgent: Sendable {
     /// Runs the planner to its end: answers each lookup action with the resolver (or the
     /// MTA-STS service), hands each effect to `effect` and each connection to `attempt`.
     /// - Returns: the planner's final outcomes.
-    func drive(_ planner: inout DeliveryPlanner, effect: (PlannerEffect) -> Void,
+    func drive(_ planner: inout DeliveryPlanner, effect: (PlannerEffect) async -> Void,
                attempt: (PlannedAttempt) async -> AttemptResult) async -> (outcomes: [Int: RecipientOutcome], deliverable: Bool, lastFailure: RecipientOutcome?) {
         var step = planner.start()
         while true {
-            step.effects.forEach(effect)
+            for item in step.effects { await effect(item) }
             switch step.action {
             case .lookupMX(let domain):
                 let started = ContinuousClock.now

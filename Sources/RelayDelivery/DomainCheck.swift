@@ -56,7 +56,8 @@ public struct DomainCheckReport: Sendable {
     public var localLevelExpired: Bool
     /// The downgrade memory in force, as the daemon keeps it, and its mode.
     public var memory: DomainMemory?
-    /// Why the domain's memory file cannot be read (it is then treated as `dane`).
+    /// Why the domain's memory file cannot be read (it is then treated as `dane`), or why the
+    /// shared store cannot be read (a delivery is then deferred).
     public var memoryUnreadable: String?
     public var memoryMode: PolicySettings.DowngradeMemory
     public var memoryGrace: Double
@@ -86,11 +87,11 @@ extension DeliveryAgent {
         let settings = self.settings
         let now = Date().timeIntervalSince1970
         let localEntry = settings.localLevel(for: domain)
-        let lookup = settings.downgradeMemory == .off ? MemoryLookup.nothing : memory?.lookup(domain) ?? .nothing
+        let lookup = settings.downgradeMemory == .off ? MemoryLookup.nothing : await memory?.lookup(domain) ?? .nothing
         let remembered = lookup.memory
         var report = DomainCheckReport(domain: domain, mxStatus: nil, mxResult: "failed", mx: [], mtaSTS: nil, localLevel: localEntry,
                                        localLevelExpired: localEntry?.isExpired(at: now) ?? false, memory: remembered,
-                                       memoryUnreadable: lookup.fact?.unreadable,
+                                       memoryUnreadable: lookup.fact?.unreadable ?? lookup.unavailable.map { "policy state store unavailable: \($0)" },
                                        memoryMode: settings.downgradeMemory, memoryGrace: settings.downgradeGrace,
                                        hosts: [], alerts: [], wouldFail: nil, time: now)
         // The MX records for display (the planner gets its own answer, from libunbound's cache).
@@ -101,7 +102,8 @@ extension DeliveryAgent {
                 : answer.records.isEmpty ? "nodata" : answer.records.contains(where: \.isNullMX) ? "null-mx" : "data"
         }
         var planner = DeliveryPlanner(domain: domain, recipients: [], settings: settings.planner(mtaSTS: sts != nil),
-                                      local: localEntry.map(LocalPolicyFact.init), memory: lookup.fact, now: now, probe: true)
+                                      local: localEntry.map(LocalPolicyFact.init), memory: lookup.fact, now: now, probe: true,
+                                      state: lookup.unavailable.map { .unavailable(reason: $0) } ?? .available)
         let finished = await drive(&planner, effect: { effect in
             switch effect {
             case .alert(let alert): report.alerts.append(alert)

@@ -38,11 +38,20 @@ public enum MemoryLookup: Sendable, Equatable {
     /// The file exists but cannot be read or holds nonsense: never ignored (it may have said
     /// `dane`), reported, and treated as the strongest level by the planner.
     case unreadable(reason: String)
+    /// The store (a shared database) cannot be reached or a statement failed: the planner gets
+    /// `PolicyStateFact.unavailable` and defers (4.4.3), as for a failed DNS lookup.
+    case unavailable(reason: String)
+
+    /// Why the store could not be read, for the planner's `PolicyStateFact`.
+    public var unavailable: String? {
+        if case .unavailable(let reason) = self { return reason }
+        return nil
+    }
 
     /// The planner's view (nil: nothing remembered).
     public var fact: MemoryFact? {
         switch self {
-        case .nothing: return nil
+        case .nothing, .unavailable: return nil
         case .remembered(let memory): return memory.fact
         case .unreadable(let reason): return MemoryFact(strongest: .dane, unreadable: reason)
         }
@@ -54,12 +63,50 @@ public enum MemoryLookup: Sendable, Equatable {
     }
 }
 
+extension DomainMemory {
+    /// The merge rule of a delivery that achieved `security` (the files store applies it in a
+    /// locked read-modify-write; the PostgreSQL store reproduces it in one `INSERT ... ON
+    /// CONFLICT DO UPDATE ... WHERE`): the level only rises — to a weaker level only with
+    /// `acceptDowngrade` (the grace window has passed) and only while a refusal is recorded
+    /// (`downgradeFirstSeen` set: another relay that reached the stronger level meanwhile cleared
+    /// it); a rise or a repeat clears the grace window's first refusal; the same level within the
+    /// hour writes nothing.
+    /// - Returns: the record to write, or nil for no change.
+    public static func merged(_ existing: DomainMemory?, domain: String, security: AchievedSecurity, now: Double,
+                              acceptDowngrade: Bool) -> DomainMemory? {
+        guard let existing else { return DomainMemory(domain: domain.lowercased(), strongest: security, achievedAt: now) }
+        if existing.strongest == security, existing.downgradeFirstSeen == nil, now - existing.achievedAt < 3600 { return nil }
+        let lower = security < existing.strongest
+        if lower && !(acceptDowngrade && existing.downgradeFirstSeen != nil) { return nil }
+        var memory = existing
+        memory.strongest = security
+        memory.achievedAt = now
+        memory.downgradeFirstSeen = nil
+        return memory
+    }
+}
+
+/// Where downgrade memory is kept: the files in `state_directory` (`DowngradeMemoryStore`) or a
+/// database several relays share (`[state] backend = "postgresql"`), so that an attacker who
+/// strips STARTTLS cannot wait for the relay that has not met the domain yet.
+public protocol DowngradeMemoryBackend: Sendable {
+    /// What is remembered of `domain`; `.unavailable` when the store cannot be read now.
+    func lookup(_ domain: String) async -> MemoryLookup
+    /// Records a delivery that achieved `security` (`DomainMemory.merged`), atomically.
+    func record(domain: String, security: AchievedSecurity, now: Double, acceptDowngrade: Bool) async throws
+    /// Starts the grace window unless started; returns when the downgrade was first refused.
+    @discardableResult
+    func noteRefusedDowngrade(domain: String, now: Double) async throws -> Double
+    /// Every remembered domain (for `tlsrelayctl policy show`).
+    func all() async throws -> [DomainMemory]
+}
+
 /// Per-domain memory of the strongest transport security achieved ("downgrade memory", a
 /// trust-on-first-use defence): when a later delivery would be weaker — STARTTLS gone, TLSA
 /// gone, the zone turned insecure, MTA-STS withdrawn — it is reported, and under `enforce`
 /// refused for a grace window. Kept in `<state_directory>/memory/<domain>.json`; every update
 /// is one locked read-modify-write, written durably (`StateFile.replace`).
-public final class DowngradeMemoryStore: Sendable {
+public final class DowngradeMemoryStore: DowngradeMemoryBackend {
     public let directory: String
     /// A read-only store (`tlsrelayctl check` reads the daemon's memory) never writes.
     public let readOnly: Bool
@@ -134,17 +181,7 @@ public final class DowngradeMemoryStore: Sendable {
             let lookup = read(domain)
             // An unreadable file is replaced only by the strongest level: it may have said dane.
             if case .unreadable = lookup, security != .dane { return }
-            let existing = lookup.memory
-            // Nothing new to remember (same level, recorded within the hour): no write on the
-            // delivery path.
-            if let existing, existing.strongest == security, existing.downgradeFirstSeen == nil, now - existing.achievedAt < 3600 {
-                return
-            }
-            var memory = existing ?? DomainMemory(domain: domain, strongest: security, achievedAt: now)
-            guard security >= memory.strongest || acceptDowngrade else { return }
-            memory.strongest = security
-            memory.achievedAt = now
-            memory.downgradeFirstSeen = nil
+            guard let memory = DomainMemory.merged(lookup.memory, domain: domain, security: security, now: now, acceptDowngrade: acceptDowngrade) else { return }
             try write(memory)
         }
     }

@@ -23,9 +23,20 @@ public struct CachedSTSPolicy: Sendable, Equatable, Codable {
     public func isExpired(now: Double) -> Bool { now >= expiresAt }
 }
 
+/// Where MTA-STS policies are kept, keyed by policy domain: the files in `state_directory`
+/// (`STSPolicyCache`) or a database several relays share (`[state] backend = "postgresql"`).
+public protocol STSPolicyStore: Sendable {
+    /// What the store holds for `domain`; `.unavailable` when the store cannot be read now.
+    func lookup(_ domain: String) async -> STSPolicyCache.Lookup
+    /// Stores (replaces) the policy of its domain.
+    func store(_ cached: CachedSTSPolicy) async throws
+    /// Every stored policy (for `tlsrelayctl policy show`).
+    func all() async throws -> [CachedSTSPolicy]
+}
+
 /// The persistent MTA-STS policy cache. Thread-safe; each write replaces one file durably
 /// (`StateFile.replace`: temp file, fsync, rename, directory fsync).
-public final class STSPolicyCache: Sendable {
+public final class STSPolicyCache: STSPolicyStore {
     public let directory: String
     /// A read-only cache (`tlsrelayctl check` reads the daemon's) never writes.
     public let readOnly: Bool
@@ -56,6 +67,9 @@ public final class STSPolicyCache: Sendable {
         case cached(CachedSTSPolicy)
         /// The file exists but cannot be read or holds nonsense: never read as "no policy".
         case unreadable(reason: String)
+        /// The store (a shared database) cannot be reached or a statement failed: the policy in
+        /// force is unknown, so the delivery is deferred, never made as if there were none.
+        case unavailable(reason: String)
 
         public var policy: CachedSTSPolicy? {
             if case .cached(let policy) = self { return policy }

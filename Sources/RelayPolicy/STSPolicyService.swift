@@ -8,14 +8,14 @@ import RelayDNS
 /// Discovers, fetches, caches and refreshes MTA-STS policies.
 public final class STSPolicyService: Sendable {
     let resolver: RelayDNS.Resolver
-    let cache: STSPolicyCache
+    let cache: any STSPolicyStore
     let fetcher: STSPolicyFetcher
     let logger: Logger
     /// A cached policy is fetched again after this many seconds even when the TXT id did not
     /// change (RFC 8461 §5.1: refresh before expiry). Default 86400.
     let refreshInterval: Double
 
-    public init(resolver: RelayDNS.Resolver, cache: STSPolicyCache, fetcher: STSPolicyFetcher, logger: Logger, refreshInterval: Double = 86400) {
+    public init(resolver: RelayDNS.Resolver, cache: any STSPolicyStore, fetcher: STSPolicyFetcher, logger: Logger, refreshInterval: Double = 86400) {
         self.resolver = resolver
         self.cache = cache
         self.fetcher = fetcher
@@ -30,7 +30,12 @@ public final class STSPolicyService: Sendable {
     /// - Returns: the policy in force (from a fetch or the cache), a problem to report, or a
     ///   temporary failure (nothing usable cached): never throws.
     public func decision(for domain: String, now: Double = Date().timeIntervalSince1970) async -> STSFact {
-        let lookup = cache.lookup(domain)
+        let lookup = await cache.lookup(domain)
+        if case .unavailable(let reason) = lookup {
+            // The shared store is down: whether a policy is in force is unknown (as when DNS
+            // fails), so the delivery is deferred, and nothing is fetched that could not be kept.
+            return STSFact(policy: nil, temporaryFailure: "the MTA-STS policy store cannot be read: \(reason)")
+        }
         let cached = lookup.policy
         let usable = cached.flatMap { $0.isExpired(now: now) ? nil : $0 }
         func fromCache(_ problem: (TLSRPTResultType, String)?) -> STSFact {
@@ -75,7 +80,7 @@ public final class STSPolicyService: Sendable {
             let policy = try await fetcher.fetch(domain: domain, address: address)
             RelayMetrics.stsFetch(success: true)
             let entry = CachedSTSPolicy(domain: domain, id: record.id, policy: policy, fetchedAt: now)
-            do { try cache.store(entry) } catch { logger.error("cannot store the MTA-STS policy of \(domain): \(error)") }
+            do { try await cache.store(entry) } catch { logger.error("cannot store the MTA-STS policy of \(domain): \(error)") }
             logger.info("MTA-STS policy of \(domain) fetched: id \(record.id), mode \(policy.mode.rawValue), max_age \(policy.maxAge), mx \(policy.mx.joined(separator: " "))")
             return STSFact(policy: policy.mode == .none ? nil : policy)
         } catch let error as STSPolicyFetcher.FetchError {

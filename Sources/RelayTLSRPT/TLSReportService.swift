@@ -77,71 +77,57 @@ public final class TLSReportService: Sendable {
         }
     }
 
-    public let store: SessionResultStore
+    /// Session results, sent state and failed deliveries: files, or a store several relays share.
+    public let state: any TLSRPTStateStore
     private let settings: NIOLockedValueBox<Settings>
     private let resolver: RelayDNS.Resolver
     /// The HTTPS client of the MTA-STS fetch (system OpenSSL; its TLS context holds the trusted
     /// CAs: the system store plus `delivery.tls_ca_file`).
     private let https: HTTPSClient
     private let spool: Spool
-    private let stateDirectory: String
     private let logger: Logger
     /// Hands a queued report mail to delivery.
     private let onQueued: @Sendable (QueueID) -> Void
     private let sending = NIOLockedValueBox(false)
 
-    public init(store: SessionResultStore, settings: Settings, resolver: RelayDNS.Resolver, https: HTTPSClient, spool: Spool,
-                stateDirectory: String, logger: Logger, onQueued: @escaping @Sendable (QueueID) -> Void) throws {
-        self.store = store
+    public init(state: any TLSRPTStateStore, settings: Settings, resolver: RelayDNS.Resolver, https: HTTPSClient, spool: Spool,
+                logger: Logger, onQueued: @escaping @Sendable (QueueID) -> Void) {
+        self.state = state
         self.settings = NIOLockedValueBox(settings)
         self.resolver = resolver
         self.https = https
         self.spool = spool
-        self.stateDirectory = stateDirectory + "/tlsrpt"
         self.logger = logger
         self.onQueued = onQueued
-        try FileManager.default.createDirectory(atPath: self.stateDirectory + "/sent", withIntermediateDirectories: true,
-                                                attributes: [.posixPermissions: 0o700])
     }
 
     // MARK: - Reports
 
     /// Per domain, the sessions of the day starting at `dayStart` not yet reported: successes
     /// and failures.
-    public func counts(dayStart: Int) -> [String: (successes: Int, failures: Int)] {
-        let sent = sentUntil(dayStart: dayStart)
-        var counts: [String: (successes: Int, failures: Int)] = [:]
-        for (time, result) in store.results(dayStart: dayStart).results where time >= sent[result.policy.domain] ?? 0 {
-            var entry = counts[result.policy.domain] ?? (0, 0)
-            if result.isSuccess { entry.successes += 1 } else { entry.failures += 1 }
-            counts[result.policy.domain] = entry
-        }
-        return counts
+    /// - Throws: when a shared store cannot be read.
+    public func counts(dayStart: Int) async throws -> [String: (successes: Int, failures: Int)] {
+        try await state.pending(dayStart: dayStart, until: .greatestFiniteMagnitude, domain: nil).mapValues { ($0.successes, $0.failures) }
     }
 
     /// The report `domain` would get now for the day starting at `dayStart`, covering the
     /// sessions since the last report of that day up to `until` (seconds since the epoch).
-    /// - Returns: the report, and the time its range ends; nil when there is nothing to report.
-    public func report(domain: String, dayStart: Int, until: Double, reportID: String? = nil) -> TLSReport? {
-        report(domain: domain, dayStart: dayStart, until: until, stored: grouped(dayStart: dayStart)[domain] ?? [], reportID: reportID)
+    /// - Returns: the report; nil when there is nothing to report.
+    /// - Throws: when a shared store cannot be read.
+    public func report(domain: String, dayStart: Int, until: Double, reportID: String? = nil) async throws -> TLSReport? {
+        guard let pending = try await state.pending(dayStart: dayStart, until: until, domain: domain)[domain] else { return nil }
+        return report(domain: domain, dayStart: dayStart, until: until, pending: pending, reportID: reportID)
     }
 
-    /// One day's stored results by policy domain, read once for a whole run over the day.
-    func grouped(dayStart: Int) -> [String: [(time: Double, result: TLSSessionResult)]] {
-        Dictionary(grouping: store.results(dayStart: dayStart).results, by: { $0.result.policy.domain })
-    }
-
-    /// The report of `domain` from its stored results of the day (`stored`).
-    func report(domain: String, dayStart: Int, until: Double, stored: [(time: Double, result: TLSSessionResult)],
-                reportID: String? = nil) -> TLSReport? {
-        let since = sentUntil(dayStart: dayStart)[domain] ?? Double(dayStart)
-        let results = stored.filter { $0.time >= since && $0.time < until }
-        guard !results.isEmpty else { return nil }
+    /// The report of `domain` from its pending sessions of the day.
+    func report(domain: String, dayStart: Int, until: Double, pending: PendingSessions, reportID: String? = nil) -> TLSReport? {
+        guard pending.results.contains(where: { $0.count > 0 }) else { return nil }
         let settings = self.settings.withLockedValue { $0 }
         let id = reportID ?? "\(TLSReport.dayName(dayStart)).\(Self.uniqueID())@\(settings.submitter.domain)"
-        var report = TLSReport.make(domain: domain, dayStart: dayStart, results: results.map(\.result), submitter: settings.submitter, reportID: id)
+        var report = TLSReport.make(domain: domain, dayStart: dayStart, weighted: pending.results.map { ($0.result, $0.count) },
+                                    submitter: settings.submitter, reportID: id)
         let end = until < Double(dayStart + TLSReport.day) ? Int(until) : dayStart + TLSReport.day - 1
-        report.setRange(start: max(dayStart, Int(since)), end: end)
+        report.setRange(start: max(dayStart, Int(pending.since)), end: end)
         return report
     }
 
@@ -157,43 +143,82 @@ public final class TLSReportService: Sendable {
         }
         defer { sending.withLockedValue { $0 = false } }
         let today = TLSReport.dayStart(now)
-        let days = dayStart.map { [$0] } ?? store.days().filter { $0 < today }
+        let days: [Int]
+        do {
+            if let dayStart { days = [dayStart] } else { days = try await state.days().filter { $0 < today } }
+        } catch {
+            logger.warning("TLS-RPT: reports postponed: the TLS-RPT state cannot be read: \(error)")
+            return [Outcome(domain: only ?? "*", reportID: nil, deliveries: [], skipped: "the TLS-RPT state cannot be read: \(error); kept for a later run", retryLater: true)]
+        }
         var outcomes: [Outcome] = []
         for day in days {
             let until = min(now, Double(day + TLSReport.day))
-            // The day's file is read once here, not once per domain.
-            let stored = grouped(dayStart: day)
-            let sent = sentUntil(dayStart: day)
-            let domains = stored.keys.sorted().filter { domain in
-                (only == nil || domain == only) && stored[domain]!.contains { $0.time >= sent[domain] ?? 0 }
+            // The day's sessions are read once here, not once per domain.
+            let pending: [String: PendingSessions]
+            do {
+                pending = try await state.pending(dayStart: day, until: until, domain: only)
+            } catch {
+                outcomes.append(Outcome(domain: only ?? "*", reportID: nil, deliveries: [], skipped: "the TLS-RPT state cannot be read: \(error); kept for a later run", retryLater: true))
+                continue
             }
-            for domain in domains {
+            var postponed = false
+            for domain in pending.keys.sorted() {
                 guard !Task.isCancelled else { return outcomes }
-                let outcome = await send(domain: domain, dayStart: day, until: until, stored: stored[domain]!, forced: only != nil)
+                let outcome: Outcome
+                do {
+                    let shared = state.shared
+                    let taken = try await state.whileReporting(domain: domain, dayStart: day) { () async -> Outcome in
+                        var current = pending[domain]!
+                        if shared {
+                            // Another relay may have reported these sessions since they were read.
+                            do {
+                                guard let fresh = try await self.state.pending(dayStart: day, until: until, domain: domain)[domain] else {
+                                    return Outcome(domain: domain, reportID: nil, deliveries: [], skipped: "reported already by another relay")
+                                }
+                                current = fresh
+                            } catch {
+                                return Outcome(domain: domain, reportID: nil, deliveries: [], skipped: "the TLS-RPT state cannot be read: \(error); kept for a later run", retryLater: true)
+                            }
+                        }
+                        return await self.send(domain: domain, dayStart: day, until: until, pending: current, forced: only != nil)
+                    }
+                    outcome = taken ?? Outcome(domain: domain, reportID: nil, deliveries: [],
+                                               skipped: "another relay is sending this report; kept in case it does not finish", retryLater: true)
+                } catch {
+                    outcome = Outcome(domain: domain, reportID: nil, deliveries: [], skipped: "the TLS-RPT state cannot be read: \(error); kept for a later run", retryLater: true)
+                }
+                postponed = postponed || outcome.retryLater
                 outcomes.append(outcome)
             }
-            if day < today, only == nil, counts(dayStart: day).isEmpty {
-                store.remove(dayStart: day)
-                try? FileManager.default.removeItem(atPath: sentPath(dayStart: day))
+            if day < today, only == nil, !postponed, (try? await state.pending(dayStart: day, until: .greatestFiniteMagnitude, domain: nil).isEmpty) == true {
+                await state.finish(dayStart: day)
             }
         }
         return outcomes
     }
 
+    /// Records the sessions of `pending` as reported (a failure to record is logged: the report may go out twice).
+    private func markSent(domain: String, dayStart: Int, until: Double, pending: PendingSessions) async {
+        do {
+            try await state.markSent(domain: domain, dayStart: dayStart, until: until, reported: pending)
+        } catch {
+            logger.error("TLS-RPT: cannot record the report of \(domain) as sent: \(error) (it may be sent again)")
+        }
+    }
+
     /// - Parameter forced: sent even to a domain given up on (an operator's `send DOMAIN`).
-    func send(domain: String, dayStart: Int, until: Double, stored: [(time: Double, result: TLSSessionResult)],
-              forced: Bool = false) async -> Outcome {
+    func send(domain: String, dayStart: Int, until: Double, pending: PendingSessions, forced: Bool = false) async -> Outcome {
         let settings = self.settings.withLockedValue { $0 }
-        guard let report = report(domain: domain, dayStart: dayStart, until: until, stored: stored) else {
+        guard let report = report(domain: domain, dayStart: dayStart, until: until, pending: pending) else {
             return Outcome(domain: domain, reportID: nil, deliveries: [], skipped: "nothing to report")
         }
         if report.failureCount == 0 && !settings.sendWithoutFailures {
-            markSent(domain: domain, dayStart: dayStart, until: until)
+            await markSent(domain: domain, dayStart: dayStart, until: until, pending: pending)
             return Outcome(domain: domain, reportID: report.reportID, deliveries: [], skipped: "no failed session (tlsrpt.send_without_failures = false)")
         }
-        let failures = failedDays(domain)
+        let failures = await state.failedDays(domain)
         if failures.days >= settings.giveUpAfterDays, !forced {
-            markSent(domain: domain, dayStart: dayStart, until: until)
+            await markSent(domain: domain, dayStart: dayStart, until: until, pending: pending)
             let reason = "reports to \(domain) failed on \(failures.days) day(s) in a row (tlsrpt.give_up_after_days = \(settings.giveUpAfterDays)); none is sent until `tlsrelayctl tlsrpt send \(domain)` gets one through"
             logger.warning("TLS-RPT: \(TLSReport.dayName(dayStart)): \(reason)")
             return Outcome(domain: domain, reportID: report.reportID, deliveries: [], skipped: reason)
@@ -203,7 +228,7 @@ public final class TLSReportService: Sendable {
             record = try await discover(domain)
         } catch let problem as TLSRPTRecord.Problem {
             // The domain asks for no reports (RFC 8460 §3): its sessions are done with.
-            markSent(domain: domain, dayStart: dayStart, until: until)
+            await markSent(domain: domain, dayStart: dayStart, until: until, pending: pending)
             logger.info("TLS-RPT: no report for \(domain) (\(TLSReport.dayName(dayStart))): _smtp._tls.\(domain): \(problem)")
             return Outcome(domain: domain, reportID: report.reportID, deliveries: [], skipped: "_smtp._tls.\(domain): \(problem)")
         } catch {
@@ -243,11 +268,11 @@ public final class TLSReportService: Sendable {
             }
             deliveries.append(delivery)
         }
-        markSent(domain: domain, dayStart: dayStart, until: until)
+        await markSent(domain: domain, dayStart: dayStart, until: until, pending: pending)
         if deliveries.contains(where: \.succeeded) {
-            noteDelivered(domain)
+            await state.noteDelivered(domain)
         } else {
-            noteFailed(domain, dayStart: dayStart, limit: settings.giveUpAfterDays)
+            await noteFailed(domain, dayStart: dayStart, limit: settings.giveUpAfterDays)
         }
         return Outcome(domain: domain, reportID: report.reportID, deliveries: deliveries, skipped: nil)
     }
@@ -348,7 +373,7 @@ public final class TLSReportService: Sendable {
         while !Task.isCancelled {
             let current = now()
             let settings = self.settings.withLockedValue { $0 }
-            let pendingPast = store.days().contains { $0 < TLSReport.dayStart(current) }
+            let pendingPast = ((try? await state.days()) ?? []).contains { $0 < TLSReport.dayStart(current) }
             let wait: Double
             if startUp && pendingPast {
                 wait = Double.random(in: 0...min(60, Double(settings.sendDelay)))
@@ -375,61 +400,12 @@ public final class TLSReportService: Sendable {
 
     // MARK: - State
 
-    func sentPath(dayStart: Int) -> String { stateDirectory + "/sent/" + TLSReport.dayName(dayStart) + ".json" }
-
-    /// Per domain, the time up to which the day's sessions were reported.
-    func sentUntil(dayStart: Int) -> [String: Double] {
-        guard let data = FileManager.default.contents(atPath: sentPath(dayStart: dayStart)),
-              let map = try? JSONDecoder().decode([String: Double].self, from: data) else { return [:] }
-        return map
-    }
-
-    func markSent(domain: String, dayStart: Int, until: Double) {
-        var map = sentUntil(dayStart: dayStart)
-        map[domain] = until
-        do {
-            try StateFile.replace(sentPath(dayStart: dayStart), with: try JSONEncoder().encode(map))
-        } catch {
-            logger.error("TLS-RPT: cannot record the report of \(domain) as sent: \(error) (it may be sent again)")
-        }
-    }
-
-    var failuresPath: String { stateDirectory + "/delivery-failures.json" }
-
-    struct FailedDays: Codable {
-        var days: Int
-        var lastDay: Int
-    }
-
-    func failedDays(_ domain: String) -> FailedDays {
-        guard let data = FileManager.default.contents(atPath: failuresPath),
-              let map = try? JSONDecoder().decode([String: FailedDays].self, from: data) else { return FailedDays(days: 0, lastDay: 0) }
-        return map[domain] ?? FailedDays(days: 0, lastDay: 0)
-    }
-
-    private func updateFailures(_ change: (inout [String: FailedDays]) -> Void) {
-        var map = (FileManager.default.contents(atPath: failuresPath)).flatMap { try? JSONDecoder().decode([String: FailedDays].self, from: $0) } ?? [:]
-        change(&map)
-        try? StateFile.replace(failuresPath, with: (try? JSONEncoder().encode(map)) ?? Data())
-    }
-
-    func noteDelivered(_ domain: String) {
-        guard failedDays(domain).days > 0 else { return }
-        updateFailures { $0[domain] = nil }
-    }
-
     /// A day's report to `domain` did not arrive anywhere (every POST failed, or the report mail
     /// bounced).
-    public func noteFailed(_ domain: String, dayStart: Int, limit: Int? = nil) {
-        var reached = false
+    public func noteFailed(_ domain: String, dayStart: Int, limit: Int? = nil) async {
         let limit = limit ?? settings.withLockedValue { $0.giveUpAfterDays }
-        updateFailures { map in
-            var entry = map[domain] ?? FailedDays(days: 0, lastDay: 0)
-            if entry.lastDay != dayStart { entry.days += 1; entry.lastDay = dayStart }
-            reached = entry.days == limit
-            map[domain] = entry
-        }
-        if reached {
+        let days = await state.noteFailed(domain, dayStart: dayStart)
+        if days == limit {
             logger.warning("TLS-RPT: reports to \(domain) failed on \(limit) day(s) in a row; the daily run sends it no more reports until `tlsrelayctl tlsrpt send \(domain)` gets one through")
         }
     }

@@ -124,18 +124,25 @@ public struct TLSReport: Sendable, Equatable, Codable {
     ///   - reportID: unique per report (RFC 8460 §4.4 `report-id`).
     /// - Returns: the report; policies and failure details keep the order of first appearance.
     public static func make(domain: String, dayStart: Int, results: [TLSSessionResult], submitter: Submitter, reportID: String) -> TLSReport {
+        make(domain: domain, dayStart: dayStart, weighted: results.map { ($0, 1) }, submitter: submitter, reportID: reportID)
+    }
+
+    /// The report of `domain` from results each standing for `count` sessions (the counts of a
+    /// shared store, summed over several relays).
+    public static func make(domain: String, dayStart: Int, weighted: [(result: TLSSessionResult, count: Int)], submitter: Submitter,
+                            reportID: String) -> TLSReport {
         var order: [TLSRPTPolicy] = []
         var groups: [TLSRPTPolicy: (successes: Int, failures: [TLSRPTFailure: Int], failureOrder: [TLSRPTFailure])] = [:]
-        for result in results where result.policy.domain == domain {
+        for (result, count) in weighted where result.policy.domain == domain && count > 0 {
             if groups[result.policy] == nil {
                 order.append(result.policy)
                 groups[result.policy] = (0, [:], [])
             }
             if let failure = result.failure {
                 if groups[result.policy]!.failures[failure] == nil { groups[result.policy]!.failureOrder.append(failure) }
-                groups[result.policy]!.failures[failure, default: 0] += 1
+                groups[result.policy]!.failures[failure, default: 0] += count
             } else {
-                groups[result.policy]!.successes += 1
+                groups[result.policy]!.successes += count
             }
         }
         let policies = order.map { policy -> PolicyResult in

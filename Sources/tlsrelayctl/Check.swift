@@ -57,10 +57,12 @@ struct Check: AsyncParsableCommand {
             resolver = try RelayDNS.Resolver(configuration: Daemon.resolverConfiguration(settings.dns))
             let caFile = settings.delivery.tlsCAFile.isEmpty ? nil : settings.delivery.tlsCAFile
             let tls = try TLSClientContext(extraCAFile: caFile)
-            let sts = STSPolicyService(resolver: resolver, cache: try STSPolicyCache(stateDirectory: settings.stateDirectory, readOnly: true),
+            // The daemon's policy state, read-only: state_directory or the shared database.
+            let stores = try await PolicyStateStores.open(settings, logger: logger, readOnly: true, applicationName: "tlsrelayctl")
+            let sts = STSPolicyService(resolver: resolver, cache: stores.sts,
                                        fetcher: STSPolicyFetcher(client: HTTPSClient(group: group, tlsContext: tls, userAgent: "tlsrelayctl/\(TLSRelayVersion.string)")),
                                        logger: logger)
-            let memory = try DowngradeMemoryStore(stateDirectory: settings.stateDirectory, readOnly: true)
+            let memory = stores.memory
             var timeouts = ClientTimeouts()
             timeouts.connect = Double(min(settings.delivery.connectTimeout, 15))
             timeouts.command = Double(min(settings.delivery.commandTimeout, 30))

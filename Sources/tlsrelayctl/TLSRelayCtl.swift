@@ -1,6 +1,7 @@
 import ArgumentParser
 import RelayDaemon
 import Foundation
+import Logging
 import RelayConfig
 import RelayControl
 import RelayDelivery
@@ -329,6 +330,20 @@ struct Queue: ParsableCommand {
     }
 }
 
+/// Runs async work from a synchronous command and waits for it.
+final class BlockingResult<T>: @unchecked Sendable { var result: Result<T, Error>? }
+
+func blocking<T>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
+    let box = BlockingResult<T>()
+    let done = DispatchSemaphore(value: 0)
+    Task {
+        do { box.result = .success(try await body()) } catch { box.result = .failure(error) }
+        done.signal()
+    }
+    done.wait()
+    return try box.result!.get()
+}
+
 struct Policy: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Policies the daemon holds for a domain.", subcommands: [Show.self])
 
@@ -344,12 +359,21 @@ struct Policy: ParsableCommand {
                     result = try options.call(["command": "policy.show", "domain": domain])
                 } catch let failure as Failure where failure.description.contains("is not running") {
                     // Without the daemon, read state_directory directly (read-only).
+                    // Without the daemon, read the policy state directly (read-only): state_directory,
+                    // or the shared database of [state] backend = "postgresql".
                     let settings = try options.settings()
-                    result = StateReports.policy(domain: domain.lowercased(), configuration: settings,
-                                                 stsCache: try STSPolicyCache(stateDirectory: settings.stateDirectory, readOnly: true),
-                                                 memory: try DowngradeMemoryStore(stateDirectory: settings.stateDirectory, readOnly: true),
-                                                 now: Date().timeIntervalSince1970)
-                    FileHandle.standardError.write(Data("tlsrelayctl: tlsrelayd is not running; read from \(settings.stateDirectory)\n".utf8))
+                    let name = domain.lowercased()
+                    let read = try blocking { () async throws -> ([String: Any], String) in
+                        let stores = try await PolicyStateStores.open(settings, logger: Logger(label: "tlsrelayctl"), readOnly: true,
+                                                                      applicationName: "tlsrelayctl")
+                        let where_ = stores.client?.settings.display ?? settings.stateDirectory
+                        let report = await StateReports.policy(domain: name, configuration: settings, stsCache: stores.sts, memory: stores.memory,
+                                                               now: Date().timeIntervalSince1970)
+                        await stores.client?.shutdown()
+                        return (report, where_)
+                    }
+                    result = read.0
+                    FileHandle.standardError.write(Data("tlsrelayctl: tlsrelayd is not running; read from \(read.1)\n".utf8))
                 }
                 if options.json { options.printJSON(result); return }
                 guard let entry = result as? [String: Any] else { return }

@@ -70,6 +70,11 @@ struct TLSRelayD: AsyncParsableCommand {
         let logger = Logger(label: "tlsrelayd")
         do {
             try await Daemon(configuration: settings, logger: logger, configurationPath: config).run()
+        } catch let error as PolicyStateStores.SchemaTooNew {
+            // Like a configuration error: restarting does not help (RestartPreventExitStatus=78).
+            logger.critical("fatal: \(error)")
+            writeStandardError("tlsrelayd: configuration error: [state]: \(error)\n")
+            throw ExitCode(DaemonExitCode.config)
         } catch {
             logger.critical("fatal: \(error)")
             throw ExitCode(DaemonExitCode.osError)

@@ -15,6 +15,8 @@ struct Inputs: Sendable, CustomStringConvertible {
     enum Memory: String, CaseIterable {
         case off, reportDANE = "report-dane", enforceTLS = "enforce-tls", enforceMTASTS = "enforce-mta-sts", enforceDANE = "enforce-dane"
         case graceOver = "enforce-dane-grace-over"
+        /// The shared policy state store cannot be read (`PolicyStateFact.unavailable`).
+        case storeUnavailable = "store-unavailable"
     }
     /// What the MX (or the attacker at its address) does.
     enum MX: String, CaseIterable {
@@ -116,7 +118,12 @@ struct Inputs: Sendable, CustomStringConvertible {
         case .enforceMTASTS: return MemoryFact(strongest: .mtaSTS)
         case .enforceDANE: return MemoryFact(strongest: .dane, firstRefused: Self.now - 10)
         case .graceOver: return MemoryFact(strongest: .dane, firstRefused: Self.now - Self.grace - 1)
+        case .storeUnavailable: return nil
         }
+    }
+
+    var stateFact: PolicyStateFact {
+        memory == .storeUnavailable ? .unavailable(reason: "connection to the database refused") : .available
     }
 
     var memoryMode: MemoryMode {
@@ -258,7 +265,7 @@ func run(_ inputs: Inputs, settings overrides: PlannerSettings? = nil, probe: Bo
                                                 honorTLSRequiredNo: inputs.sender != .tlsRequiredNoNotHonoured)
     var planner = DeliveryPlanner(domain: Inputs.domain, recipients: probe ? [] : [0], settings: settings, local: inputs.localFact,
                                   memory: inputs.memoryFact, now: Inputs.now, probe: probe, message: inputs.message,
-                                  sender: inputs.sender.request)
+                                  sender: inputs.sender.request, state: inputs.stateFact)
     var transcript = Transcript()
     var step = planner.start()
     for _ in 0..<64 {

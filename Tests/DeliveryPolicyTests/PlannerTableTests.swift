@@ -33,6 +33,12 @@ private func I(local: Inputs.Local = .absent, mx: Inputs.Status = .secure, a: In
 }
 
 let rows: [Row] = [
+    Row(name: "policy state store unreadable: deferred, never as if nothing were remembered", rfc: "RFC 7672 §2.1.1 (indeterminate is not insecure)",
+        inputs: I(tlsa: .daneEE, memory: .storeUnavailable), expect: .deferred(.directoryServerFailure)),
+    Row(name: "policy state store unreadable, no TLSA: deferred, not sent opportunistically", rfc: "RFC 7672 §2.1.1",
+        inputs: I(mx: .insecure, a: .insecure, memory: .storeUnavailable, does: .stripped), expect: .deferred(.directoryServerFailure)),
+    Row(name: "policy state store unreadable under a local level: the level needs no state", rfc: "RFC 8461 §8.3 (local policy)",
+        inputs: I(local: .encrypt, memory: .storeUnavailable, does: .unverified), expect: .delivered(.tls)),
     Row(name: "MX lookup fails: defer, never 'no MX'", rfc: "RFC 5321 §5.1", inputs: I(mx: .failed), expect: .deferred(.directoryServerFailure)),
     Row(name: "MX bogus: defer with dnssec-invalid", rfc: "RFC 7672 §2.2.1", inputs: I(mx: .bogus), expect: .deferred(.cryptographicFailure),
         alert: (.dnssecInvalid, .dane, true)),

@@ -313,3 +313,54 @@ struct AdministratorConfigurationTests {
         #expect(try load(text).server.hostname == RelayConfiguration.systemHostname())
     }
 }
+
+@Suite("Configuration: [state]")
+struct StateConfigurationTests {
+    @Test("files by default; postgresql with every key read and rendered back the same")
+    func postgresql() throws {
+        #expect(try load("").state.backend == .files)
+        let config = try load("""
+            [state]
+            backend = "postgresql"
+            host = "db.example.org"
+            port = 6432
+            dbname = "relays"
+            user = "relay"
+            password_file = "/etc/tlsrelay/db.password"
+            sslmode = "verify-full"
+            sslrootcert = "/etc/tlsrelay/db-ca.pem"
+            connect_timeout = 3
+            statement_timeout = 2
+            cache_seconds = 10
+            """)
+        let state = config.state
+        #expect(state.backend == .postgresql && state.host == "db.example.org" && state.port == 6432 && state.dbname == "relays")
+        #expect(state.user == "relay" && state.passwordFile == "/etc/tlsrelay/db.password" && state.sslMode == "verify-full")
+        #expect(state.sslRootCert == "/etc/tlsrelay/db-ca.pem" && state.connectTimeout == 3 && state.statementTimeout == 2 && state.cacheSeconds == 10)
+        #expect(try load(config.renderTOML()) == config)
+        #expect(try load("[state]\nbackend = \"postgresql\"\nhost = \"/run/postgresql\"\n").state.host == "/run/postgresql")
+    }
+
+    @Test("bad values name the file, the line and the reason", arguments: [
+        ("backend = \"mysql\"", "'state.backend' must be \"files\" or \"postgresql\""),
+        ("port = 0", "'state.port' must be between 1 and 65535"),
+        ("sslmode = \"strict\"", "'state.sslmode' must be one of disable, allow, prefer, require, verify-ca, verify-full"),
+        ("sslmode = \"verify-ca\"", "needs 'state.sslrootcert'"),
+        ("password_file = \"db.password\"", "'state.password_file' must be an absolute path"),
+        ("host = \"db host\"", "'state.host' must be a non-empty word"),
+        ("user = \"o'brien\"", "'state.user' must be a non-empty word"),
+        ("cache_seconds = -1", "'state.cache_seconds' must be between 0 and 3600"),
+        ("cache_seconds = \"5\"", "'state.cache_seconds' must be an integer"),
+        ("database = \"x\"", "unknown key 'state.database' in [state]"),
+    ])
+    func errors(_ line: String, _ reason: String) throws {
+        do {
+            let backend = line.hasPrefix("backend") ? "# backend\n" : "backend = \"postgresql\"\n"
+            _ = try load("log_level = \"info\"\n[state]\n" + backend + "\(line)\n")
+            Issue.record("accepted: \(line)")
+        } catch let error as ConfigurationError {
+            #expect(error.line == 4 && error.file == "test.toml", "\(error)")
+            #expect(error.reason.contains(reason), "\(error)")
+        }
+    }
+}

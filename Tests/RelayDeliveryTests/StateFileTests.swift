@@ -98,3 +98,49 @@ struct UnreadableStateTests {
         #expect(outcomes[0]?.status == .cryptographicFailure && outcomes[0]?.reason.hasPrefix("downgrade memory:") == true)
     }
 }
+
+/// The merge rule of downgrade memory (`DomainMemory.merged`), which the files store applies and
+/// the PostgreSQL store reproduces in one upsert.
+@Suite("Downgrade memory merge rule")
+struct MemoryMergeTests {
+    func memory(_ level: AchievedSecurity, at: Double, refused: Double? = nil) -> DomainMemory {
+        var m = DomainMemory(domain: "example.net", strongest: level, achievedAt: at)
+        m.downgradeFirstSeen = refused
+        return m
+    }
+
+    @Test("a first delivery is remembered; a higher level always wins and clears the grace window")
+    func raise() {
+        #expect(DomainMemory.merged(nil, domain: "Example.NET", security: .tls, now: 10, acceptDowngrade: false) == memory(.tls, at: 10))
+        #expect(DomainMemory.merged(memory(.tls, at: 10, refused: 50), domain: "example.net", security: .dane, now: 60, acceptDowngrade: false)
+                == memory(.dane, at: 60))
+    }
+
+    @Test("a lower level never wins without acceptDowngrade, whatever the order of two relays")
+    func neverLower() {
+        for level in [AchievedSecurity.none, .tls, .mtaSTS] {
+            #expect(DomainMemory.merged(memory(.dane, at: 10), domain: "example.net", security: level, now: 100_000, acceptDowngrade: false) == nil)
+            #expect(DomainMemory.merged(memory(.dane, at: 10, refused: 20), domain: "example.net", security: level, now: 100_000, acceptDowngrade: false) == nil)
+        }
+        // Relay A records dane, relay B (racing) records tls: both orders end at dane.
+        let afterA = DomainMemory.merged(memory(.tls, at: 0), domain: "example.net", security: .dane, now: 5000, acceptDowngrade: false)!
+        #expect(DomainMemory.merged(afterA, domain: "example.net", security: .tls, now: 5001, acceptDowngrade: false) == nil)
+        let afterB = DomainMemory.merged(memory(.tls, at: 0), domain: "example.net", security: .tls, now: 5001, acceptDowngrade: false)!
+        #expect(DomainMemory.merged(afterB, domain: "example.net", security: .dane, now: 5000, acceptDowngrade: false)?.strongest == .dane)
+    }
+
+    @Test("an accepted downgrade (grace over) lowers only while a refusal is recorded")
+    func acceptedDowngrade() {
+        #expect(DomainMemory.merged(memory(.dane, at: 10, refused: 20), domain: "example.net", security: .tls, now: 100_000, acceptDowngrade: true)
+                == memory(.tls, at: 100_000))
+        // Another relay reached dane meanwhile and cleared the refusal: the level stays.
+        #expect(DomainMemory.merged(memory(.dane, at: 90_000), domain: "example.net", security: .tls, now: 100_000, acceptDowngrade: true) == nil)
+    }
+
+    @Test("the same level: nothing written within the hour, refreshed after it, a started grace window cleared")
+    func sameLevel() {
+        #expect(DomainMemory.merged(memory(.tls, at: 10), domain: "example.net", security: .tls, now: 3000, acceptDowngrade: false) == nil)
+        #expect(DomainMemory.merged(memory(.tls, at: 10), domain: "example.net", security: .tls, now: 3610, acceptDowngrade: false) == memory(.tls, at: 3610))
+        #expect(DomainMemory.merged(memory(.tls, at: 10, refused: 20), domain: "example.net", security: .tls, now: 30, acceptDowngrade: false) == memory(.tls, at: 30))
+    }
+}
