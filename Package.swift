@@ -30,6 +30,8 @@ let package = Package(
         .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
         // PostgreSQL's own client (libpq, over the system OpenSSL) for the shared policy state.
         .systemLibrary(name: "CPostgreSQL", path: "Sources/CPostgreSQL", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
+        // glibc's malloc.h: malloc_trim, to give back the pages of the start-up scan of a large queue.
+        .systemLibrary(name: "CMalloc", path: "Sources/CMalloc"),
         .systemLibrary(name: "CSystemd", path: "Sources/CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
 
         // Protocol core: grammar, replies, enhanced status codes, session state machine. No I/O.
@@ -108,6 +110,7 @@ let package = Package(
         ], swiftSettings: strict),
         // Wiring of all parts into a running daemon.
         .target(name: "RelayDaemon", dependencies: [
+            "CMalloc",
             "RelayConfig", "RelayServer", "RelayQueue", "RelayObservability", "RelayDelivery", "RelayDNS", "RelayTLS", "RelayPolicy", "RelayControl",
             "RelayMetrics", "DeliveryPolicy", "RelayTLSRPT", "TLSRPTCore", "RelayIDNA", "RelayHTTPS", "RelayPostgres",
             .product(name: "Prometheus", package: "swift-prometheus"),

@@ -1,3 +1,4 @@
+import CMalloc
 import RelayMetrics
 import ServiceLifecycle
 import DeliveryPolicy
@@ -434,6 +435,10 @@ public final class Daemon: Sendable {
                         logger.error("corrupt queue file \(name) moved to \(spool.root)/corrupt: \(reason)")
                     }
                     await scheduler.load(report.queued)
+                    // The scan's and the load's transient allocations (file names, decoded records,
+                    // on many threads' malloc arenas) are freed by now: give their pages back, so
+                    // a large queue costs its index, not the high-water mark of reading it.
+                    _ = malloc_trim(0)
                     logger.info("spool recovered: \(report.queued.count) queued message(s), \(removedPartials) partial file(s) removed, \(report.corrupt.count) corrupt file(s) moved aside (\(String(format: "%.1f", Date().timeIntervalSince1970 - started)) s, in the background)")
                 } catch {
                     if !Task.isCancelled { logger.critical("cannot recover the spool: \(error); queued messages are not delivered until a restart") }

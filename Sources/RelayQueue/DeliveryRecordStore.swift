@@ -38,16 +38,16 @@ extension Spool {
         }
     }
 
-    /// Names of the messages that have a delivery record (one directory listing per bucket), so
+    /// The messages that have a delivery record (one directory listing per bucket), so
     /// start-up reads records only where they exist.
-    public func messagesWithDeliveryRecords() -> Set<String> {
-        var names: Set<String> = []
+    public func messagesWithDeliveryRecords() -> Set<QueueID> {
+        var ids: Set<QueueID> = []
         for bucket in (try? FileIO.listDirectory(stateDirectory)) ?? [] {
-            for name in (try? FileIO.listDirectory(stateDirectory + "/" + bucket)) ?? [] where !name.hasSuffix(".new") {
-                names.insert(name)
+            for name in (try? FileIO.listDirectory(stateDirectory + "/" + bucket)) ?? [] {
+                if let id = QueueID(name) { ids.insert(id) }
             }
         }
-        return names
+        return ids
     }
 
     /// Replaces the delivery record atomically and durably. Blocking.
