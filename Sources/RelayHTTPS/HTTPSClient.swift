@@ -119,7 +119,6 @@ public final class HTTPSClient: Sendable {
         let timeout = TimeAmount.nanoseconds(Int64(max(0.001, timeoutSeconds) * 1_000_000_000))
         let bootstrap = ClientBootstrap(group: loop)
             .connectTimeout(timeout)
-            .channelOption(.socketOption(.so_reuseaddr), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let operations = channel.pipeline.syncOperations
