@@ -7,7 +7,6 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from relay import free_port
@@ -84,12 +83,3 @@ class Postgres:
         self.stop("immediate")
         shutil.rmtree(self.base, ignore_errors=True)
 
-
-def wait_until(predicate, timeout=30, interval=0.2):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return None

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from pg import Postgres, wait_until
+from pg import Postgres
 from relay import BINARY, CTL, Relay, wait_for
 from test_delivery_behaviour import attempts, send
 from test_tlsrpt import CONTACT, FROM, ORG, report_summary, today
@@ -141,7 +141,7 @@ def test_one_report_covers_both_relays(world, pair, db):
         return {d["domain"]: (d["successful"], d["failed"]) for d in json.loads(result.stdout)["domains"]}
     # Batches reach the database within a second; either relay lists the fleet's sum.
     expected = {"dane-ee.test": (3, 0), "attack-strip-starttls.test": (0, 1)}
-    assert wait_until(lambda: listing(a) == expected, timeout=10), listing(a)
+    assert wait_for(lambda: listing(a) == expected, timeout=10), listing(a)
     assert listing(b) == expected
     shown = json.loads(ctl(b, "tlsrpt", "show", "dane-ee.test").stdout)
     assert report_summary(shown) == {"tlsa": (3, 0, {})}, shown
@@ -150,7 +150,7 @@ def test_one_report_covers_both_relays(world, pair, db):
     runs = [subprocess.Popen([str(CTL), "--config", str(r.config), "tlsrpt", "send", "dane-ee.test"], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True) for r in (a, b)]
     outputs = [p.communicate(timeout=120) for p in runs]
-    assert wait_until(lambda: len(world.tlsrpt_posts("dane-ee")) >= posts_before + 1, timeout=30), outputs
+    assert wait_for(lambda: len(world.tlsrpt_posts("dane-ee")) >= posts_before + 1, timeout=30), outputs
     time.sleep(2)
     posts = world.tlsrpt_posts("dane-ee")[posts_before:]
     assert len(posts) == 1, (outputs, posts)
@@ -215,7 +215,7 @@ def test_kill9_mid_update_leaves_the_store_consistent(world, pair, db):
     counted = int(db.psql("SELECT coalesce(sum(count), 0) FROM tlsrelay_tlsrpt_counts")[0][0])
     assert counted <= delivered + 3
     # A's session is gone with it: no lock or connection of A left behind.
-    assert wait_until(lambda: db.psql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [["0"]], timeout=10)
+    assert wait_for(lambda: db.psql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [["0"]], timeout=10)
     # B goes on with the same store, and A restarts on it and delivers the rest.
     send(b, SENDER, ["after-kill@dane-ee.test"], b"Subject: after\r\n\r\nafter-kill\r\n")
     assert sent(b, "after-kill@dane-ee.test")
