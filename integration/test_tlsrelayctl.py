@@ -3,6 +3,7 @@ import json
 import os
 import re
 import subprocess
+import time
 
 import pytest
 
@@ -244,21 +245,31 @@ def test_deferral_reasons_name_the_policy(world, tmp_path, world_relay_toml):
         relay.stop()
 
 
-def test_status_shows_suspended_destinations(world, relay):
+def test_status_shows_suspended_destinations(world, tmp_path, world_relay_toml):
     """A destination whose MX keeps refusing connections while mail for it waits is suspended
     once its window has shrunk to one session and that one fails too (like Postfix's "delivery
-    temporarily suspended"); `status` names it, until when and why, in text and in JSON."""
-    for i in range(4):
-        send(relay, "sender@plain-mx.test", [f"user{i}@dane-ee-down.test"], f"Subject: s{i}\r\n\r\nsuspend-{i}\r\n".encode())
-    status = wait_for(lambda: [d for d in json.loads(ctl(relay, "status", "--json").stdout)["suspended_destinations"]
-                               if d["domain"] == "dane-ee-down.test"], timeout=10)
-    assert status, ctl(relay, "status", "--json").stdout
-    entry = status[0]
-    assert entry["status"].startswith("4.") and entry["reason"]
-    assert 0 < entry["until"] - __import__("time").time() <= 61
-    text = ctl(relay, "status")
-    assert text.returncode == 0
-    assert re.search(r"suspended destinations .*:\n  dane-ee-down\.test until \S+: 4\.\d\.\d+ ", text.stdout), text.stdout
-    # A healthy relay shows none.
-    other = ctl(relay, "status", "--json")
-    assert all(d["domain"] != "plain-mx.test" for d in json.loads(other.stdout)["suspended_destinations"])
+    temporarily suspended"); `status` names it, until when and why, in text and in JSON. The
+    four messages are queued with delivery held and found together by the restart's recovery,
+    so they wait for the destination at once (sent one by one, each could fail alone)."""
+    relay = Relay(tmp_path / "suspend", extra_toml=world_relay_toml + "hold = true\n").start()
+    try:
+        for i in range(4):
+            send(relay, "sender@plain-mx.test", [f"user{i}@dane-ee-down.test"], f"Subject: s{i}\r\n\r\nsuspend-{i}\r\n".encode())
+        relay.stop()
+        relay.extra_toml = world_relay_toml
+        relay.write_config()
+        relay.start()
+        status = wait_for(lambda: [d for d in json.loads(ctl(relay, "status", "--json").stdout)["suspended_destinations"]
+                                   if d["domain"] == "dane-ee-down.test"], timeout=10)
+        assert status, ctl(relay, "status", "--json").stdout
+        entry = status[0]
+        assert entry["status"].startswith("4.") and entry["reason"]
+        assert 0 < entry["until"] - time.time() <= 61
+        text = ctl(relay, "status")
+        assert text.returncode == 0
+        assert re.search(r"suspended destinations .*:\n  dane-ee-down\.test until \S+: 4\.\d\.\d+ ", text.stdout), text.stdout
+        # A healthy relay shows none.
+        other = ctl(relay, "status", "--json")
+        assert all(d["domain"] != "plain-mx.test" for d in json.loads(other.stdout)["suspended_destinations"])
+    finally:
+        relay.stop()
