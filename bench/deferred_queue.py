@@ -98,6 +98,26 @@ def relay_rate(server, messages, size, domain, waiting):
     return messages / (time.monotonic() - t0)
 
 
+def start_deferred(base, world, tag, count, domain, args):
+    """A relay started on a spool of `count` deferred messages, returned once all are loaded."""
+    server = bench.TLSRelay(base, relay_world=world, tag=tag)
+    write_deferred_spool(server.base / "state", count, args.queued_size, domain)
+    subprocess.run(["sync"])
+    server.start(timeout=600)
+    try:
+        wait_total(server, lambda total: total >= count, timeout=900, interval=0.5)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def flush(server):
+    """`tlsrelayctl queue flush`: every deferred message due now."""
+    ctl = bench.TLSRELAYD.parent / "tlsrelayctl"
+    subprocess.run([str(ctl), "--config", str(server.config), "queue", "flush"], check=True, capture_output=True, timeout=120)
+
+
 def tlsrelay_figures(base, world, domain, args):
     figures = {}
     # Empty queue first, then the same with N deferred messages loaded.
@@ -108,12 +128,8 @@ def tlsrelay_figures(base, world, domain, args):
         figures["empty"] = relay_rate(empty, args.messages, args.size, domain, 0)
     finally:
         empty.stop()
-    loaded = bench.TLSRelay(base, relay_world=world, tag="deferred")
-    write_deferred_spool(loaded.base / "state", args.deferred, args.queued_size, domain)
-    subprocess.run(["sync"])
-    loaded.start(timeout=600)
+    loaded = start_deferred(base, world, "deferred", args.deferred, domain, args)
     try:
-        wait_total(loaded, lambda total: total >= args.deferred, timeout=900, interval=0.5)
         time.sleep(5)                                    # the scan's tail and page cache settle
         pid = loaded.pid()
         c0, t0 = cpu_seconds(pid), time.monotonic()
@@ -122,22 +138,16 @@ def tlsrelay_figures(base, world, domain, args):
         figures["pss"] = bench.pss_kib([pid]) / 1024
         relay_rate(loaded, max(300, args.messages // 10), args.size, domain, args.deferred)   # warm-up
         figures["loaded"] = relay_rate(loaded, args.messages, args.size, domain, args.deferred)
-        ctl = bench.TLSRELAYD.parent / "tlsrelayctl"
         t0 = time.monotonic()
-        subprocess.run([str(ctl), "--config", str(loaded.config), "queue", "flush"], check=True, capture_output=True, timeout=120)
+        flush(loaded)
         figures["flush"] = (time.monotonic() - t0) + wait_total(loaded, lambda total: total < args.deferred, timeout=600)
     finally:
         loaded.stop()
     # Drain of a backlog of D once the receiver is back.
-    drain = bench.TLSRelay(base, relay_world=world, tag="drain")
-    write_deferred_spool(drain.base / "state", args.drain, args.queued_size, domain)
-    subprocess.run(["sync"])
-    drain.start(timeout=600)
+    drain = start_deferred(base, world, "drain", args.drain, domain, args)
     try:
-        wait_total(drain, lambda total: total >= args.drain, timeout=900, interval=0.5)
-        ctl = bench.TLSRELAYD.parent / "tlsrelayctl"
         t0 = time.monotonic()
-        subprocess.run([str(ctl), "--config", str(drain.config), "queue", "flush"], check=True, capture_output=True, timeout=120)
+        flush(drain)
         wait_total(drain, lambda total: total == 0, timeout=3600, interval=0.5)
         figures["drain"] = args.drain / (time.monotonic() - t0)
     finally:
