@@ -21,7 +21,7 @@
 ///   (Postfix's "delivery temporarily suspended").
 /// The limit per MX address and on connections overall is applied where the address is known
 /// (`ConnectionSlots` in the delivery agent).
-public struct QueueManager<ID: Hashable & Comparable & Sendable, Failure: Sendable>: Sendable {
+public struct QueueManager<ID: QueueManagerID, Failure: Sendable>: Sendable {
     public struct Limits: Sendable, Equatable {
         /// Jobs at once to one destination domain. Default 5.
         public var destinationConcurrency = 5
@@ -90,19 +90,18 @@ public struct QueueManager<ID: Hashable & Comparable & Sendable, Failure: Sendab
     }
 
     public var limits: Limits
+    /// Every known message: its place, due time and destination list.
+    private var index = MessageIndex<ID>()
+    /// The fresh messages in arrival order (from `freshHead` on).
     private var fresh: [ID] = []
     private var freshHead = 0
-    private var freshSet: Set<ID> = []
-    private var deferred = DueTimeHeap<ID>()
-    private var active: Set<ID> = []
-    private var held: Set<ID> = []
     private var destinations: [String: Destination] = [:]
     /// Destinations with waiting jobs, in round-robin order.
     private var rotation: [String] = []
     private var lastNow: Double?
     private var preferFresh = true
     /// Destinations of the messages seen in a round since start (for `flush --domain`).
-    private var destinationsOf: [ID: [String]] = [:]
+    private var destinationLists = DestinationLists()
 
     public init(limits: Limits = Limits()) {
         self.limits = limits
@@ -113,69 +112,63 @@ public struct QueueManager<ID: Hashable & Comparable & Sendable, Failure: Sendab
     /// A message that was never tried (new mail, a DSN, a released message): it opens in
     /// arrival order, alternating with due deferred ones.
     public mutating func addFresh(_ id: ID) {
-        guard !contains(id) else { return }
-        fresh.append(id)
-        freshSet.insert(id)
+        guard index.insert(id, .fresh) else { return }
+        appendFresh(id)
     }
 
     /// A message that waits until `due` (seconds since the epoch; 0 = now).
     public mutating func addDeferred(_ id: ID, due: Double) {
-        guard !contains(id) else { return }
-        deferred.set(id, due: due)
+        index.insert(id, .deferred(until: due))
     }
 
     /// A message on hold: it opens only after `release`.
     public mutating func addHeld(_ id: ID) {
-        guard !contains(id) else { return }
-        held.insert(id)
+        index.insert(id, .held)
     }
 
     /// Forgets a message that is not in a round (deleted, or found gone when opened).
     public mutating func remove(_ id: ID) {
-        if active.remove(id) != nil { destinationsOf[id] = nil; return }
-        removeWaiting(id)
-        held.remove(id)
-        destinationsOf[id] = nil
+        guard let removed = index.remove(id) else { return }
+        if removed.place == .fresh { removeFresh(id) }
+        destinationLists.release(removed.destinations)
     }
 
     /// Where `id` is, nil when unknown.
     public func place(of id: ID) -> Place? {
-        if active.contains(id) { return .active }
-        if held.contains(id) { return .held }
-        if freshSet.contains(id) { return .fresh }
-        if let due = deferred.due(of: id) { return .deferred(until: due) }
-        return nil
+        switch index.place(of: id) {
+        case nil: return nil
+        case .fresh: return .fresh
+        case .active: return .active
+        case .held: return .held
+        case .deferred(let due): return .deferred(until: due)
+        }
     }
 
     /// The smallest id known in any place (for queue ids: the oldest message); O(n).
     public func minimumID() -> ID? {
         var smallest: ID?
-        func consider(_ id: ID) { if smallest.map({ id < $0 }) ?? true { smallest = id } }
-        freshSet.forEach(consider)
-        deferred.ids.forEach(consider)
-        active.forEach(consider)
-        held.forEach(consider)
+        index.forEach { id, _, _ in if smallest.map({ id < $0 }) ?? true { smallest = id } }
         return smallest
     }
 
     /// True when the message is known in any place.
-    public func contains(_ id: ID) -> Bool { place(of: id) != nil }
+    public func contains(_ id: ID) -> Bool { index.place(of: id) != nil }
 
     // MARK: - Operator requests
 
     /// Puts a waiting message on hold. Returns false when it is in a round or unknown.
     public mutating func hold(_ id: ID) -> Bool {
-        guard !active.contains(id), contains(id) else { return false }
-        removeWaiting(id)
-        held.insert(id)
+        guard let place = index.place(of: id), place != .active else { return false }
+        if place == .fresh { removeFresh(id) }
+        index.move(id, to: .held)
         return true
     }
 
     /// Releases a held message: it becomes fresh (opens at once). Returns false when not held.
     public mutating func release(_ id: ID) -> Bool {
-        guard held.remove(id) != nil else { return false }
-        fresh.append(id)
-        freshSet.insert(id)
+        guard index.place(of: id) == .held else { return false }
+        index.move(id, to: .fresh)
+        appendFresh(id)
         return true
     }
 
@@ -183,13 +176,14 @@ public struct QueueManager<ID: Hashable & Comparable & Sendable, Failure: Sendab
     /// - Returns: how many were deferred and are due now.
     public mutating func flush(_ ids: [ID]?, now: Double) -> Int {
         guard let ids else {
-            let count = deferred.count
-            deferred.makeAllDue(at: -.infinity)
+            let count = index.deferredCount
+            index.makeAllDue(at: -.infinity)
             return count
         }
         var count = 0
-        for id in ids where deferred.due(of: id) != nil {
-            deferred.set(id, due: -.infinity)
+        for id in ids {
+            guard case .deferred = index.place(of: id) else { continue }
+            index.move(id, to: .deferred(until: -.infinity))
             count += 1
         }
         return count
@@ -199,11 +193,13 @@ public struct QueueManager<ID: Hashable & Comparable & Sendable, Failure: Sendab
     /// the deferred ones not opened since start (their destinations are unknown here).
     public func deferred(inDomain domain: String) -> (known: [ID], unknown: [ID]) {
         var known: [ID] = [], unknown: [ID] = []
-        for id in deferred.ids {
-            if let list = destinationsOf[id] {
-                if list.contains(domain) { known.append(id) }
-            } else {
+        let matching = destinationLists.numbers(containing: domain)
+        index.forEach { id, place, list in
+            guard case .deferred = place else { return }
+            if list == 0 {
                 unknown.append(id)
+            } else if matching.contains(list) {
+                known.append(id)
             }
         }
         return (known, unknown)
@@ -211,8 +207,8 @@ public struct QueueManager<ID: Hashable & Comparable & Sendable, Failure: Sendab
 
     /// Queue counts at `now`: in a round or due now; waiting for a later retry; on hold.
     public func counts(now: Double) -> (active: Int, deferred: Int, held: Int) {
-        let dueNow = deferred.countDue(at: now)
-        return (active.count + fresh.count - freshHead + dueNow, deferred.count - dueNow, held.count)
+        let dueNow = index.countDue(at: now)
+        return (index.activeCount + index.freshCount + dueNow, index.deferredCount - dueNow, index.heldCount)
     }
 
     // MARK: - Scheduling
@@ -221,7 +217,7 @@ public struct QueueManager<ID: Hashable & Comparable & Sendable, Failure: Sendab
     public mutating func nextActions(now: Double) -> [Action] {
         if let lastNow, now < lastNow - 1 {
             // The clock stepped back: no retry waits more than maximumWait from now.
-            deferred.cap(at: now + limits.maximumWait)
+            index.capDue(at: now + limits.maximumWait)
             for (name, var destination) in destinations {
                 if let until = destination.suspendedUntil, until > now + limits.suspendTime {
                     destination.suspendedUntil = now + limits.suspendTime
@@ -232,13 +228,13 @@ public struct QueueManager<ID: Hashable & Comparable & Sendable, Failure: Sendab
         lastNow = now
         var actions: [Action] = []
         // Rounds: fresh and due deferred messages alternately.
-        while active.count < limits.activeLimit {
+        while index.activeCount < limits.activeLimit {
             let freshReady = freshHead < fresh.count
             let id: ID
             if preferFresh && freshReady {
                 id = takeFresh()
                 preferFresh = false
-            } else if let due = deferred.popDue(at: now) {
+            } else if let due = index.popDue(at: now) {
                 id = due
                 preferFresh = true
             } else if freshReady {
@@ -246,7 +242,6 @@ public struct QueueManager<ID: Hashable & Comparable & Sendable, Failure: Sendab
             } else {
                 break
             }
-            active.insert(id)
             actions.append(.open(id))
         }
         // Jobs: round-robin over the destinations with waiting jobs.
@@ -290,7 +285,7 @@ public struct QueueManager<ID: Hashable & Comparable & Sendable, Failure: Sendab
     /// The earliest time at which `nextActions` will have something new without any other
     /// event (a retry or a suspension coming due); nil when nothing waits for a time.
     public mutating func nextWake() -> Double? {
-        var earliest = active.count < limits.activeLimit ? deferred.earliest() : nil
+        var earliest = index.activeCount < limits.activeLimit ? index.earliestDue : nil
         for destination in destinations.values where destination.hasWaiting {
             if let until = destination.suspendedUntil { earliest = min(earliest ?? until, until) }
         }
@@ -300,10 +295,10 @@ public struct QueueManager<ID: Hashable & Comparable & Sendable, Failure: Sendab
     /// The round of `id` is open: its pending recipients are in `destinations` (lowercased
     /// domains). With none, call `roundFinished` at once.
     public mutating func opened(_ id: ID, destinations names: [String]) {
-        guard active.contains(id) else { return }
+        guard index.place(of: id) == .active else { return }
         var unique: [String] = []
         for name in names where !unique.contains(name) { unique.append(name) }
-        destinationsOf[id] = unique
+        destinationLists.release(index.setDestinations(id, destinationLists.retain(unique)))
         for name in unique {
             var destination = destinations[name] ?? Destination(window: min(limits.initialDestinationConcurrency, limits.destinationConcurrency))
             if !destination.hasWaiting { rotation.append(name) }
@@ -339,11 +334,11 @@ public struct QueueManager<ID: Hashable & Comparable & Sendable, Failure: Sendab
     /// Every job of the round of `id` ended: it waits until `nextAttempt`, or is gone (nil:
     /// delivered or bounced completely).
     public mutating func roundFinished(_ id: ID, nextAttempt: Double?) {
-        guard active.remove(id) != nil else { return }
+        guard index.place(of: id) == .active else { return }
         if let nextAttempt {
-            deferred.set(id, due: nextAttempt)
-        } else {
-            destinationsOf[id] = nil
+            index.move(id, to: .deferred(until: nextAttempt))
+        } else if let removed = index.remove(id) {
+            destinationLists.release(removed.destinations)
         }
     }
 
@@ -365,21 +360,27 @@ public struct QueueManager<ID: Hashable & Comparable & Sendable, Failure: Sendab
 
     // MARK: - Helpers
 
+    private mutating func appendFresh(_ id: ID) {
+        if fresh.count == fresh.capacity { fresh.reserveCapacity(fresh.count + fresh.count / 2 + 16) }
+        fresh.append(id)
+    }
+
+    /// The next fresh message, now active.
     private mutating func takeFresh() -> ID {
         let id = fresh[freshHead]
         freshHead += 1
-        freshSet.remove(id)
+        index.move(id, to: .active)
         if freshHead > 1024 && freshHead * 2 > fresh.count {
-            fresh.removeFirst(freshHead)
+            // Copied rather than shifted in place, so that a start-up's million fresh ids do not
+            // keep their array's capacity once opened.
+            fresh = Array(fresh[freshHead...])
             freshHead = 0
         }
         return id
     }
 
-    private mutating func removeWaiting(_ id: ID) {
-        if freshSet.remove(id) != nil {
-            if let index = fresh[freshHead...].firstIndex(of: id) { fresh.remove(at: index) }
-        }
-        deferred.remove(id)
+    /// Takes a fresh message out of the arrival order (hold or delete: O(n), an operator's request).
+    private mutating func removeFresh(_ id: ID) {
+        if let position = fresh[freshHead...].firstIndex(of: id) { fresh.remove(at: position) }
     }
 }

@@ -41,6 +41,22 @@ struct SpoolTests {
         #expect(abs(seconds - Date().timeIntervalSince1970) < 60)
     }
 
+    @Test("a queue id keeps all 80 bits in 12 bytes, and sorts as its text")
+    func queueIDPacking() {
+        #expect(MemoryLayout<QueueID>.stride == 12)
+        var generator = SystemRandomNumberGenerator()
+        var ids: [QueueID] = [QueueID(microseconds: (1 << 60) - 1, random: (1 << 20) - 1), QueueID(microseconds: 0, random: 0)]
+        for _ in 0..<10_000 {
+            let micros = UInt64.random(in: 0..<(1 << 60), using: &generator)
+            let random = UInt32.random(in: 0..<(1 << 20), using: &generator)
+            let id = QueueID(microseconds: micros, random: random)
+            #expect(id.microsecondsSinceEpoch == micros && id.random == random)
+            ids.append(id)
+        }
+        for id in ids { #expect(QueueID(id.rawValue) == id) }
+        #expect(ids.sorted().map(\.rawValue) == ids.map(\.rawValue).sorted())
+    }
+
     @Test("commit, read back, list, remove")
     func roundTrip() throws {
         let directory = temporaryDirectory()
