@@ -233,7 +233,7 @@ public actor Scheduler {
             let chunk = Array(ids[start..<min(ids.count, start + 5000)])
             start += chunk.count
             let records = (try? await durable {
-                chunk.map { withRecords.contains($0) ? try? spool.deliveryRecord(of: $0) : nil }
+                chunk.map { withRecords.containsSorted($0) ? try? spool.deliveryRecord(of: $0) : nil }
             }) ?? Array(repeating: nil, count: chunk.count)
             for (id, record) in zip(chunk, records) { add(id, record: record) }
             wakeup?.yield()

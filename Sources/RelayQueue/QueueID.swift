@@ -136,3 +136,16 @@ public final class QueueIDGenerator: @unchecked Sendable {
         return QueueID(microseconds: micros, random: UInt32.random(in: 0..<(1 << 20)))
     }
 }
+
+extension Array where Element == QueueID {
+    /// Whether `id` is in this array, which must be in ascending order (binary search,
+    /// O(log n)); as `messagesWithDeliveryRecords()` returns it.
+    public func containsSorted(_ id: QueueID) -> Bool {
+        var low = startIndex, high = endIndex
+        while low < high {
+            let middle = low + (high - low) / 2
+            if self[middle] < id { low = middle + 1 } else { high = middle }
+        }
+        return low < endIndex && self[low] == id
+    }
+}

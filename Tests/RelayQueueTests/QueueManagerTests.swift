@@ -305,7 +305,7 @@ struct QueueManagerTests {
 }
 
 /// A small seeded generator, so that a failure repeats.
-private struct SplitMix: RandomNumberGenerator {
+struct SplitMix: RandomNumberGenerator {
     var state: UInt64
     init(seed: UInt64) { state = seed }
     mutating func next() -> UInt64 {
