@@ -212,6 +212,7 @@ public final class Daemon: Sendable {
     /// - Throws: spool errors (state directory not writable) and bind errors (address in use,
     ///   permission denied); the caller exits non-zero.
     public func run() async throws {
+        MallocSettings.apply()
         let lock = try StateDirectoryLock(stateDirectory: configuration.stateDirectory)
         defer { withExtendedLifetime(lock) {} }
         let startTime = Date().timeIntervalSince1970
@@ -430,16 +431,21 @@ public final class Daemon: Sendable {
             .init(service: DaemonService("recovery", body: {
                 let started = Date().timeIntervalSince1970
                 do {
-                    let report = try await threadPool.runIfActive { try spool.scanQueue() }
-                    for (name, reason) in report.corrupt {
-                        logger.error("corrupt queue file \(name) moved to \(spool.root)/corrupt: \(reason)")
-                    }
-                    await scheduler.load(report.queued)
-                    // The scan's and the load's transient allocations (file names, decoded records,
-                    // on many threads' malloc arenas) are freed by now: give their pages back, so
-                    // a large queue costs its index, not the high-water mark of reading it.
+                    // The scan's report lives only in this call, so that it is freed before the trim.
+                    let (queued, corrupt) = try await { () async throws -> (Int, Int) in
+                        let report = try await threadPool.runIfActive { try spool.scanQueue() }
+                        for (name, reason) in report.corrupt {
+                            logger.error("corrupt queue file \(name) moved to \(spool.root)/corrupt: \(reason)")
+                        }
+                        await scheduler.load(report.queued)
+                        return (report.queued.count, report.corrupt.count)
+                    }()
+                    // The scan's and the load's transient allocations (file names, the list of
+                    // queue ids, decoded records, on many threads' malloc arenas) are freed by
+                    // now: give their pages back, so a large queue costs its index, not the
+                    // high-water mark of reading it.
                     _ = malloc_trim(0)
-                    logger.info("spool recovered: \(report.queued.count) queued message(s), \(removedPartials) partial file(s) removed, \(report.corrupt.count) corrupt file(s) moved aside (\(String(format: "%.1f", Date().timeIntervalSince1970 - started)) s, in the background)")
+                    logger.info("spool recovered: \(queued) queued message(s), \(removedPartials) partial file(s) removed, \(corrupt) corrupt file(s) moved aside (\(String(format: "%.1f", Date().timeIntervalSince1970 - started)) s, in the background)")
                 } catch {
                     if !Task.isCancelled { logger.critical("cannot recover the spool: \(error); queued messages are not delivered until a restart") }
                 }
