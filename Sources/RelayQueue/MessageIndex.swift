@@ -16,8 +16,10 @@ extension QueueID: QueueManagerID {
 /// for a `QueueID`, and a binary min-heap of the deferred ones by due time (seconds since the
 /// epoch) as two arrays of 12 bytes a message, ties in id order (for queue ids: arrival order).
 /// A table entry holds its heap position and a heap element its table slot, so moving or
-/// removing a deferred message costs O(log n) and leaves nothing stale behind. Together about
-/// 40–55 bytes per deferred message.
+/// removing a deferred message costs O(log n) (plus, amortised O(1), the table's occasional
+/// shrink) and leaves nothing stale behind. Together about 40–55 bytes per deferred message
+/// while the queue grows; after many removals up to about twice that, until the table (below
+/// 20 % full) and the heap's arrays (below 25 %) shrink.
 struct MessageIndex<ID: QueueManagerID>: Sendable {
     enum Place: Equatable, Sendable {
         case fresh
@@ -84,7 +86,7 @@ struct MessageIndex<ID: QueueManagerID>: Sendable {
         guard let index = slot(of: id) else { return false }
         if case .deferred(let due) = place, entries[index].state >= Self.deferredBase {
             let position = Int(entries[index].state - Self.deferredBase)
-            heapDue[position] = due
+            heapDue[position] = Self.ordered(due)
             if !siftUp(position) { siftDown(position) }
             return true
         }
@@ -196,7 +198,7 @@ struct MessageIndex<ID: QueueManagerID>: Sendable {
             let position = heapDue.count
             grow(&heapDue)
             grow(&heapSlot)
-            heapDue.append(due)
+            heapDue.append(Self.ordered(due))
             heapSlot.append(UInt32(index))
             entries[index].state = Self.deferredBase + UInt32(position)
             siftUp(position)
@@ -277,6 +279,10 @@ struct MessageIndex<ID: QueueManagerID>: Sendable {
     }
 
     // MARK: - Heap
+
+    /// A due time that orders: NaN (which no record can hold, JSON has none) would compare
+    /// false with everything and could block the heap's top for good; it is due at once.
+    private static func ordered(_ due: Double) -> Double { due.isNaN ? -.infinity : due }
 
     private func precedes(_ a: Int, _ b: Int) -> Bool {
         heapDue[a] < heapDue[b] || (heapDue[a] == heapDue[b] && entries[Int(heapSlot[a])].id < entries[Int(heapSlot[b])].id)

@@ -116,23 +116,29 @@ public struct QueueID: Sendable, Hashable, Comparable, Codable, CustomStringConv
 /// Hands out unique, time-ordered queue ids. Thread-safe.
 public final class QueueIDGenerator: @unchecked Sendable {
     private var lastMicroseconds: UInt64 = 0
-    private var lock = pthread_mutex_t()
+    /// Allocated apart: a stored property passed `inout` has no address Swift guarantees stable.
+    private let lock: UnsafeMutablePointer<pthread_mutex_t>
 
     public init() {
-        pthread_mutex_init(&lock, nil)
+        lock = .allocate(capacity: 1)
+        lock.initialize(to: pthread_mutex_t())
+        pthread_mutex_init(lock, nil)
     }
 
-    deinit { pthread_mutex_destroy(&lock) }
+    deinit {
+        pthread_mutex_destroy(lock)
+        lock.deallocate()
+    }
 
     /// A new id; strictly greater than every id this generator returned before.
     public func next() -> QueueID {
         var now = timespec()
         clock_gettime(CLOCK_REALTIME, &now)
         var micros = UInt64(now.tv_sec) * 1_000_000 + UInt64(now.tv_nsec / 1000)
-        pthread_mutex_lock(&lock)
+        pthread_mutex_lock(lock)
         if micros <= lastMicroseconds { micros = lastMicroseconds + 1 }
         lastMicroseconds = micros
-        pthread_mutex_unlock(&lock)
+        pthread_mutex_unlock(lock)
         return QueueID(microseconds: micros, random: UInt32.random(in: 0..<(1 << 20)))
     }
 }

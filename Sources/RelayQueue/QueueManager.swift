@@ -16,8 +16,9 @@
 ///   a window starts at `initialDestinationConcurrency`, grows by one with every job in which
 ///   the destination answered, up to `destinationConcurrency`, and drops to 1 when a job fails
 ///   without any answer (slow start, as Postfix's `initial_destination_concurrency`);
-/// - a destination that fails again while its window is 1 is *suspended* for `suspendTime`
-///   seconds: its waiting jobs end at once, deferred with its last failure, without a connection
+/// - a destination whose job fails without any answer while its window is already 1 (at
+///   once when `initialDestinationConcurrency` is 1) is *suspended* for `suspendTime` seconds:
+///   its waiting jobs end at once, deferred with its last failure, without a connection
 ///   (Postfix's "delivery temporarily suspended").
 /// The limit per MX address and on connections overall is applied where the address is known
 /// (`ConnectionSlots` in the delivery agent).
@@ -109,8 +110,8 @@ public struct QueueManager<ID: QueueManagerID, Failure: Sendable>: Sendable {
 
     // MARK: - Messages in and out
 
-    /// A message that was never tried (new mail, a DSN, a released message): it opens in
-    /// arrival order, alternating with due deferred ones.
+    /// A message that was never tried (new mail, a DSN, a released message): fresh messages
+    /// open in the order they were added, alternating with due deferred ones.
     public mutating func addFresh(_ id: ID) {
         guard index.insert(id, .fresh) else { return }
         appendFresh(id)
@@ -126,7 +127,8 @@ public struct QueueManager<ID: QueueManagerID, Failure: Sendable>: Sendable {
         index.insert(id, .held)
     }
 
-    /// Forgets a message that is not in a round (deleted, or found gone when opened).
+    /// Forgets a message that has no jobs queued or running: one deleted while fresh, held or
+    /// deferred, or one found gone when opened (before `opened` queued its jobs).
     public mutating func remove(_ id: ID) {
         guard let removed = index.remove(id) else { return }
         if removed.place == .fresh { removeFresh(id) }
@@ -164,7 +166,8 @@ public struct QueueManager<ID: QueueManagerID, Failure: Sendable>: Sendable {
         return true
     }
 
-    /// Releases a held message: it becomes fresh (opens at once). Returns false when not held.
+    /// Releases a held message: it becomes fresh, behind the fresh messages already waiting.
+    /// Returns false when not held.
     public mutating func release(_ id: ID) -> Bool {
         guard index.place(of: id) == .held else { return false }
         index.move(id, to: .fresh)

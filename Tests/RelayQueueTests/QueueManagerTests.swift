@@ -18,7 +18,7 @@ private func suspends(_ actions: [Manager.Action]) -> [(Int, String, String)] {
 
 @Suite("Queue manager (test clock)")
 struct QueueManagerTests {
-    @Test("deferred messages open at their due time, earliest first, ties in insertion order; nextWake says when")
+    @Test("deferred messages open at their due time, earliest first, ties in id order; nextWake says when")
     func dueTimes() {
         var manager = Manager()
         manager.addDeferred(1, due: 300)
@@ -150,7 +150,7 @@ struct QueueManagerTests {
         _ = manager.nextActions(now: 1_000_000)
         manager.addDeferred(1, due: 1_000_300)
         manager.addDeferred(2, due: 1_003_000)
-        // A year back.
+        // 30,000 s (about 8 hours) back.
         _ = manager.nextActions(now: 970_000)
         #expect(manager.place(of: 1) == .deferred(until: 974_000))
         #expect(manager.place(of: 2) == .deferred(until: 974_000))
@@ -238,6 +238,19 @@ struct QueueManagerTests {
         #expect(unknown == 0)
         #expect(expected.isEmpty)
         #expect(index.activeCount == 100_000 - Array(stride(from: 3, to: 100_000, by: 11)).count)
+    }
+
+    @Test("a NaN due time is due at once and blocks nothing behind it")
+    func nanDueTime() {
+        var index = MessageIndex<Int>()
+        index.insert(1, .deferred(until: 10))
+        index.insert(2, .deferred(until: .nan))
+        index.insert(3, .deferred(until: 20))
+        index.move(3, to: .deferred(until: .nan))
+        #expect(index.popDue(at: 0) == 2)
+        #expect(index.popDue(at: 0) == 3)
+        #expect(index.popDue(at: 0) == nil)
+        #expect(index.popDue(at: 10) == 1)
     }
 
     @Test("the index agrees with a dictionary over 200,000 random inserts, moves and removals")

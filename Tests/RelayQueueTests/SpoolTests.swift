@@ -148,7 +148,9 @@ struct SpoolFormatTests {
 
     @Test("a version 1 queue file of the previous release loads, as a message without REQUIRETLS or TLS-Required")
     func versionOneLoads() throws {
-        let spool = try Spool(stateDirectory: temporaryDirectory())
+        let directory = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let spool = try Spool(stateDirectory: directory)
         let id = try #require(QueueID("01K1KK7RF59QF5Q2"))
         let path = spool.path(of: id)
         try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
@@ -168,7 +170,9 @@ struct SpoolFormatTests {
 
     @Test("version 2 keeps REQUIRETLS and TLS-Required: No; a newer version is not read as this one")
     func versionTwo() throws {
-        let spool = try Spool(stateDirectory: temporaryDirectory())
+        let directory = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let spool = try Spool(stateDirectory: directory)
         let writer = try spool.beginMessage()
         writer.write(Array("Subject: x\r\nTLS-Required: No\r\n\r\nbody\r\n".utf8))
         var parameters = MailParameters()
