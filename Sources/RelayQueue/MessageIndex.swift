@@ -196,8 +196,8 @@ struct MessageIndex<ID: QueueManagerID>: Sendable {
         case .held: entries[index].state = Self.held; heldCount += 1
         case .deferred(let due):
             let position = heapDue.count
-            grow(&heapDue)
-            grow(&heapSlot)
+            growByHalf(&heapDue)
+            growByHalf(&heapSlot)
             heapDue.append(Self.ordered(due))
             heapSlot.append(UInt32(index))
             entries[index].state = Self.deferredBase + UInt32(position)
@@ -265,10 +265,6 @@ struct MessageIndex<ID: QueueManagerID>: Sendable {
         }
     }
 
-    /// Arrays grow by half, not double: at a million elements doubling can leave 12 MB unused.
-    private func grow<Element>(_ array: inout [Element]) {
-        if array.count == array.capacity { array.reserveCapacity(array.count + array.count / 2 + 16) }
-    }
 
     private func shrinkIfSparse<Element>(_ array: inout [Element]) {
         guard array.capacity > 4096, array.count * 4 < array.capacity else { return }
@@ -325,4 +321,10 @@ struct MessageIndex<ID: QueueManagerID>: Sendable {
         guard heapDue.count > 1 else { return }
         for position in stride(from: heapDue.count / 2 - 1, through: 0, by: -1) { siftDown(position) }
     }
+}
+
+/// Makes room for one more element, growing a full array by half rather than doubling: at a
+/// million elements doubling can leave 12 MB unused.
+func growByHalf<Element>(_ array: inout [Element]) {
+    if array.count == array.capacity { array.reserveCapacity(array.count + array.count / 2 + 16) }
 }

@@ -364,7 +364,7 @@ public struct QueueManager<ID: QueueManagerID, Failure: Sendable>: Sendable {
     // MARK: - Helpers
 
     private mutating func appendFresh(_ id: ID) {
-        if fresh.count == fresh.capacity { fresh.reserveCapacity(fresh.count + fresh.count / 2 + 16) }
+        growByHalf(&fresh)
         fresh.append(id)
     }
 
