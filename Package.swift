@@ -37,7 +37,10 @@ let package = Package(
         // Protocol core: grammar, replies, enhanced status codes, session state machine. No I/O.
         .target(name: "SMTPCore", swiftSettings: strict),
         // The durable spool.
-        .target(name: "RelayQueue", dependencies: ["SMTPCore"], swiftSettings: strict),
+        .target(name: "RelayQueue", dependencies: [
+            "SMTPCore",
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+        ], swiftSettings: strict),
         // Configuration model and its TOML reader.
         .target(name: "RelayConfig", dependencies: [
             "DeliveryPolicy", "SMTPCore",

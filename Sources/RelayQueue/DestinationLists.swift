@@ -39,11 +39,6 @@ struct DestinationLists: Sendable {
         unused.append(number)
     }
 
-    /// The list with `number`; nil for 0 (not seen in a round).
-    func list(_ number: UInt32) -> [String]? {
-        number == 0 ? nil : lists[Int(number)]
-    }
-
     /// The numbers of the lists that contain `domain`.
     func numbers(containing domain: String) -> Set<UInt32> {
         var found: Set<UInt32> = []

@@ -8,6 +8,18 @@ extension QueueID: QueueManagerID {
     public static let unused = QueueID(microseconds: 0, random: 0)
 }
 
+/// Where the queue manager has a message.
+public enum QueuePlace: Sendable, Equatable {
+    /// Never tried; waits for a round in arrival order.
+    case fresh
+    /// Waits until a due time (seconds since the epoch).
+    case deferred(until: Double)
+    /// In a round (being read, or jobs waiting or running).
+    case active
+    /// On hold until released.
+    case held
+}
+
 /// Every message the queue manager knows, by id: where it is (fresh, in a round, held, or
 /// deferred until a due time) and which destination list it was last seen with.
 ///
@@ -21,12 +33,7 @@ extension QueueID: QueueManagerID {
 /// while the queue grows; after many removals up to about twice that, until the table (below
 /// 20 % full) and the heap's arrays (below 25 %) shrink.
 struct MessageIndex<ID: QueueManagerID>: Sendable {
-    enum Place: Equatable, Sendable {
-        case fresh
-        case active
-        case held
-        case deferred(until: Double)
-    }
+    typealias Place = QueuePlace
 
     private struct Entry: Sendable {
         var id: ID

@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import NIOConcurrencyHelpers
 
 /// A queue id: 16 characters of Crockford base32 (`0-9`, `A-Z` without `I L O U`).
 ///
@@ -114,31 +115,21 @@ public struct QueueID: Sendable, Hashable, Comparable, Codable, CustomStringConv
 }
 
 /// Hands out unique, time-ordered queue ids. Thread-safe.
-public final class QueueIDGenerator: @unchecked Sendable {
-    private var lastMicroseconds: UInt64 = 0
-    /// Allocated apart: a stored property passed `inout` has no address Swift guarantees stable.
-    private let lock: UnsafeMutablePointer<pthread_mutex_t>
+public final class QueueIDGenerator: Sendable {
+    /// The time part of the last id returned (microseconds since the epoch).
+    private let lastMicroseconds = NIOLockedValueBox<UInt64>(0)
 
-    public init() {
-        lock = .allocate(capacity: 1)
-        lock.initialize(to: pthread_mutex_t())
-        pthread_mutex_init(lock, nil)
-    }
-
-    deinit {
-        pthread_mutex_destroy(lock)
-        lock.deallocate()
-    }
+    public init() {}
 
     /// A new id; strictly greater than every id this generator returned before.
     public func next() -> QueueID {
         var now = timespec()
         clock_gettime(CLOCK_REALTIME, &now)
-        var micros = UInt64(now.tv_sec) * 1_000_000 + UInt64(now.tv_nsec / 1000)
-        pthread_mutex_lock(lock)
-        if micros <= lastMicroseconds { micros = lastMicroseconds + 1 }
-        lastMicroseconds = micros
-        pthread_mutex_unlock(lock)
+        let clock = UInt64(now.tv_sec) * 1_000_000 + UInt64(now.tv_nsec / 1000)
+        let micros = lastMicroseconds.withLockedValue { last in
+            last = max(clock, last + 1)
+            return last
+        }
         return QueueID(microseconds: micros, random: UInt32.random(in: 0..<(1 << 20)))
     }
 }

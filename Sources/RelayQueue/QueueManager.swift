@@ -62,13 +62,7 @@ public struct QueueManager<ID: QueueManagerID, Failure: Sendable>: Sendable {
     }
 
     /// Where a message is.
-    public enum Place: Sendable, Equatable {
-        case fresh
-        case deferred(until: Double)
-        /// In a round (being read, or jobs waiting or running).
-        case active
-        case held
-    }
+    public typealias Place = QueuePlace
 
     struct Destination: Sendable {
         var window: Int
@@ -136,15 +130,7 @@ public struct QueueManager<ID: QueueManagerID, Failure: Sendable>: Sendable {
     }
 
     /// Where `id` is, nil when unknown.
-    public func place(of id: ID) -> Place? {
-        switch index.place(of: id) {
-        case nil: return nil
-        case .fresh: return .fresh
-        case .active: return .active
-        case .held: return .held
-        case .deferred(let due): return .deferred(until: due)
-        }
-    }
+    public func place(of id: ID) -> Place? { index.place(of: id) }
 
     /// The smallest id known in any place (for queue ids: the oldest message); O(n).
     public func minimumID() -> ID? {
